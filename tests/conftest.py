@@ -1,0 +1,29 @@
+"""Shared fixtures: paths to the reference fixtures and deterministic seeding."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _reference_dir() -> Path:
+    env = os.environ.get("RESTORE_RWKV_REFERENCE_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    path = _reference_dir()
+    if not path.is_dir():
+        pytest.fail(f"reference fixtures not found at {path} (set RESTORE_RWKV_REFERENCE_DIR)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

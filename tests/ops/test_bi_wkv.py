@@ -1,0 +1,138 @@
+"""Bi-WKV: the linear-time backend against the O(T^2) float64 definition of Eq. 8."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from restore_rwkv.ops import bi_wkv, select_backend
+from restore_rwkv.ops._reference import bi_wkv_reference_grad
+
+
+def _inputs(batch, length, channels, w_scale, k_scale, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(channels, generator=gen) * w_scale / length
+    u = torch.randn(channels, generator=gen) * w_scale / length
+    k = torch.randn(batch, length, channels, generator=gen) * k_scale
+    v = torch.randn(batch, length, channels, generator=gen)
+    gy = torch.randn(batch, length, channels, generator=gen)
+    return [x.to(dtype) for x in (w, u, k, v)], gy.to(dtype)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().double() - b).norm() / b.norm())
+
+
+def _check_against_reference(batch, length, channels, w_scale, k_scale):
+    seed = hash((batch, length, channels, w_scale, k_scale)) % (2**31)
+    inputs, gy = _inputs(batch, length, channels, w_scale, k_scale, seed)
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    y = bi_wkv(*leaves)
+    y.backward(gy)
+    exact = [x.double() for x in inputs]
+    with torch.no_grad():
+        y_ref, grads_ref, scales = bi_wkv_reference_grad(*exact, gy.double())
+    assert torch.isfinite(y_ref).all()
+    assert y.dtype == torch.float32
+    assert _rel(y, y_ref) <= 1e-5, f"forward rel. error {_rel(y, y_ref):.2e}"
+    for name, leaf, ref, scale in zip("wukv", leaves, grads_ref, scales):
+        # Relative L2 error <= 1e-4. Where a gradient is a sum of terms that cancel almost
+        # exactly (strongly peaked attention), its float64 reference is itself only accurate
+        # to ~1e-16 of the sum of the terms' magnitudes; the 1e-9 floor on that scale keeps
+        # those cases meaningful instead of comparing two roundings of zero.
+        # Compared with the reference rounded to the gradient's dtype: a value that fp32
+        # cannot represent (e.g. 1e-77) is expected to come back as 0.
+        ref = ref.to(leaf.grad.dtype).double()
+        err = float((leaf.grad.double() - ref).norm())
+        bound = 1e-4 * float(ref.norm()) + 1e-9 * float(scale.norm())
+        assert err <= bound, f"d{name}: error {err:.3e} > {bound:.3e} (|ref| {float(ref.norm()):.3e})"
+
+
+GRID_FAST = list(itertools.product([1, 2], [1, 2, 3, 17, 64], [1, 8, 48], [1, 10, 100], [1, 10, 100]))
+GRID_SLOW = list(itertools.product([1, 2], [1000, 4096], [1, 8, 48], [1, 10, 100], [1, 10, 100]))
+
+
+@pytest.mark.parametrize("batch,length,channels,w_scale,k_scale", GRID_FAST)
+def test_matches_reference_fp32(batch, length, channels, w_scale, k_scale):
+    _check_against_reference(batch, length, channels, w_scale, k_scale)
+
+
+@pytest.mark.parametrize("w_scale,k_scale", [(1, 1), (100, 10), (10, 100)])
+def test_matches_reference_fp32_long_quick(w_scale, k_scale):
+    _check_against_reference(1, 1000, 8, w_scale, k_scale)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch,length,channels,w_scale,k_scale", GRID_SLOW)
+def test_matches_reference_fp32_long(batch, length, channels, w_scale, k_scale):
+    _check_against_reference(batch, length, channels, w_scale, k_scale)
+
+
+def test_reproduces_reference_fixture(reference_dir):
+    data = torch.load(reference_dir / "bi_wkv_small.pt", weights_only=True)
+    for backend in ("chunked", "reference"):
+        y = bi_wkv(data["w"], data["u"], data["k"], data["v"], backend=backend)
+        assert y.dtype == torch.float64
+        torch.testing.assert_close(y, data["y"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length,w_scale,k_scale", [(1, 1, 1), (5, 3, 2), (23, 30, 5), (70, 1, 1), (130, 200, 3)])
+def test_gradcheck_float64(length, w_scale, k_scale):
+    inputs, _ = _inputs(2, length, 3, w_scale, k_scale, seed=length, dtype=torch.float64)
+    leaves = tuple(x.clone().requires_grad_() for x in inputs)
+    assert torch.autograd.gradcheck(lambda *a: bi_wkv(*a, backend="chunked"), leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("length", [17, 4096])
+def test_extreme_inputs_stay_finite(length):
+    gen = torch.Generator().manual_seed(length)
+    for sign in (1.0, -1.0):
+        w = sign * torch.full((8,), 1e3 / length)
+        w[::2] = -w[::2]
+        u = torch.linspace(-1e3, 1e3, 8) / length
+        k = (torch.rand(1, length, 8, generator=gen) * 2 - 1) * 1e4
+        v = torch.randn(1, length, 8, generator=gen)
+        leaves = [x.clone().requires_grad_() for x in (w, u, k, v)]
+        y = bi_wkv(*leaves)
+        y.sum().backward()
+        assert torch.isfinite(y).all()
+        # A weighted average of v stays within v's range.
+        assert (y.abs() <= v.abs().amax() * (1 + 1e-5)).all()
+        for leaf in leaves:
+            assert torch.isfinite(leaf.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_are_computed_in_fp32(dtype):
+    inputs, gy = _inputs(2, 40, 8, 5, 2, seed=3, dtype=dtype)
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    y = bi_wkv(*leaves)
+    assert y.dtype == dtype
+    y.backward(gy)
+    for leaf in leaves:
+        assert leaf.grad.dtype == dtype
+    # The result equals the float32 computation on the same (half-precision) values, rounded once.
+    y32 = bi_wkv(*[x.float() for x in inputs])
+    assert torch.equal(y, y32.to(dtype))
+
+
+def test_backend_selection(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("RESTORE_RWKV_WKV_BACKEND", raising=False)
+    assert select_backend(cpu) == "chunked"
+    monkeypatch.setenv("RESTORE_RWKV_WKV_BACKEND", "reference")
+    assert select_backend(cpu) == "reference"
+    assert select_backend(cpu, "chunked") == "chunked"
+    monkeypatch.setenv("RESTORE_RWKV_WKV_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="unknown bi_wkv backend 'nonsense'"):
+        select_backend(cpu)
+
+
+def test_rejects_bad_shapes():
+    k = torch.zeros(1, 4, 3)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        bi_wkv(torch.zeros(2), torch.zeros(3), k, k)
+    with pytest.raises(ValueError, match=r"\(B, T, C\)"):
+        bi_wkv(torch.zeros(3), torch.zeros(3), k, torch.zeros(1, 5, 3))

@@ -1,0 +1,24 @@
+"""restore-rwkv: Restore-RWKV for medical image restoration, on every device."""
+
+from restore_rwkv.models import (
+    RestoreRWKV,
+    create_model,
+    list_models,
+    load_pretrained,
+    reparameterize_model,
+    save_state_dict,
+)
+from restore_rwkv.ops import bi_wkv
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RestoreRWKV",
+    "__version__",
+    "bi_wkv",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "reparameterize_model",
+    "save_state_dict",
+]

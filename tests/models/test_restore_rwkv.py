@@ -1,0 +1,178 @@
+"""The Restore-RWKV model against the reference implementation's fixtures and its own invariants."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from restore_rwkv import RestoreRWKV, create_model, list_models, load_pretrained, reparameterize_model, save_state_dict
+from restore_rwkv.layers import OmniShift
+from restore_rwkv.models import pad_to_multiple
+
+
+def _trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.fixture(scope="module")
+def golden(reference_dir):
+    data = torch.load(reference_dir / "golden_tiny.pt", weights_only=True)
+    config = dict(data["config"])
+    config["in_channels"] = config.pop("inp_channels")
+    return data, config
+
+
+def _golden_model(golden) -> RestoreRWKV:
+    data, config = golden
+    model = RestoreRWKV(**config).double()
+    model.load_state_dict(data["state_dict"], strict=True)
+    return model
+
+
+def test_golden_train_mode(golden):
+    data, _ = golden
+    model = _golden_model(golden).train()
+    out = model(data["input"])
+    torch.testing.assert_close(out, data["output_train_mode"], rtol=0, atol=1e-10)
+
+
+def test_golden_eval_mode_after_reparameterization(golden):
+    data, _ = golden
+    model = _golden_model(golden)
+    fused = reparameterize_model(model)
+    assert not fused.training and all(m.fused for m in fused.modules() if isinstance(m, OmniShift))
+    assert not any(m.fused for m in model.modules() if isinstance(m, OmniShift)), "the original must stay unfused"
+    with torch.no_grad():
+        out = fused(data["input"])
+    torch.testing.assert_close(out, data["output_eval_mode"], rtol=0, atol=1e-10)
+
+
+def test_golden_without_fused_kernels_loads_strictly(golden):
+    data, config = golden
+    state = {k: v for k, v in data["state_dict"].items() if "conv5x5_reparam" not in k}
+    model = RestoreRWKV(**config).double()
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        out = reparameterize_model(model)(data["input"])
+    torch.testing.assert_close(out, data["output_eval_mode"], rtol=0, atol=1e-10)
+
+
+def test_paper_model_state_dict_matches_reference(reference_dir):
+    spec = json.loads((reference_dir / "state_dict_keys_default.json").read_text())
+    model = create_model("restore_rwkv")
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert len(shapes) == spec["num_tensors"] == 1114
+    assert shapes == spec["state_dict"]
+    assert _trainable(model) == spec["trainable_params_excluding_conv5x5_reparam"] == 27_996_737
+
+
+def test_light_model_size():
+    model = create_model("restore_rwkv_light")
+    assert _trainable(model) == 1_238_305
+    assert set(list_models()) >= {"restore_rwkv", "restore_rwkv_light"}
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        create_model("nope")
+
+
+def test_fused_kernel_is_not_a_parameter():
+    model = create_model("restore_rwkv_light")
+    names = {n for n, _ in model.named_parameters()}
+    assert not any("conv5x5_reparam" in n for n in names)
+    # Every parameter receives a gradient in training mode (DDP without find_unused_parameters).
+    model.train()
+    model(torch.rand(1, 1, 16, 16)).abs().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 1, 8, 8), (1, 1, 5, 3), (1, 1, 64, 40)])
+def test_fused_and_unfused_agree_on_any_size(shape):
+    model = RestoreRWKV(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1).eval()
+    # Give every parameter a non-trivial value so that every path matters.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(shape)
+    with torch.no_grad():
+        unfused = model(x)
+        fused = reparameterize_model(model)(x)
+    assert unfused.shape == x.shape
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-5)
+
+
+def test_padding_is_reflect_and_cropped():
+    x = torch.arange(5 * 6, dtype=torch.float32).view(1, 1, 5, 6)
+    padded = pad_to_multiple(x, 8)
+    assert padded.shape == (1, 1, 8, 8)
+    torch.testing.assert_close(padded[..., :5, :6], x)
+    torch.testing.assert_close(padded[..., 5, :6], x[..., 3, :])  # reflect: row 5 mirrors row 3
+    tiny = pad_to_multiple(torch.ones(1, 1, 1, 2), 8)
+    assert tiny.shape == (1, 1, 8, 8) and torch.all(tiny == 1)
+
+
+def test_channel_mismatch_input_is_rejected():
+    model = RestoreRWKV(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
+    with pytest.raises(ValueError, match=r"expects \(B, 1, H, W\) input; got shape \(1, 3, 8, 8\)"):
+        model(torch.zeros(1, 3, 8, 8))
+
+
+def test_checkpoint_round_trip_both_formats(tmp_path, golden):
+    data, config = golden
+    model = _golden_model(golden)
+    for name in ("weights.safetensors", "weights.pt"):
+        path = save_state_dict(model, tmp_path / name)
+        loaded = load_pretrained(RestoreRWKV(**config).double(), path)
+        for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+            assert torch.equal(a, b), k
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt", "weights.safetensors"]
+
+
+def test_saved_checkpoint_carries_the_current_fused_kernel(golden):
+    model = _golden_model(golden)
+    state = model.state_dict()
+    shift = model.encoder_level1[0].att.omni_shift
+    torch.testing.assert_close(state["encoder_level1.0.att.omni_shift.conv5x5_reparam.weight"], shift.combined_kernel())
+
+
+def test_nested_and_ddp_checkpoints_load(tmp_path, golden):
+    data, config = golden
+    wrapped = {"state_dict": {"module." + k: v for k, v in data["state_dict"].items()}, "epoch": 3}
+    torch.save(wrapped, tmp_path / "ddp.pth")
+    model = load_pretrained(RestoreRWKV(**config).double(), tmp_path / "ddp.pth")
+    torch.testing.assert_close(model.patch_embed.weight, data["state_dict"]["patch_embed.weight"])
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    model = create_model("restore_rwkv_light")
+    with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint file not found"):
+        load_pretrained(model, tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
+        load_pretrained(model, tmp_path / "junk.pt")
+    # A pickle that needs arbitrary code is refused by weights_only loading.
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": io.StringIO}, buffer)
+    (tmp_path / "code.pt").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match="code.pt: not a readable checkpoint"):
+        load_pretrained(model, tmp_path / "code.pt")
+    torch.save({"patch_embed.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="wrong.pt: weights do not fit RestoreRWKV"):
+        load_pretrained(model, tmp_path / "wrong.pt")
+
+
+def test_a_few_training_steps_reduce_l1_loss():
+    torch.manual_seed(1)
+    model = create_model("restore_rwkv_light").train()
+    clean = torch.rand(4, 1, 32, 32)
+    noisy = clean + 0.1 * torch.randn_like(clean)
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.999))
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.l1_loss(model(noisy), clean)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses

@@ -26,7 +26,7 @@ import torch
 
 _SPAN = 12.0  # largest decay, in nats, that one chunk may span
 _MAX_CHUNK = 64
-_BLOCK_ELEMENTS = 1 << 18  # channels are processed in blocks of about this many elements
+_BLOCK_ELEMENTS = 1 << 16  # channels are processed in blocks of about this many elements
 
 
 def _merge(

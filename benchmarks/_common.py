@@ -1,0 +1,66 @@
+"""Shared helpers for the benchmarks: timing, peak memory in a fresh process, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, budget_s: float = 60.0) -> float:
+    """Median wall time of ``fn()`` in seconds (fewer repeats if one call is slow)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_isolated(module: str, args: dict) -> dict:
+    """Run ``module.measure(**args)`` in a fresh interpreter and return its JSON result.
+
+    A fresh process gives a clean peak-memory reading for each measurement.
+    """
+    code = (
+        "import json, sys; sys.path.insert(0, {here!r}); import {module} as m; "
+        "print(json.dumps(m.measure(**json.loads(sys.argv[1]))))"
+    ).format(here=os.path.dirname(os.path.abspath(__file__)), module=module)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine_summary() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); Python {platform.python_version()}"
+    )

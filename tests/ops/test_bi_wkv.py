@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from restore_rwkv.ops import bi_wkv, select_backend
+from restore_rwkv.ops import bi_wkv, numba_available, re_wkv, select_backend
 from restore_rwkv.ops._reference import bi_wkv_reference_grad
 
 
@@ -25,11 +25,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double() - b).norm() / b.norm())
 
 
-def _check_against_reference(batch, length, channels, w_scale, k_scale):
+def _check_against_reference(batch, length, channels, w_scale, k_scale, backend="auto"):
     seed = hash((batch, length, channels, w_scale, k_scale)) % (2**31)
     inputs, gy = _inputs(batch, length, channels, w_scale, k_scale, seed)
+    if backend == "numba" and not _numba_fits(inputs[0], inputs[1], length):
+        pytest.skip("outside the numba kernel's range (see test_numba_hands_large_decay_to_chunked)")
     leaves = [x.clone().requires_grad_() for x in inputs]
-    y = bi_wkv(*leaves)
+    y = bi_wkv(*leaves, backend=backend)
     y.backward(gy)
     exact = [x.double() for x in inputs]
     with torch.no_grad():
@@ -54,20 +56,76 @@ GRID_FAST = list(itertools.product([1, 2], [1, 2, 3, 17, 64], [1, 8, 48], [1, 10
 GRID_SLOW = list(itertools.product([1, 2], [1000, 4096], [1, 8, 48], [1, 10, 100], [1, 10, 100]))
 
 
+needs_numba = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+# "numba" takes the inputs inside its range (|w|*T, |u| <= 15 in float32) and "chunked" all of them.
+FAST_BACKENDS = ["chunked", pytest.param("numba", marks=needs_numba)]
+
+
+def _numba_fits(w, u, length):
+    from restore_rwkv.ops._numba_cpu import fits
+
+    return fits(w, u, length, w.dtype)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("batch,length,channels,w_scale,k_scale", GRID_FAST)
-def test_matches_reference_fp32(batch, length, channels, w_scale, k_scale):
-    _check_against_reference(batch, length, channels, w_scale, k_scale)
+def test_matches_reference_fp32(batch, length, channels, w_scale, k_scale, backend):
+    _check_against_reference(batch, length, channels, w_scale, k_scale, backend)
 
 
-@pytest.mark.parametrize("w_scale,k_scale", [(1, 1), (100, 10), (10, 100)])
-def test_matches_reference_fp32_long_quick(w_scale, k_scale):
-    _check_against_reference(1, 1000, 8, w_scale, k_scale)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("w_scale,k_scale", [(1, 1), (10, 10), (1, 100)])
+def test_matches_reference_fp32_long_quick(w_scale, k_scale, backend):
+    _check_against_reference(1, 1000, 8, w_scale, k_scale, backend)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("batch,length,channels,w_scale,k_scale", GRID_SLOW)
-def test_matches_reference_fp32_long(batch, length, channels, w_scale, k_scale):
-    _check_against_reference(batch, length, channels, w_scale, k_scale)
+def test_matches_reference_fp32_long(batch, length, channels, w_scale, k_scale, backend):
+    _check_against_reference(batch, length, channels, w_scale, k_scale, backend)
+
+
+@needs_numba
+def test_numba_hands_large_decay_to_chunked():
+    w = torch.full((4,), 200.0 / 64)  # |w| * T = 200 nats: beyond the float64 kernel's range
+    u = torch.zeros(4)
+    k, v = torch.randn(2, 1, 64, 4)
+    auto = bi_wkv(w, u, k, v)
+    torch.testing.assert_close(auto, bi_wkv(w, u, k, v, backend="chunked"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exceeds its range"):
+        bi_wkv(w, u, k, v, backend="numba")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 5, 7, 6), (1, 16, 3, 8), (2, 9, 9, 16)])
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_re_wkv_backends_agree(shape, steps):
+    """Re-WKV: H-scan and V-scan alternate; every backend gives the same values and gradients."""
+    k, v = torch.randn(2, *shape)
+    decay, first = torch.randn(2, steps, shape[-1]) * 3
+    results = {}
+    for backend in ["reference", "chunked"] + (["numba"] if numba_available() else []):
+        leaves = [x.clone().requires_grad_() for x in (k, v, decay, first)]
+        out = re_wkv(*leaves, backend=backend)
+        out.backward(torch.ones_like(out) + out.detach())
+        results[backend] = [out.detach()] + [leaf.grad for leaf in leaves]
+    expected = results.pop("reference")
+    for backend, got in results.items():
+        for name, a, b in zip(["out", "dk", "dv", "ddecay", "dfirst"], got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{backend} {name}")
+
+
+def test_re_wkv_second_step_scans_columns():
+    """With one token per column the V-scan sees the columns as sequences: an independent check."""
+    k, v = torch.randn(2, 1, 4, 6, 3)
+    decay, first = torch.randn(2, 2, 3)
+    out = re_wkv(k, v, decay, first)
+    length = 24
+    step0 = bi_wkv(decay[0] / length, first[0] / length, k.reshape(1, 24, 3), v.reshape(1, 24, 3), "reference")
+    k_cols = k.transpose(1, 2).reshape(1, 24, 3)
+    v_cols = step0.view(1, 4, 6, 3).transpose(1, 2).reshape(1, 24, 3)
+    step1 = bi_wkv(decay[1] / length, first[1] / length, k_cols, v_cols, "reference")
+    torch.testing.assert_close(out, step1.view(1, 6, 4, 3).transpose(1, 2), rtol=1e-5, atol=1e-6)
 
 
 def test_reproduces_reference_fixture(reference_dir):
@@ -78,11 +136,12 @@ def test_reproduces_reference_fixture(reference_dir):
         torch.testing.assert_close(y, data["y"], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("length,w_scale,k_scale", [(1, 1, 1), (5, 3, 2), (23, 30, 5), (70, 1, 1), (130, 200, 3)])
-def test_gradcheck_float64(length, w_scale, k_scale):
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("length,w_scale,k_scale", [(1, 1, 1), (5, 3, 2), (23, 30, 5), (70, 1, 1), (130, 60, 3)])
+def test_gradcheck_float64(length, w_scale, k_scale, backend):
     inputs, _ = _inputs(2, length, 3, w_scale, k_scale, seed=length, dtype=torch.float64)
     leaves = tuple(x.clone().requires_grad_() for x in inputs)
-    assert torch.autograd.gradcheck(lambda *a: bi_wkv(*a, backend="chunked"), leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
+    assert torch.autograd.gradcheck(lambda *a: bi_wkv(*a, backend=backend), leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
 @pytest.mark.parametrize("length", [17, 4096])
@@ -104,24 +163,26 @@ def test_extreme_inputs_stay_finite(length):
             assert torch.isfinite(leaf.grad).all()
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_are_computed_in_fp32(dtype):
+def test_half_inputs_are_computed_in_fp32(dtype, backend):
     inputs, gy = _inputs(2, 40, 8, 5, 2, seed=3, dtype=dtype)
     leaves = [x.clone().requires_grad_() for x in inputs]
-    y = bi_wkv(*leaves)
+    y = bi_wkv(*leaves, backend=backend)
     assert y.dtype == dtype
     y.backward(gy)
     for leaf in leaves:
         assert leaf.grad.dtype == dtype
     # The result equals the float32 computation on the same (half-precision) values, rounded once.
-    y32 = bi_wkv(*[x.float() for x in inputs])
+    y32 = bi_wkv(*[x.float() for x in inputs], backend=backend)
     assert torch.equal(y, y32.to(dtype))
 
 
 def test_backend_selection(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("RESTORE_RWKV_WKV_BACKEND", raising=False)
-    assert select_backend(cpu) == "chunked"
+    assert select_backend(cpu) == ("numba" if numba_available() else "chunked")
+    assert select_backend(torch.device("cuda")) == "chunked"  # chosen by device; nothing runs on it
     monkeypatch.setenv("RESTORE_RWKV_WKV_BACKEND", "reference")
     assert select_backend(cpu) == "reference"
     assert select_backend(cpu, "chunked") == "chunked"

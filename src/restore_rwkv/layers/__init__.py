@@ -1,7 +1,7 @@
 """Building blocks of Restore-RWKV."""
 
 from restore_rwkv.layers.block import Downsample, RRWKVBlock, Upsample
-from restore_rwkv.layers.mixing import ChannelMix, SpatialMix, re_wkv
+from restore_rwkv.layers.mixing import ChannelMix, SpatialMix
 from restore_rwkv.layers.omni_shift import OmniShift
 
-__all__ = ["ChannelMix", "Downsample", "OmniShift", "RRWKVBlock", "SpatialMix", "Upsample", "re_wkv"]
+__all__ = ["ChannelMix", "Downsample", "OmniShift", "RRWKVBlock", "SpatialMix", "Upsample"]

@@ -22,8 +22,13 @@ class RRWKVBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C): a view when x is channels-last
-        tokens = tokens + self.gamma1 * self.att(self.ln1(tokens))
-        tokens = tokens + self.gamma2 * self.ffn(self.ln2(tokens))
+        if torch.is_grad_enabled():
+            tokens = tokens + self.gamma1 * self.att(self.ln1(tokens))
+            tokens = tokens + self.gamma2 * self.ffn(self.ln2(tokens))
+        else:  # inference: update in place (on a copy: the caller's input is kept)
+            tokens = tokens.clone(memory_format=torch.contiguous_format)
+            tokens.addcmul_(self.att(self.ln1(tokens)), self.gamma1)
+            tokens.addcmul_(self.ffn(self.ln2(tokens)), self.gamma2)
         return tokens.permute(0, 3, 1, 2)
 
 

@@ -10,38 +10,12 @@ import torch
 from torch import nn
 
 from restore_rwkv.layers.omni_shift import OmniShift
-from restore_rwkv.ops import bi_wkv
+from restore_rwkv.ops import re_wkv
 
 
 def omni_shift_tokens(shift: OmniShift, x: torch.Tensor) -> torch.Tensor:
     """Apply an Omni-Shift to (B, H, W, C) tokens, returning (B, H, W, C)."""
     return shift(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
-def re_wkv(
-    k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor, backend: str = "auto"
-) -> torch.Tensor:
-    """Re-WKV (Eq. 9-10): ``len(decay)`` Bi-WKV passes, alternating H-scan and V-scan.
-
-    Args:
-        k, v: (B, H, W, C) tokens; the same ``k`` is used at every step.
-        decay, first: (M, C) learnable ``w`` and ``u``; step j uses ``decay[j] / T`` and
-            ``first[j] / T`` (T = H * W), as the reference implementation does.
-    """
-    batch, height, width, channels = k.shape
-    length = height * width
-    k_cols = None
-    for step in range(decay.shape[0]):
-        w, u = decay[step] / length, first[step] / length
-        if step % 2 == 0:  # H-scan: row-major order
-            v = bi_wkv(w, u, k.reshape(batch, length, channels), v.reshape(batch, length, channels), backend)
-            v = v.view(batch, height, width, channels)
-        else:  # V-scan: column-major order
-            if k_cols is None:
-                k_cols = k.transpose(1, 2).reshape(batch, length, channels)
-            v_cols = v.transpose(1, 2).reshape(batch, length, channels)
-            v = bi_wkv(w, u, k_cols, v_cols, backend).view(batch, width, height, channels).transpose(1, 2)
-    return v
 
 
 class SpatialMix(nn.Module):
@@ -60,13 +34,22 @@ class SpatialMix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = omni_shift_tokens(self.omni_shift, x)
-        k, v, r = self.key(x), self.value(x), self.receptance(x)
+        k, v = self.key(x), self.value(x)
         wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first)
-        return self.output(torch.sigmoid(r) * wkv)
+        del k, v
+        if torch.is_grad_enabled():
+            return self.output(torch.sigmoid(self.receptance(x)) * wkv)
+        return self.output(self.receptance(x).sigmoid_().mul_(wkv))
 
 
 class ChannelMix(nn.Module):
-    """Omni-Shift, then ``sigmoid(R x) * V relu(K x)^2`` with a hidden width of ``hidden_rate * dim``."""
+    """Omni-Shift, then ``sigmoid(R x) * V relu(K x)^2`` with a hidden width of ``hidden_rate * dim``.
+
+    Without autograd the tokens go through in chunks of ``inference_chunk`` tokens, so the
+    hidden activations (4x the width) never exist for the whole image at once.
+    """
+
+    inference_chunk = 16384
 
     def __init__(self, dim: int, hidden_rate: int = 4) -> None:
         super().__init__()
@@ -78,5 +61,31 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = omni_shift_tokens(self.omni_shift, x)
-        hidden = torch.square(torch.relu(self.key(x)))
-        return torch.sigmoid(self.receptance(x)) * self.value(hidden)
+        if torch.is_grad_enabled():
+            return torch.sigmoid(self.receptance(x)) * self.value(squared_relu(self.key(x)))
+        tokens = x.reshape(-1, x.shape[-1])
+        out = torch.empty_like(tokens)
+        for start in range(0, tokens.shape[0], self.inference_chunk):
+            part = tokens[start : start + self.inference_chunk]
+            hidden = self.key(part).relu_().square_()
+            torch.mul(self.receptance(part).sigmoid_(), self.value(hidden), out=out[start : start + self.inference_chunk])
+        return out.view(x.shape)
+
+
+class _SquaredReLU(torch.autograd.Function):
+    """relu(x)^2 that keeps only its input for backward (one activation instead of two)."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.relu(x).square_()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * torch.relu(x).mul_(2)
+
+
+def squared_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)^2, differentiable, storing one tensor for backward."""
+    return _SquaredReLU.apply(x)

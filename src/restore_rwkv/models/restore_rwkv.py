@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from restore_rwkv.layers import Downsample, OmniShift, RRWKVBlock, Upsample
@@ -50,6 +51,7 @@ class RestoreRWKV(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.residual = in_channels == out_channels
+        self.gradient_checkpointing = False
 
         def level(width: int, count: int) -> nn.Sequential:
             return nn.Sequential(*[RRWKVBlock(width, recurrence, hidden_rate) for _ in range(count)])
@@ -82,18 +84,31 @@ class RestoreRWKV(nn.Module):
         height, width = image.shape[-2:]
         padded = pad_to_multiple(image, _MULTIPLE).contiguous(memory_format=torch.channels_last)
 
-        enc1 = self.encoder_level1(self.patch_embed(padded))
-        enc2 = self.encoder_level2(self.down1_2(enc1))
-        enc3 = self.encoder_level3(self.down2_3(enc2))
-        latent = self.latent(self.down3_4(enc3))
+        run = self._run_level
+        enc1 = run(self.encoder_level1, self.patch_embed(padded))
+        enc2 = run(self.encoder_level2, self.down1_2(enc1))
+        enc3 = run(self.encoder_level3, self.down2_3(enc2))
+        latent = run(self.latent, self.down3_4(enc3))
 
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
-        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1))
-        out = self.output(self.refinement(dec1))
+        dec3 = run(self.decoder_level3, self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
+        dec2 = run(self.decoder_level2, self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
+        dec1 = run(self.decoder_level1, torch.cat([self.up2_1(dec2), enc1], 1))
+        out = self.output(run(self.refinement, dec1))
         if self.residual:
             out = out + padded
         return out[:, :, :height, :width].contiguous()
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> "RestoreRWKV":
+        """Recompute each block's activations in backward instead of storing them (training memory)."""
+        self.gradient_checkpointing = enabled
+        return self
+
+    def _run_level(self, level: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+            return level(x)
+        for block in level:
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return x
 
     def reparameterize(self) -> "RestoreRWKV":
         """Fuse every Omni-Shift in place (see :func:`reparameterize_model` for a fused copy)."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
-from restore_rwkv.ops import bi_wkv, numba_available, re_wkv, select_backend
+from restore_rwkv.ops import available_backends, bi_wkv, native_available, numba_available, re_wkv, select_backend
 from restore_rwkv.ops._reference import bi_wkv_reference_grad
 
 
@@ -28,8 +29,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _check_against_reference(batch, length, channels, w_scale, k_scale, backend="auto"):
     seed = hash((batch, length, channels, w_scale, k_scale)) % (2**31)
     inputs, gy = _inputs(batch, length, channels, w_scale, k_scale, seed)
-    if backend == "numba" and not _numba_fits(inputs[0], inputs[1], length):
-        pytest.skip("outside the numba kernel's range (see test_numba_hands_large_decay_to_chunked)")
+    if backend in ("native", "numba") and not _sweeps_fit(backend, inputs[0], inputs[1], length):
+        pytest.skip("outside the compiled kernels' range (see test_compiled_kernels_hand_large_decay_to_chunked)")
     leaves = [x.clone().requires_grad_() for x in inputs]
     y = bi_wkv(*leaves, backend=backend)
     y.backward(gy)
@@ -57,14 +58,21 @@ GRID_SLOW = list(itertools.product([1, 2], [1000, 4096], [1, 8, 48], [1, 10, 100
 
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
-# "numba" takes the inputs inside its range (|w|*T, |u| <= 15 in float32) and "chunked" all of them.
-FAST_BACKENDS = ["chunked", pytest.param("numba", marks=needs_numba)]
+needs_native = pytest.mark.skipif(not native_available(), reason="no C compiler built the native kernels")
+# The compiled kernels take the inputs inside their range (|w|*T, |u| <= 15 in float32);
+# "chunked" takes all of them.
+FAST_BACKENDS = ["chunked", pytest.param("numba", marks=needs_numba), pytest.param("native", marks=needs_native)]
+COMPILED = [pytest.param("numba", marks=needs_numba), pytest.param("native", marks=needs_native)]
 
 
-def _numba_fits(w, u, length):
-    from restore_rwkv.ops._numba_cpu import fits
+def _sweeps_fit(backend, w, u, length):
+    from restore_rwkv.ops._sweeps import fits
+    from restore_rwkv.ops.bi_wkv import _sweep_kernels
 
-    return fits(w, u, length, w.dtype)
+    kernels = _sweep_kernels(backend)
+    if w.dtype == torch.float64 and np.float64 not in kernels.dtypes:
+        return False
+    return fits(kernels, w, u, length, w.dtype)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -86,15 +94,24 @@ def test_matches_reference_fp32_long(batch, length, channels, w_scale, k_scale, 
     _check_against_reference(batch, length, channels, w_scale, k_scale, backend)
 
 
-@needs_numba
-def test_numba_hands_large_decay_to_chunked():
-    w = torch.full((4,), 200.0 / 64)  # |w| * T = 200 nats: beyond the float64 kernel's range
+@pytest.mark.parametrize("backend", COMPILED)
+def test_compiled_kernels_hand_large_decay_to_chunked(backend):
+    w = torch.full((4,), 200.0 / 64)  # |w| * T = 200 nats: beyond the kernels' range
     u = torch.zeros(4)
     k, v = torch.randn(2, 1, 64, 4)
     auto = bi_wkv(w, u, k, v)
     torch.testing.assert_close(auto, bi_wkv(w, u, k, v, backend="chunked"), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="exceeds its range"):
-        bi_wkv(w, u, k, v, backend="numba")
+    with pytest.raises(ValueError, match="outside its range"):
+        bi_wkv(w, u, k, v, backend=backend)
+
+
+@needs_native
+def test_native_leaves_float64_to_numba_or_chunked():
+    inputs, _ = _inputs(1, 30, 4, 1, 1, seed=5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="float64 on 'native'"):
+        bi_wkv(*inputs, backend="native")
+    exact = bi_wkv(*inputs, backend="reference")
+    torch.testing.assert_close(bi_wkv(*inputs), exact, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 3), (2, 5, 7, 6), (1, 16, 3, 8), (2, 9, 9, 16)])
@@ -104,7 +121,7 @@ def test_re_wkv_backends_agree(shape, steps):
     k, v = torch.randn(2, *shape)
     decay, first = torch.randn(2, steps, shape[-1]) * 3
     results = {}
-    for backend in ["reference", "chunked"] + (["numba"] if numba_available() else []):
+    for backend in available_backends():
         leaves = [x.clone().requires_grad_() for x in (k, v, decay, first)]
         out = re_wkv(*leaves, backend=backend)
         out.backward(torch.ones_like(out) + out.detach())
@@ -136,7 +153,7 @@ def test_reproduces_reference_fixture(reference_dir):
         torch.testing.assert_close(y, data["y"], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", ["chunked", pytest.param("numba", marks=needs_numba)])  # float64 backends
 @pytest.mark.parametrize("length,w_scale,k_scale", [(1, 1, 1), (5, 3, 2), (23, 30, 5), (70, 1, 1), (130, 60, 3)])
 def test_gradcheck_float64(length, w_scale, k_scale, backend):
     inputs, _ = _inputs(2, length, 3, w_scale, k_scale, seed=length, dtype=torch.float64)
@@ -181,7 +198,7 @@ def test_half_inputs_are_computed_in_fp32(dtype, backend):
 def test_backend_selection(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("RESTORE_RWKV_WKV_BACKEND", raising=False)
-    assert select_backend(cpu) == ("numba" if numba_available() else "chunked")
+    assert select_backend(cpu) == available_backends(cpu)[0]
     assert select_backend(torch.device("cuda")) == "chunked"  # chosen by device; nothing runs on it
     monkeypatch.setenv("RESTORE_RWKV_WKV_BACKEND", "reference")
     assert select_backend(cpu) == "reference"

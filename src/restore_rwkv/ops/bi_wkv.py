@@ -4,30 +4,48 @@ from __future__ import annotations
 
 import functools
 import os
-from types import ModuleType
 
+import numpy as np
 import torch
 
 from restore_rwkv.ops._chunked import bi_wkv_chunked
 from restore_rwkv.ops._reference import bi_wkv_reference
+from restore_rwkv.ops._sweeps import SweepKernels, bi_wkv_sweeps, fits, re_wkv_sweeps
 
 ENV_VAR = "RESTORE_RWKV_WKV_BACKEND"
-BACKENDS = ("chunked", "numba", "reference")
+BACKENDS = ("chunked", "native", "numba", "reference")
+_SWEEP_BACKENDS = ("native", "numba")  # fastest first
 
 
-@functools.lru_cache(maxsize=1)
-def _numba_kernels() -> ModuleType | None:
-    """The compiled CPU kernels, or None where numba is not installed or does not load."""
+@functools.lru_cache(maxsize=None)
+def _sweep_kernels(name: str) -> SweepKernels | None:
+    """The compiled CPU kernels of backend ``name``, or None where they cannot be built or loaded."""
     try:
+        if name == "native":
+            from restore_rwkv.ops import _native_cpu
+
+            return _native_cpu.load()
         from restore_rwkv.ops import _numba_cpu
+
+        return _numba_cpu.KERNELS
     except Exception:  # ImportError, or a numba/numpy version mismatch
         return None
-    return _numba_cpu
+
+
+def available_backends(device: torch.device = torch.device("cpu")) -> list[str]:
+    """Backends that can run on ``device`` in this environment, fastest first."""
+    fast = [n for n in _SWEEP_BACKENDS if _sweep_kernels(n) is not None] if device.type == "cpu" else []
+    return fast + ["chunked", "reference"]
 
 
 def numba_available() -> bool:
-    """Whether the fused CPU kernels (numba) can be used in this environment."""
-    return _numba_kernels() is not None
+    """Whether the numba-compiled CPU kernels can be used in this environment."""
+    return _sweep_kernels("numba") is not None
+
+
+def native_available() -> bool:
+    """Whether the C CPU kernels compiled (or were already compiled) for this machine."""
+    return _sweep_kernels("native") is not None
 
 
 def select_backend(device: torch.device, backend: str = "auto") -> str:
@@ -35,21 +53,41 @@ def select_backend(device: torch.device, backend: str = "auto") -> str:
 
     ``backend="auto"`` reads the environment variable ``RESTORE_RWKV_WKV_BACKEND`` (a name
     in ``BACKENDS`` or ``auto``), then takes the fastest backend available for the device:
-    ``numba`` on CPU where numba is installed, ``chunked`` elsewhere. ``numba`` hands inputs
-    outside its range (|w|·T or |u| above 15 nats for float32, 100 for float64; see
-    docs/bi_wkv.md) to ``chunked``.
+    on CPU the C kernels (``native``), else numba, else ``chunked``. The compiled kernels
+    hand inputs outside their range (|w|·T or |u| above 15 nats for float32, see
+    docs/bi_wkv.md), and ``native`` float64 inputs, to the next backend.
     """
     if backend == "auto":
         backend = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if backend == "auto":
-        return "numba" if device.type == "cpu" and numba_available() else "chunked"
+        return available_backends(device)[0]
     if backend not in BACKENDS:
         raise ValueError(f"unknown bi_wkv backend {backend!r}; choose one of {list(BACKENDS)} or 'auto'")
-    if backend == "numba" and not numba_available():
-        raise RuntimeError("bi_wkv backend 'numba' needs the numba package (pip install numba)")
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError(f"bi_wkv backend 'numba' runs on CPU tensors only; got {device.type} tensors")
+    if backend in _SWEEP_BACKENDS:
+        if device.type != "cpu":
+            raise ValueError(f"bi_wkv backend {backend!r} runs on CPU tensors only; got {device.type} tensors")
+        if _sweep_kernels(backend) is None:
+            need = "a working C compiler" if backend == "native" else "the numba package"
+            raise RuntimeError(f"bi_wkv backend {backend!r} is not available here: it needs {need}")
     return backend
+
+
+def _pick_sweeps(name: str, explicit: bool, steps: list[tuple[torch.Tensor, torch.Tensor]], length: int,
+                 dtype: torch.dtype) -> SweepKernels | None:
+    """The compiled kernels to run ``steps`` (per-token (w, u) pairs) with, or None for ``chunked``."""
+    chain = [name] if explicit else [n for n in _SWEEP_BACKENDS[_SWEEP_BACKENDS.index(name):]]
+    for candidate in chain:
+        kernels = _sweep_kernels(candidate)
+        if kernels is None or (dtype == torch.float64 and np.float64 not in kernels.dtypes):
+            continue
+        if all(fits(kernels, w, u, length, dtype) for w, u in steps):
+            return kernels
+    if explicit:
+        raise ValueError(
+            f"bi_wkv backend {name!r}: inputs outside its range (|w|*T or |u| above 15 nats for float32, "
+            f"100 for float64, or float64 on 'native'); use 'chunked'"
+        )
+    return None
 
 
 def bi_wkv(
@@ -66,8 +104,9 @@ def bi_wkv(
         u: bonus of the own token, shape (C,), likewise already divided by T.
         k: keys, shape (B, T, C).
         v: values, shape (B, T, C).
-        backend: ``"auto"`` (default), ``"numba"`` (fused CPU kernel), ``"chunked"``
-            (linear-time pure PyTorch, any device) or ``"reference"`` (O(T^2); tests only).
+        backend: ``"auto"`` (default), ``"native"`` (fused C kernel, CPU), ``"numba"``
+            (the same in numba, CPU), ``"chunked"`` (linear-time pure PyTorch, any device)
+            or ``"reference"`` (O(T^2); tests only).
 
     Returns:
         Tensor of shape (B, T, C) in the dtype of ``k``. Half precision inputs are
@@ -79,12 +118,10 @@ def bi_wkv(
     if w.shape != (channels,) or u.shape != (channels,):
         raise ValueError(f"bi_wkv expects w and u of shape ({channels},); got {tuple(w.shape)} and {tuple(u.shape)}")
     name = select_backend(k.device, backend)
-    if name == "numba":
-        kernels = _numba_kernels()
-        if kernels.fits(w, u, k.shape[1], k.dtype):
-            return kernels.bi_wkv_numba(w, u, k, v)
-        if backend == "numba":
-            raise ValueError("bi_wkv backend 'numba': |w|*T or |u| exceeds its range (15 nats for float32, 100 for float64); use 'chunked'")
+    if name in _SWEEP_BACKENDS:
+        kernels = _pick_sweeps(name, backend == name, [(w, u)], k.shape[1], k.dtype)
+        if kernels is not None:
+            return bi_wkv_sweeps(kernels, w, u, k, v)
         name = "chunked"
     if name == "reference":
         return bi_wkv_reference(w, u, k, v)
@@ -103,12 +140,11 @@ def re_wkv(
     batch, height, width, channels = k.shape
     length = height * width
     name = select_backend(k.device, backend)
-    if name == "numba":
-        kernels = _numba_kernels()
-        if all(kernels.fits(decay[j] / length, first[j] / length, length, k.dtype) for j in range(decay.shape[0])):
-            return kernels.re_wkv_numba(k, v, decay, first)
-        if backend == "numba":
-            raise ValueError("re_wkv backend 'numba': |w|*T or |u| exceeds its range (15 nats for float32, 100 for float64); use 'chunked'")
+    if name in _SWEEP_BACKENDS:
+        steps = [(decay[j] / length, first[j] / length) for j in range(decay.shape[0])]
+        kernels = _pick_sweeps(name, backend == name, steps, length, k.dtype)
+        if kernels is not None:
+            return re_wkv_sweeps(kernels, k, v, decay, first)
         name = "chunked"
     k_cols = None
     for step in range(decay.shape[0]):

@@ -1,0 +1,210 @@
+"""Every speed and memory target of issue 3, measured in one run on this machine.
+
+    python benchmarks/targets.py [--skip-2048] [--peers]
+
+Definitions: the *floor* of a forward pass is its FLOPs (matrix products and convolutions,
+counted by ``torch.utils.flop_counter.FlopCounterMode``) divided by the sustained fp32 rate of
+``torch.mm`` on 2048x2048 matrices measured in this process (median of 7 after warm-up); the
+*ratio* is the measured median wall time over the floor. Timings run in this process; peak
+memory cells run in fresh processes (rise of ``ru_maxrss`` over the size after set-up).
+Peers (``--peers``) come from deepinv (``pip install -e .[bench]``) and run in this process too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import restore_rwkv
+from _common import machine_summary, median_time, peak_rss_mb, run_isolated
+
+
+def mm_rate() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        torch.mm(a, b)
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * 2048**3 / statistics.median(times)
+
+
+def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def inference_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return restore_rwkv.reparameterize_model(restore_rwkv.create_model(name))
+
+
+def time_inference(model: torch.nn.Module, size: int) -> float:
+    x = torch.rand(1, 1, size, size)
+
+    def run():
+        with torch.no_grad():
+            model(x)
+
+    return median_time(run, repeats=5, warmup=1, budget_s=90)
+
+
+def operator_share(model: torch.nn.Module, size: int) -> float:
+    """Fraction of inference wall time spent inside the Bi-WKV / Re-WKV autograd functions."""
+    x = torch.rand(1, 1, size, size)
+    with torch.no_grad():
+        model(x)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(x)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    op = sum(e.cpu_time_total for e in events if "WKV" in e.key)
+    return op / total
+
+
+def measure(kind: str, name: str, size: int, checkpointing: bool = False) -> dict:
+    """One peak-memory cell, run in a fresh process by ``run_isolated``."""
+    torch.manual_seed(0)
+    model = restore_rwkv.create_model(name)
+    if kind == "infer":
+        model = restore_rwkv.reparameterize_model(model)
+        x = torch.rand(1, 1, size, size)
+        with torch.no_grad():
+            model(torch.rand(1, 1, 16, 16))
+        base = peak_rss_mb()
+        with torch.no_grad():
+            model(x)
+        return {"peak_mb": peak_rss_mb() - base}
+    model.train().set_gradient_checkpointing(checkpointing)
+    x, target = torch.rand(4, 1, size, size), torch.rand(4, 1, size, size)
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-4)
+    base = peak_rss_mb()
+    loss = torch.nn.functional.l1_loss(model(x), target)
+    loss.backward()
+    optimiser.step()
+    return {"peak_mb": peak_rss_mb() - base}
+
+
+def training_step_time(name: str) -> tuple[float, int]:
+    torch.manual_seed(0)
+    model = restore_rwkv.create_model(name).train()
+    x, target = torch.rand(4, 1, 128, 128), torch.rand(4, 1, 128, 128)
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-4)
+
+    def step():
+        loss = torch.nn.functional.l1_loss(model(x), target)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    flops = forward_flops(restore_rwkv.reparameterize_model(model), x)
+    return median_time(step, repeats=5, warmup=1, budget_s=120), flops
+
+
+class _Denoiser(torch.nn.Module):
+    """Calls a deepinv denoiser with a fixed noise level, so it times like an image-to-image model."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, 0.05)
+
+
+def peer_models() -> dict[str, torch.nn.Module]:
+    """Peers at their default widths, one channel in and out, random weights (nothing downloaded)."""
+    import deepinv
+
+    models = {
+        "Restormer (deepinv)": deepinv.models.Restormer(in_channels=1, out_channels=1, pretrained=None),
+        "SwinIR (deepinv)": deepinv.models.SwinIR(in_chans=1, pretrained=None),
+        "DRUNet (deepinv)": deepinv.models.DRUNet(in_channels=1, out_channels=1, pretrained=None),
+        "SCUNet (deepinv)": deepinv.models.SCUNet(in_nc=1, pretrained=None),
+    }
+    return {k: _Denoiser(m).eval() for k, m in models.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-2048", action="store_true", help="skip the 2048x2048 memory cell (minutes)")
+    parser.add_argument("--peers", action="store_true", help="also time deepinv's Restormer, SwinIR, DRUNet, SCUNet")
+    args = parser.parse_args()
+
+    print(f"Machine: {machine_summary()}")
+    print(f"Bi-WKV backend on CPU: {restore_rwkv.ops.select_backend(torch.device('cpu'))}")
+    rate = mm_rate()
+    print(f"torch.mm fp32 rate (2048x2048): {rate / 1e9:.1f} GFLOP/s\n")
+    rows: list[tuple[str, str, str, str]] = []
+
+    paper, light = inference_model("restore_rwkv"), inference_model("restore_rwkv_light")
+    times = {}
+    for label, model, size, limit in (
+        ("paper", paper, 256, 2.0),
+        ("paper", paper, 512, 2.0),
+        ("light", light, 512, 3.0),
+    ):
+        floor = forward_flops(model, torch.rand(1, 1, size, size)) / rate
+        seconds = time_inference(model, size)
+        times[(label, size)] = seconds
+        rows.append(
+            (f"{label} model inference {size}²: ratio ≤ {limit}", f"{seconds / floor:.2f}",
+             f"{seconds:.2f} s vs floor {floor:.2f} s", "met" if seconds / floor <= limit else "NOT met")
+        )
+    share = operator_share(paper, 256)
+    rows.append(("operator share of paper inference 256² ≤ 15 %", f"{100 * share:.1f} %", "torch.profiler",
+                 "met" if share <= 0.15 else "NOT met"))
+
+    if args.peers:
+        x = torch.rand(1, 1, 512, 512)
+        for peer, model in peer_models().items():
+            try:
+                seconds = time_inference(model, 512)
+            except Exception as exc:  # a peer that cannot run at this size is reported, not fatal
+                rows.append((f"{peer} inference 512²", "-", f"failed: {type(exc).__name__}", ""))
+                continue
+            times[(peer, 512)] = seconds
+            note = ""
+            if peer.startswith("Restormer"):
+                rel = times[("paper", 512)] / seconds
+                note = "met" if rel <= 0.5 else "NOT met"
+                rows.append(("paper 512² time ≤ 0.5 × Restormer", f"{rel:.2f} ×", f"Restormer {seconds:.2f} s", note))
+            else:
+                rows.append((f"{peer} inference 512² (for reference)", f"{seconds:.2f} s", "", ""))
+        del x
+
+    for size, limit_gb in ((1024, 4.0), (2048, 12.0)):
+        if size == 2048 and args.skip_2048:
+            continue
+        res = run_isolated("targets", dict(kind="infer", name="restore_rwkv", size=size))
+        gb = res.get("peak_mb", float("nan")) / 1024
+        rows.append((f"paper inference {size}² peak memory ≤ {limit_gb:.0f} GB", f"{gb:.2f} GB", "fresh process",
+                     "met" if gb <= limit_gb else "NOT met"))
+
+    for name, limit in (("restore_rwkv", 3.0), ("restore_rwkv_light", 6.0)):
+        seconds, flops = training_step_time(name)
+        floor = 3 * flops / rate
+        rows.append((f"{name} training step 128², batch 4: ≤ {limit} × floor", f"{seconds / floor:.2f}",
+                     f"{seconds:.2f} s vs floor {floor:.2f} s", "met" if seconds / floor <= limit else "NOT met"))
+
+    plain = run_isolated("targets", dict(kind="train", name="restore_rwkv", size=128, checkpointing=False))
+    ckpt = run_isolated("targets", dict(kind="train", name="restore_rwkv", size=128, checkpointing=True))
+    cut = plain["peak_mb"] / ckpt["peak_mb"]
+    rows.append(("gradient checkpointing cuts the training-step peak ≥ 3 ×", f"{cut:.1f} ×",
+                 f"{plain['peak_mb'] / 1024:.2f} GB → {ckpt['peak_mb'] / 1024:.2f} GB", "met" if cut >= 3 else "NOT met"))
+
+    print("| target | measured | compared with | |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned only here, to the CPU build on this project's machines; the package itself accepts a range.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow bench clean
+.PHONY: install test test-slow bench bench-targets clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,18 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/wkv.py
 	$(BIN)/python benchmarks/model.py
 
+# Issue-3 targets with the peer models (deepinv needs torchvision, hence its own environment).
+BENCH_VENV ?= .venv-bench
+BENCH_TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet $(BENCH_TORCH)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e ".[bench]"
+	touch $@
+
+bench-targets: $(BENCH_VENV)/.installed
+	cd benchmarks && ../$(BENCH_VENV)/bin/python targets.py --peers
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -28,9 +28,46 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, bud
     return statistics.median(times)
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's resident memory (Linux); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory, in MB."""
+    """High-water mark of this process's resident memory, in MB (since the last reset, on Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return peak_rss_mb()
+
+
+def peak_rise_mb(fn) -> float:
+    """Peak resident memory during ``fn()`` above the resident memory just before it, in MB."""
+    import gc
+
+    gc.collect()
+    reset_peak_rss()
+    base = current_rss_mb()
+    fn()
+    return peak_rss_mb() - base
 
 
 def run_isolated(module: str, args: dict) -> dict:

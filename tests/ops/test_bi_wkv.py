@@ -67,7 +67,7 @@ COMPILED = [pytest.param("numba", marks=needs_numba), pytest.param("native", mar
 
 def _sweeps_fit(backend, w, u, length):
     from restore_rwkv.ops._sweeps import fits
-    from restore_rwkv.ops.bi_wkv import _sweep_kernels
+    from restore_rwkv.ops.dispatch import _sweep_kernels
 
     kernels = _sweep_kernels(backend)
     if w.dtype == torch.float64 and np.float64 not in kernels.dtypes:
@@ -214,3 +214,16 @@ def test_rejects_bad_shapes():
         bi_wkv(torch.zeros(2), torch.zeros(3), k, k)
     with pytest.raises(ValueError, match=r"\(B, T, C\)"):
         bi_wkv(torch.zeros(3), torch.zeros(3), k, torch.zeros(1, 5, 3))
+
+
+def test_re_wkv_inference_in_channel_groups_matches(monkeypatch):
+    """Without autograd, large inputs run in channel groups; the result is the same."""
+    from restore_rwkv.ops import dispatch as module
+
+    k, v = torch.randn(2, 1, 12, 10, 40)
+    decay, first = torch.randn(2, 2, 40)
+    with torch.no_grad():
+        whole = re_wkv(k, v, decay, first)
+        monkeypatch.setattr(module, "_INFERENCE_GROUP_ELEMENTS", 1000)  # forces groups of 8 channels
+        grouped = re_wkv(k, v, decay, first)
+    torch.testing.assert_close(grouped, whole, rtol=0, atol=0)

@@ -20,13 +20,15 @@ class RRWKVBlock(nn.Module):
         self.gamma1 = nn.Parameter(torch.ones(dim))
         self.gamma2 = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Apply the block; with ``inplace`` (inference only) ``x`` itself is updated and returned."""
         tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C): a view when x is channels-last
         if torch.is_grad_enabled():
             tokens = tokens + self.gamma1 * self.att(self.ln1(tokens))
             tokens = tokens + self.gamma2 * self.ffn(self.ln2(tokens))
-        else:  # inference: update in place (on a copy: the caller's input is kept)
-            tokens = tokens.clone(memory_format=torch.contiguous_format)
+        else:  # inference: update in place (on a copy unless the caller gives x away)
+            if not (inplace and tokens.is_contiguous()):
+                tokens = tokens.clone(memory_format=torch.contiguous_format)
             tokens.addcmul_(self.att(self.ln1(tokens)), self.gamma1)
             tokens.addcmul_(self.ffn(self.ln2(tokens)), self.gamma2)
         return tokens.permute(0, 3, 1, 2)

@@ -104,7 +104,12 @@ class RestoreRWKV(nn.Module):
         return self
 
     def _run_level(self, level: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if not (self.gradient_checkpointing and torch.is_grad_enabled()):
+        if not torch.is_grad_enabled():
+            # Every level input is a fresh tensor that nothing else holds: update it in place.
+            for block in level:
+                x = block(x, inplace=True)
+            return x
+        if not self.gradient_checkpointing:
             return level(x)
         for block in level:
             x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)

@@ -1,6 +1,6 @@
 """The Bi-WKV attention operator (Eq. 8) and Re-WKV (Eq. 9-10) with interchangeable backends."""
 
-from restore_rwkv.ops.bi_wkv import (
+from restore_rwkv.ops.dispatch import (
     BACKENDS,
     available_backends,
     bi_wkv,

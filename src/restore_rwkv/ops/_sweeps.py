@@ -77,13 +77,23 @@ class _Layouts:
     def __init__(self, weights: np.ndarray, height: int, width: int) -> None:
         self.rows, self.columns, self.height, self.width = weights, None, height, width
         self.order = np.arange(height * width, dtype=np.int64)
+        self.steps_left_with_rows = 1 << 30  # set by callers that know when row-major steps end
 
-    def weights(self, step: int) -> np.ndarray:
+    def weights(self, step: int, last: bool = False) -> np.ndarray:
+        """The weights for ``step``; with ``last`` the other layout is released (inference)."""
         if step % 2 == 0:
-            return self.rows
+            rows = self.rows
+            if last:
+                self.rows = self.columns = None
+            return rows
         if self.columns is None:
             self.columns = _to_columns(self.rows, self.height, self.width)
-        return self.columns
+        columns = self.columns
+        if last or step + 1 >= self.steps_left_with_rows:
+            self.rows = None
+        if last:
+            self.columns = None
+        return columns
 
     def into(self, x: np.ndarray, step: int) -> np.ndarray:
         return x if step % 2 == 0 else _to_columns(x, self.height, self.width)
@@ -104,17 +114,27 @@ class _ReWKVSweeps(torch.autograd.Function):
         layouts = _Layouts(_weights(k, dtype), height, width)
         w = decay.detach().to(torch.float64).numpy() / length
         u = first.detach().to(torch.float64).numpy() / length
+        steps = decay.shape[0]
+        training = any(ctx.needs_input_grad[:4])
+        # Without a backward to come, every intermediate is dropped as soon as it is used.
+        layouts.steps_left_with_rows = max([s for s in range(steps) if s % 2 == 0], default=-1) + 1
         values = [v]
         current = _array(v, dtype)
-        for step in range(decay.shape[0]):
+        for step in range(steps):
             inputs = layouts.into(current, step)
+            del current
             out = np.empty_like(inputs)
-            kernels.forward(layouts.weights(step), inputs, np.exp(-w[step]), np.exp(u[step]), layouts.order, out, threads)
+            weights = layouts.weights(step, last=not training and step == steps - 1)
+            kernels.forward(weights, inputs, np.exp(-w[step]), np.exp(u[step]), layouts.order, out, threads)
+            del inputs, weights
             current = layouts.back(out, step)
-            values.append(torch.from_numpy(current).view(batch, height, width, channels))
+            del out
+            if training:
+                values.append(torch.from_numpy(current).view(batch, height, width, channels))
         ctx.kernels = kernels
-        ctx.save_for_backward(k, decay, first, *values[:-1])
-        return values[-1].to(v.dtype)
+        if training:
+            ctx.save_for_backward(k, decay, first, *values[:-1])
+        return torch.from_numpy(current).view(batch, height, width, channels).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]

@@ -15,6 +15,7 @@ from restore_rwkv.ops._sweeps import SweepKernels, bi_wkv_sweeps, fits, re_wkv_s
 ENV_VAR = "RESTORE_RWKV_WKV_BACKEND"
 BACKENDS = ("chunked", "native", "numba", "reference")
 _SWEEP_BACKENDS = ("native", "numba")  # fastest first
+_INFERENCE_GROUP_ELEMENTS = 1 << 23  # without autograd, Re-WKV runs channel groups of about this size
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,7 +145,16 @@ def re_wkv(
         steps = [(decay[j] / length, first[j] / length) for j in range(decay.shape[0])]
         kernels = _pick_sweeps(name, backend == name, steps, length, k.dtype)
         if kernels is not None:
-            return re_wkv_sweeps(kernels, k, v, decay, first)
+            if torch.is_grad_enabled() or k.numel() <= _INFERENCE_GROUP_ELEMENTS:
+                return re_wkv_sweeps(kernels, k, v, decay, first)
+            # Inference on a large image: channels are independent, so run them in groups and
+            # keep the operator's temporaries (weights, column-major copies) a group in size.
+            out = torch.empty_like(v)
+            group = max(8, (_INFERENCE_GROUP_ELEMENTS // (batch * length)) // 8 * 8)
+            for c in range(0, channels, group):
+                cs = slice(c, min(c + group, channels))
+                out[..., cs] = re_wkv_sweeps(kernels, k[..., cs], v[..., cs], decay[:, cs], first[:, cs])
+            return out
         name = "chunked"
     k_cols = None
     for step in range(decay.shape[0]):

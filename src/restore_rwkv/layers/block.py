@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from restore_rwkv.layers.mixing import ChannelMix, SpatialMix
+from restore_rwkv.layers.mixing import ChannelMix, SpatialMix, omni_shift_tokens
 
 
 class RRWKVBlock(nn.Module):
@@ -29,8 +29,9 @@ class RRWKVBlock(nn.Module):
         else:  # inference: update in place (on a copy unless the caller gives x away)
             if not (inplace and tokens.is_contiguous()):
                 tokens = tokens.clone(memory_format=torch.contiguous_format)
-            tokens.addcmul_(self.att(self.ln1(tokens)), self.gamma1)
-            tokens.addcmul_(self.ffn(self.ln2(tokens)), self.gamma2)
+            # The normalised tokens are dropped as soon as the Omni-Shift has read them.
+            tokens.addcmul_(self.att.mix(omni_shift_tokens(self.att.omni_shift, self.ln1(tokens))), self.gamma1)
+            tokens.addcmul_(self.ffn.mix(omni_shift_tokens(self.ffn.omni_shift, self.ln2(tokens))), self.gamma2)
         return tokens.permute(0, 3, 1, 2)
 
 

@@ -33,7 +33,10 @@ class SpatialMix(nn.Module):
         self.spatial_first = nn.Parameter(torch.randn(recurrence, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = omni_shift_tokens(self.omni_shift, x)
+        return self.mix(omni_shift_tokens(self.omni_shift, x))
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
         k, v = self.key(x), self.value(x)
         wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first)
         del k, v
@@ -60,7 +63,10 @@ class ChannelMix(nn.Module):
         self.value = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = omni_shift_tokens(self.omni_shift, x)
+        return self.mix(omni_shift_tokens(self.omni_shift, x))
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
         if torch.is_grad_enabled():
             return torch.sigmoid(self.receptance(x)) * self.value(squared_relu(self.key(x)))
         tokens = x.reshape(-1, x.shape[-1])

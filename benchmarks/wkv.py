@@ -66,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"Machine: {machine_summary()}\n")
-    print("| T | mode | reference s | chunked s | speed-up | chunked peak MB | peak / size(k) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| T | mode | reference s | chunked s | speed-up | chunked peak MB | peak / size(k) | native s | native peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results: dict = {}
     for length in args.lengths:
         for mode in ("fwd", "fwd+bwd"):
@@ -77,12 +77,15 @@ def main() -> None:
                 if length <= REFERENCE_MAX_T
                 else None
             )
+            native = run_isolated("wkv", dict(backend="native", length=length, channels=args.channels, mode=mode))
             results[(length, mode)] = fast
             ref_s = f"{ref['seconds']:.4f}" if ref else "-"
             speed = f"{ref['seconds'] / fast['seconds']:.0f}x" if ref else "-"
+            nat = f"{native['seconds']:.4f} | {native['peak_mb']:.1f}" if "seconds" in native else "- | -"
             print(
                 f"| {length} | {mode} | {ref_s} | {fast['seconds']:.4f} | {speed} | "
-                f"{fast['peak_mb']:.1f} | {fast['peak_mb'] / fast['k_mb']:.1f} |"
+                f"{fast['peak_mb']:.1f} | {fast['peak_mb'] / fast['k_mb']:.1f} | {nat} |",
+                flush=True,
             )
     lengths = args.lengths
     if 65536 in lengths and 262144 in lengths:

@@ -33,9 +33,10 @@ def _sweep_kernels(name: str) -> SweepKernels | None:
         return None
 
 
-def available_backends(device: torch.device = torch.device("cpu")) -> list[str]:
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device`` in this environment, fastest first."""
-    fast = [n for n in _SWEEP_BACKENDS if _sweep_kernels(n) is not None] if device.type == "cpu" else []
+    on_cpu = torch.device(device).type == "cpu"
+    fast = [n for n in _SWEEP_BACKENDS if _sweep_kernels(n) is not None] if on_cpu else []
     return fast + ["chunked", "reference"]
 
 
@@ -76,7 +77,7 @@ def select_backend(device: torch.device, backend: str = "auto") -> str:
 def _pick_sweeps(name: str, explicit: bool, steps: list[tuple[torch.Tensor, torch.Tensor]], length: int,
                  dtype: torch.dtype) -> SweepKernels | None:
     """The compiled kernels to run ``steps`` (per-token (w, u) pairs) with, or None for ``chunked``."""
-    chain = [name] if explicit else [n for n in _SWEEP_BACKENDS[_SWEEP_BACKENDS.index(name):]]
+    chain = [name] if explicit else list(_SWEEP_BACKENDS[_SWEEP_BACKENDS.index(name) :])
     for candidate in chain:
         kernels = _sweep_kernels(candidate)
         if kernels is None or (dtype == torch.float64 and np.float64 not in kernels.dtypes):

@@ -102,18 +102,25 @@ class _Layouts:
         return x if step % 2 == 0 else _to_rows(x, self.height, self.width)
 
 
+def _prepare(kernels: SweepKernels, k: torch.Tensor, decay: torch.Tensor, first: torch.Tensor):
+    """What forward and backward both start from: weight dtype, layouts, per-token w and u."""
+    height, width = k.shape[1:3]
+    length = height * width
+    dtype = weight_dtype(kernels, k.dtype)
+    layouts = _Layouts(_weights(k, dtype), height, width)
+    w = decay.detach().to(torch.float64).numpy() / length
+    u = first.detach().to(torch.float64).numpy() / length
+    return dtype, layouts, w, u
+
+
 class _ReWKVSweeps(torch.autograd.Function):
     """All M Bi-WKV steps of Re-WKV on (B, H, W, C) tokens, without transposes."""
 
     @staticmethod
     def forward(ctx, k, v, decay, first, kernels):  # type: ignore[override]
         batch, height, width, channels = k.shape
-        length = height * width
-        dtype = weight_dtype(kernels, k.dtype)
         threads = torch.get_num_threads()
-        layouts = _Layouts(_weights(k, dtype), height, width)
-        w = decay.detach().to(torch.float64).numpy() / length
-        u = first.detach().to(torch.float64).numpy() / length
+        dtype, layouts, w, u = _prepare(kernels, k, decay, first)
         steps = decay.shape[0]
         training = any(ctx.needs_input_grad[:4])
         # Without a backward to come, every intermediate is dropped as soon as it is used.
@@ -142,11 +149,8 @@ class _ReWKVSweeps(torch.autograd.Function):
         kernels = ctx.kernels
         batch, height, width, channels = k.shape
         length = height * width
-        dtype = weight_dtype(kernels, k.dtype)
         threads = torch.get_num_threads()
-        layouts = _Layouts(_weights(k, dtype), height, width)
-        w = decay.detach().to(torch.float64).numpy() / length
-        u = first.detach().to(torch.float64).numpy() / length
+        dtype, layouts, w, u = _prepare(kernels, k, decay, first)
         dk_total = None
         g = _array(grad, dtype)
         d_decay = np.zeros(decay.shape)

@@ -1,6 +1,6 @@
 """Every speed and memory target of issue 3, measured in one run on this machine.
 
-    python benchmarks/targets.py [--skip-2048] [--peers]
+    python benchmarks/targets.py [--skip-2048] [--peers] [--default-allocator]
 
 Definitions: the *floor* of a forward pass is its FLOPs (matrix products and convolutions,
 counted by ``torch.utils.flop_counter.FlopCounterMode``) divided by the sustained fp32 rate of
@@ -69,8 +69,10 @@ def operator_share(model: torch.nn.Module, size: int) -> float:
     return op / total
 
 
-def measure(kind: str, name: str, size: int, checkpointing: bool = False) -> dict:
+def measure(kind: str, name: str, size: int, checkpointing: bool = False, tuned: bool = True) -> dict:
     """One peak-memory cell, run in a fresh process by ``run_isolated``."""
+    if tuned:
+        restore_rwkv.tune_cpu_allocator()
     torch.manual_seed(0)
     model = restore_rwkv.create_model(name)
     if kind == "infer":
@@ -137,10 +139,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-2048", action="store_true", help="skip the 2048x2048 memory cell (minutes)")
     parser.add_argument("--peers", action="store_true", help="also time deepinv's Restormer, SwinIR, DRUNet, SCUNet")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (no restore_rwkv.tune_cpu_allocator())")
     args = parser.parse_args()
+    tuned = not args.default_allocator
+    if tuned:
+        restore_rwkv.tune_cpu_allocator()
 
     print(f"Machine: {machine_summary()}")
     print(f"Bi-WKV backend on CPU: {restore_rwkv.ops.select_backend(torch.device('cpu'))}")
+    print(f"Allocator: {'tuned (restore_rwkv.tune_cpu_allocator)' if tuned else 'glibc defaults'}")
     rate = mm_rate()
     print(f"torch.mm fp32 rate (2048x2048): {rate / 1e9:.1f} GFLOP/s\n")
     print("| target | measured | compared with | |")
@@ -192,7 +200,7 @@ def main() -> None:
     for size, limit_gb in ((1024, 4.0), (2048, 12.0)):
         if size == 2048 and args.skip_2048:
             continue
-        res = run_isolated("targets", dict(kind="infer", name="restore_rwkv", size=size))
+        res = run_isolated("targets", dict(kind="infer", name="restore_rwkv", size=size, tuned=tuned))
         gb = res.get("peak_mb", float("nan")) / 1024
         rows.append((f"paper inference {size}² peak memory ≤ {limit_gb:.0f} GB", f"{gb:.2f} GB", "fresh process",
                      "met" if gb <= limit_gb else "NOT met"))
@@ -203,8 +211,8 @@ def main() -> None:
         rows.append((f"{name} training step 128², batch 4: ≤ {limit} × floor", f"{seconds / floor:.2f}",
                      f"{seconds:.2f} s vs floor {floor:.2f} s", "met" if seconds / floor <= limit else "NOT met"))
 
-    plain = run_isolated("targets", dict(kind="train", name="restore_rwkv", size=128, checkpointing=False))
-    ckpt = run_isolated("targets", dict(kind="train", name="restore_rwkv", size=128, checkpointing=True))
+    plain = run_isolated("targets", dict(kind="train", name="restore_rwkv", size=128, checkpointing=False, tuned=tuned))
+    ckpt = run_isolated("targets", dict(kind="train", name="restore_rwkv", size=128, checkpointing=True, tuned=tuned))
     cut = plain["peak_mb"] / max(ckpt["peak_mb"], 1e-9)
     rows.append(("gradient checkpointing cuts the training-step peak ≥ 3 ×", f"{cut:.1f} ×",
                  f"{plain['peak_mb'] / 1024:.2f} GB → {ckpt['peak_mb'] / 1024:.2f} GB", "met" if cut >= 3 else "NOT met"))

@@ -9,6 +9,7 @@ from restore_rwkv.models import (
     save_state_dict,
 )
 from restore_rwkv.ops import bi_wkv
+from restore_rwkv.utils.runtime import tune_cpu_allocator
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,5 @@ __all__ = [
     "load_pretrained",
     "reparameterize_model",
     "save_state_dict",
+    "tune_cpu_allocator",
 ]

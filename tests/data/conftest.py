@@ -1,0 +1,62 @@
+"""Synthetic DICOM series and other files for the I/O tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def make_ct_series(folder, slices: int = 3, rows: int = 8, cols: int = 10, patient: str = "ANON001",
+                   z0: float = -50.0, dz: float = 2.5, seed: int = 0, shuffle: bool = True,
+                   description: str = "full dose", series_uid: str | None = None):
+    """Write a small CT series (int16 stored values, slope 1, intercept -1024) in shuffled file order.
+
+    Returns the HU volume in spatial (ascending z) order.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    study, series = generate_uid(), series_uid or generate_uid()
+    hu = rng.integers(-1000, 1500, size=(slices, rows, cols)).astype(np.float32)
+    order = rng.permutation(slices) if shuffle else np.arange(slices)
+    for file_index, k in enumerate(order):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        sop = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Test^Patient", patient, "19700101"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Modality, ds.SeriesDescription = "CT", description
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.InstanceNumber = int(slices - k)  # deliberately not the spatial order
+        ds.ImagePositionPatient = [-100.0, -120.0, z0 + dz * float(k)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.7, 0.8]
+        ds.SliceThickness = dz
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = (hu[k] + 1024).astype(np.int16).tobytes()
+        ds.save_as(str(folder / f"file{file_index:03d}.dcm"), enforce_file_format=True)
+    return hu
+
+
+@pytest.fixture
+def ct_series(tmp_path):
+    folder = tmp_path / "series"
+    hu = make_ct_series(folder)
+    return folder, hu
+
+
+@pytest.fixture
+def series_factory():
+    """``make_ct_series`` for tests that need several series."""
+    return make_ct_series

@@ -1,0 +1,91 @@
+"""CT low-dose simulation in the projection domain.
+
+Physics: a CT number is HU = 1000 (mu - mu_water) / mu_water, so the linear attenuation is
+mu = mu_water (1 + HU / 1000). A detector bin behind the path L receives on average
+I0 * d * exp(-integral of mu along L) photons, for incident flux I0 per bin at full dose and
+dose fraction d (0.25 = quarter dose). Counts are Poisson, plus optional Gaussian electronic
+noise; the log of the normalised counts gives noisy line integrals, which filtered
+back-projection turns back into mu and then HU. The input image is taken as noiseless
+ground truth (HQ); LQ carries the noise of dose fraction d (its standard deviation grows as
+1/sqrt(d)) and the reconstruction error of FBP for the chosen number of views.
+Geometry: parallel beam, ``n_views`` over 180 degrees (fan beam is not simulated).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from restore_rwkv.physics._common import as_batch, make_generator, restore_shape
+from restore_rwkv.physics.projector import ParallelBeamProjector
+
+MU_WATER_PER_MM = 0.0192  # linear attenuation of water at about 70 keV effective energy
+
+
+def hu_to_mu(hu: torch.Tensor, mu_water: float = MU_WATER_PER_MM) -> torch.Tensor:
+    """HU -> linear attenuation per mm (negative values, below air, clipped to 0)."""
+    return (mu_water * (1 + hu / 1000.0)).clamp_min(0.0)
+
+
+def mu_to_hu(mu: torch.Tensor, mu_water: float = MU_WATER_PER_MM) -> torch.Tensor:
+    return 1000.0 * (mu / mu_water - 1.0)
+
+
+class LowDoseCT:
+    """HQ (HU) -> LQ (HU) at a reduced dose.
+
+    Args:
+        dose_fraction: dose of LQ relative to the full dose (0.25 = quarter dose, the AAPM task).
+        incident_flux: photons per detector bin and view at full dose (I0).
+        electronic_noise_std: standard deviation of additive Gaussian detector noise (photons).
+        pixel_size_mm: pixel spacing of the images.
+        n_views: projection angles over 180 degrees (default: pi/2 times the image size).
+        fbp_window: apodisation of the ramp filter (``ramp``, ``shepp-logan``, ``cosine``, ``hann``).
+        mu_water: attenuation of water per mm.
+    """
+
+    def __init__(self, dose_fraction: float = 0.25, incident_flux: float = 1e5, electronic_noise_std: float = 0.0,
+                 pixel_size_mm: float = 0.7, n_views: int | None = None, fbp_window: str = "ramp",
+                 mu_water: float = MU_WATER_PER_MM) -> None:
+        if not 0 < dose_fraction <= 1:
+            raise ValueError(f"dose_fraction must be in (0, 1], got {dose_fraction}")
+        if incident_flux <= 0:
+            raise ValueError(f"incident_flux must be positive, got {incident_flux}")
+        self.dose_fraction, self.incident_flux = float(dose_fraction), float(incident_flux)
+        self.electronic_noise_std, self.pixel_size_mm = float(electronic_noise_std), float(pixel_size_mm)
+        self.n_views, self.fbp_window, self.mu_water = n_views, fbp_window, float(mu_water)
+        self._projectors: dict[int, ParallelBeamProjector] = {}
+
+    def projector(self, size: int) -> ParallelBeamProjector:
+        if size not in self._projectors:
+            self._projectors[size] = ParallelBeamProjector(size, self.n_views, self.pixel_size_mm)
+        return self._projectors[size]
+
+    def _check(self, x: torch.Tensor) -> ParallelBeamProjector:
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"CT simulation needs square slices, got {tuple(x.shape[-2:])}")
+        return self.projector(x.shape[-1])
+
+    def reconstruct_noiseless(self, hq: torch.Tensor) -> torch.Tensor:
+        """FBP of the noiseless projections: what the geometry alone does to ``hq`` (HU)."""
+        x, shape = as_batch(hq)
+        projector = self._check(x)
+        mu = hu_to_mu(x.to(torch.float32), self.mu_water)
+        recon = projector.fbp(projector(mu), self.fbp_window)
+        return restore_shape(mu_to_hu(recon, self.mu_water).to(hq.dtype), shape)
+
+    def __call__(self, hq: torch.Tensor, seed: int | torch.Generator | None = None) -> torch.Tensor:
+        """LQ in HU for (H, W), (B, H, W) or (B, 1, H, W) ``hq`` in HU; deterministic for a seed."""
+        x, shape = as_batch(hq)
+        projector = self._check(x)
+        generator = make_generator(seed, x.device)
+        mu = hu_to_mu(x.to(torch.float32), self.mu_water)
+        line_integrals = projector(mu)
+        flux = self.incident_flux * self.dose_fraction
+        expected = flux * torch.exp(-line_integrals.double())
+        counts = torch.poisson(expected, generator=generator)
+        if self.electronic_noise_std > 0:
+            counts = counts + self.electronic_noise_std * torch.randn(
+                counts.shape, generator=generator, device=counts.device, dtype=counts.dtype)
+        noisy = -torch.log(counts.clamp_min(0.5) / flux)  # a zero count would give an infinite integral
+        recon = projector.fbp(noisy.to(torch.float32), self.fbp_window)
+        return restore_shape(mu_to_hu(recon, self.mu_water).to(hq.dtype), shape)

@@ -1,0 +1,97 @@
+"""MRI super-resolution degradation: k-space truncation (the paper's IXI protocol).
+
+An MR image is the inverse Fourier transform of the k-space the scanner samples; a lower
+resolution acquisition samples only the centre of k-space. The simulation takes the
+centred 2-D FFT of the high-resolution image, keeps the central ``1/s x 1/s`` block (for
+s = 4, 6.25 % of the points), sets the rest to zero, transforms back and takes the
+magnitude, so LQ has the size of HQ. Options: a Hamming or Tukey window over the kept block
+(tapers the cut that causes Gibbs ringing) and complex Gaussian noise on the kept samples
+(thermal noise; with an orthonormal FFT its standard deviation is the same per pixel in the
+image).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from restore_rwkv.physics._common import as_batch, make_generator, restore_shape
+
+
+def kept_extent(size: int, scale: float) -> tuple[int, int]:
+    """(start, stop) of the kept centre along an axis of ``size`` points in centred (fftshifted) order."""
+    keep = max(1, int(round(size / scale)))
+    start = size // 2 - keep // 2
+    return start, start + keep
+
+
+def kspace_mask(height: int, width: int, scale: float, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (H, W) mask of the kept k-space points in centred order (``round(H/s) x round(W/s)``)."""
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    (r0, r1), (c0, c1) = kept_extent(height, scale), kept_extent(width, scale)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def _window_1d(n: int, kind: str, alpha: float, device, dtype) -> torch.Tensor:
+    if kind == "hamming":
+        return torch.hamming_window(n, periodic=False, device=device, dtype=dtype) if n > 1 else torch.ones(1, device=device, dtype=dtype)
+    if kind == "tukey":
+        x = torch.linspace(0.0, 1.0, n, device=device, dtype=dtype)
+        w = torch.ones(n, device=device, dtype=dtype)
+        if alpha > 0:
+            edge = x < alpha / 2
+            w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 1)))
+            edge = x > 1 - alpha / 2
+            w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 2 / alpha + 1)))
+        return w
+    raise ValueError(f"unknown window {kind!r}; use None, 'hamming' or 'tukey'")
+
+
+class KSpaceTruncation:
+    """HQ -> LQ by keeping the centre of k-space.
+
+    Args:
+        scale: super-resolution factor s; keeps ``round(H/s) x round(W/s)`` points.
+        window: None (sharp cut, the paper), ``"hamming"`` or ``"tukey"``.
+        tukey_alpha: taper fraction of the Tukey window.
+        noise_std: standard deviation of complex Gaussian noise added to the kept samples,
+            in image intensity units (0 = none, the paper).
+    """
+
+    def __init__(self, scale: float = 4.0, window: str | None = None, tukey_alpha: float = 0.5,
+                 noise_std: float = 0.0) -> None:
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}")
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.scale, self.window, self.tukey_alpha, self.noise_std = float(scale), window, tukey_alpha, noise_std
+
+    def kspace_filter(self, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """(H, W) real weights in centred order: the mask, times the window over the kept block."""
+        weights = kspace_mask(height, width, self.scale, device).to(dtype)
+        if self.window is not None:
+            (r0, r1), (c0, c1) = kept_extent(height, self.scale), kept_extent(width, self.scale)
+            wr = _window_1d(r1 - r0, self.window, self.tukey_alpha, device, dtype)
+            wc = _window_1d(c1 - c0, self.window, self.tukey_alpha, device, dtype)
+            weights[r0:r1, c0:c1] = wr[:, None] * wc[None, :]
+        return weights
+
+    def __call__(self, hq: torch.Tensor, seed: int | torch.Generator | None = None) -> torch.Tensor:
+        """LQ magnitude images for (H, W), (B, H, W) or (B, 1, H, W) ``hq``; same shape and dtype."""
+        x, shape = as_batch(hq)
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        height, width = x.shape[-2:]
+        spectrum = torch.fft.fftshift(torch.fft.fft2(x.to(work), norm="ortho"), dim=(-2, -1))
+        spectrum = spectrum * self.kspace_filter(height, width, x.device, work)
+        if self.noise_std > 0:
+            generator = make_generator(seed, x.device)
+            mask = kspace_mask(height, width, self.scale, x.device)
+            noise = torch.complex(
+                torch.randn(spectrum.shape, generator=generator, device=x.device, dtype=work),
+                torch.randn(spectrum.shape, generator=generator, device=x.device, dtype=work),
+            ) * (self.noise_std / math.sqrt(2))
+            spectrum = spectrum + noise * mask
+        image = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1)), norm="ortho").abs()
+        return restore_shape(image.to(hq.dtype), shape)

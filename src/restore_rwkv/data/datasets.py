@@ -1,0 +1,298 @@
+"""Datasets of (LQ, HQ) slice pairs for training and evaluation.
+
+Items are dicts ``{"lq": (1, H, W) float32 in [0, 1], "hq": ..., "task": str, "modality": str,
+"name": str}``: normalised with the modality's convention, so one model can train on all
+tasks at once. Sources: a manifest (CSV/JSON with lq, hq, modality, task columns), paired
+folders, or HQ images with a degradation applied on the fly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from restore_rwkv.data.io import read_image
+from restore_rwkv.data.modality import TASKS, get_convention
+from restore_rwkv.utils.errors import InputError, check_finite
+
+IMAGE_SUFFIXES = (".npy", ".npz", ".png", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".ima", ".mha", ".nrrd")
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One training or test pair: paths (and slice index inside a volume, if any)."""
+
+    lq: str
+    hq: str
+    modality: str
+    task: str
+    split: str = ""
+    lq_slice: int | None = None
+    hq_slice: int | None = None
+
+
+def read_manifest(path: str | os.PathLike) -> list[PairRecord]:
+    """Read a CSV or JSON manifest; relative paths are taken relative to the manifest's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such manifest")
+    try:
+        if path.suffix.lower() == ".json":
+            rows = json.loads(path.read_text())
+            rows = rows.get("pairs", rows) if isinstance(rows, dict) else rows
+        else:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable manifest ({exc})") from None
+    records = []
+    for number, row in enumerate(rows, start=1):
+        missing = [k for k in ("lq", "hq", "modality", "task") if not row.get(k)]
+        if missing:
+            raise InputError(path, f"row {number} lacks {', '.join(missing)}")
+        if row["task"] not in TASKS:
+            raise InputError(path, f"row {number}: unknown task {row['task']!r} (expected one of {sorted(TASKS)})")
+        resolve = lambda p: str(p if os.path.isabs(p) else path.parent / p)  # noqa: E731
+        slice_of = lambda v: None if v in (None, "", "None") else int(v)  # noqa: E731
+        records.append(PairRecord(resolve(row["lq"]), resolve(row["hq"]), row["modality"], row["task"],
+                                  row.get("split", "") or "", slice_of(row.get("lq_slice")),
+                                  slice_of(row.get("hq_slice"))))
+    return records
+
+
+def write_manifest(path: str | os.PathLike, records: Sequence[PairRecord], root: str | os.PathLike | None = None) -> Path:
+    """Write a CSV manifest (paths relative to ``root``, default the manifest's folder)."""
+    path = Path(path)
+    base = Path(root) if root is not None else path.parent
+    fields = ["lq", "hq", "modality", "task", "split", "lq_slice", "hq_slice"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for r in records:
+            writer.writerow({"lq": os.path.relpath(r.lq, base), "hq": os.path.relpath(r.hq, base),
+                             "modality": r.modality, "task": r.task, "split": r.split,
+                             "lq_slice": "" if r.lq_slice is None else r.lq_slice,
+                             "hq_slice": "" if r.hq_slice is None else r.hq_slice})
+    tmp.replace(path)
+    return path
+
+
+def pair_folders(lq_dir: str | os.PathLike, hq_dir: str | os.PathLike, modality: str, task: str) -> list[PairRecord]:
+    """Pair the files of two folders by relative path (same name in both)."""
+    lq_dir, hq_dir = Path(lq_dir), Path(hq_dir)
+    for d in (lq_dir, hq_dir):
+        if not d.is_dir():
+            raise InputError(d, "no such folder")
+    lq_files = {p.relative_to(lq_dir) for p in lq_dir.rglob("*") if p.is_file() and _is_image(p)}
+    if not lq_files:
+        raise InputError(lq_dir, "no image files in this folder")
+    missing = sorted(str(p) for p in lq_files if not (hq_dir / p).exists())
+    if missing:
+        raise InputError(hq_dir, f"no HQ partner for {len(missing)} LQ file(s), e.g. {missing[0]}")
+    return [PairRecord(str(lq_dir / p), str(hq_dir / p), modality, task) for p in sorted(lq_files)]
+
+
+def _is_image(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def reference_layout(root: str | os.PathLike, split: str, modalities: Sequence[str] = ("MRI", "CT", "PET"),
+                     allow_pickle: bool = False) -> list[PairRecord]:
+    """Pairs of the reference's layout ``ROOT/{MRI,CT,PET}/{split}/{LQ,HQ}/<same name>``.
+
+    Its ``.bin`` files are pickles and need ``allow_pickle`` when read (see ``read_image``).
+    """
+    task_of = {"MRI": "mri_sr", "CT": "ct_denoise", "PET": "pet"}
+    records = []
+    for modality in modalities:
+        base = Path(root) / modality / split
+        if (base / "LQ").is_dir() and (base / "HQ").is_dir():
+            lq_dir, hq_dir = base / "LQ", base / "HQ"
+            names = sorted(p.name for p in lq_dir.iterdir() if p.is_file() and (_is_image(p) or p.suffix == ".bin"))
+            for name in names:
+                if not (hq_dir / name).exists():
+                    raise InputError(hq_dir / name, "HQ partner of an LQ file is missing")
+                records.append(PairRecord(str(lq_dir / name), str(hq_dir / name), modality.lower(),
+                                          task_of[modality], split))
+    if not records:
+        raise InputError(root, f"no {split}/LQ + {split}/HQ pairs under {', '.join(modalities)}")
+    return records
+
+
+def central_slices(volume: np.ndarray, axis: int, count: int, air_value: float | None = None,
+                   min_tissue_fraction: float = 0.05) -> list[int]:
+    """Indices of the central ``count`` slices along ``axis``, without those that are nearly all air.
+
+    A slice counts as air when fewer than ``min_tissue_fraction`` of its pixels exceed
+    ``air_value`` (default: 5 % of the volume's range above its minimum).
+    """
+    n = volume.shape[axis]
+    start = max(0, (n - count) // 2)
+    indices = list(range(start, min(n, start + count)))
+    if air_value is None:
+        lo, hi = float(np.min(volume)), float(np.max(volume))
+        air_value = lo + 0.05 * (hi - lo)
+    keep = []
+    for i in indices:
+        s = np.take(volume, i, axis=axis)
+        if np.mean(s > air_value) >= min_tissue_fraction:
+            keep.append(i)
+    return keep
+
+
+def _load_slice(path: str, index: int | None, allow_pickle: bool) -> np.ndarray:
+    data, meta = read_image(path, allow_pickle=allow_pickle)
+    if index is not None:
+        axis = meta.slice_axis if meta.slice_axis is not None else 0
+        data = np.take(data, index, axis=axis)
+    data = np.squeeze(np.asarray(data, dtype=np.float32))
+    if data.ndim != 2:
+        raise InputError(path, f"expected a 2-D slice, got shape {data.shape} (give a slice index for volumes)")
+    check_finite(data, path)
+    return data
+
+
+class PairedSliceDataset(Dataset):
+    """(LQ, HQ) pairs from records (manifest, folders or reference layout), normalised per modality."""
+
+    def __init__(self, records: Sequence[PairRecord], transform: Callable | None = None, allow_pickle: bool = False,
+                 conventions: dict | None = None) -> None:
+        if not records:
+            raise ValueError("PairedSliceDataset needs at least one record")
+        self.records, self.transform, self.allow_pickle = list(records), transform, allow_pickle
+        self.conventions = conventions or {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def tasks(self) -> list[str]:
+        return [r.task for r in self.records]
+
+    def __getitem__(self, index: int) -> dict:
+        r = self.records[index]
+        convention = self.conventions.get(r.modality) or get_convention(r.modality)
+        lq = _load_slice(r.lq, r.lq_slice, self.allow_pickle)
+        hq = _load_slice(r.hq, r.hq_slice, self.allow_pickle)
+        if lq.shape != hq.shape:
+            raise InputError(r.lq, f"LQ shape {lq.shape} differs from HQ shape {hq.shape} ({r.hq})")
+        item = {"lq": torch.from_numpy(convention.normalize(lq))[None], "hq": torch.from_numpy(convention.normalize(hq))[None],
+                "task": r.task, "modality": convention.name, "name": Path(r.hq).name}
+        return self.transform(item, index) if self.transform else item
+
+
+class SimulatedPairDataset(Dataset):
+    """HQ slices with LQ made on the fly by ``degrade(hq_physical, seed) -> lq_physical``.
+
+    The seed of item i is ``seed + i`` (plus ``epoch * len(self)`` after ``set_epoch``), so a
+    run is reproducible while each epoch sees fresh noise.
+    """
+
+    def __init__(self, hq_paths: Sequence[tuple[str, int | None]] | Sequence[str], modality: str, task: str,
+                 degrade: Callable, seed: int = 0, transform: Callable | None = None) -> None:
+        self.items = [(p, None) if isinstance(p, (str, os.PathLike)) else (str(p[0]), p[1]) for p in hq_paths]
+        if not self.items:
+            raise ValueError("SimulatedPairDataset needs at least one HQ image")
+        self.convention = get_convention(modality)
+        self.task, self.degrade, self.seed, self.transform, self.epoch = task, degrade, seed, transform, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def tasks(self) -> list[str]:
+        return [self.task] * len(self)
+
+    def __getitem__(self, index: int) -> dict:
+        path, slice_index = self.items[index]
+        hq = torch.from_numpy(_load_slice(str(path), slice_index, False))
+        out = self.degrade(hq, seed=self.seed + index + self.epoch * len(self))
+        lq = out[1] if isinstance(out, tuple) else out  # PET returns (HQ recon, LQ recon)
+        if isinstance(out, tuple):
+            hq = out[0]
+        item = {"lq": self.convention.normalize(lq.float())[None], "hq": self.convention.normalize(hq.float())[None],
+                "task": self.task, "modality": self.convention.name, "name": Path(path).name}
+        return self.transform(item, index) if self.transform else item
+
+
+class RandomPatchPairs:
+    """Transform: the same random crop (default 128x128), flips and 90-degree rotation on LQ and HQ.
+
+    Images smaller than the patch are reflect-padded. Randomness comes from ``seed`` and the
+    item index (and ``epoch`` via ``set_epoch``), so workers and ranks agree.
+    """
+
+    def __init__(self, patch: int = 128, flips: bool = True, rotations: bool = True, seed: int = 0) -> None:
+        self.patch, self.flips, self.rotations, self.seed, self.epoch = patch, flips, rotations, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __call__(self, item: dict, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        lq, hq = item["lq"], item["hq"]
+        h, w = hq.shape[-2:]
+        ph, pw = max(0, self.patch - h), max(0, self.patch - w)
+        if ph or pw:
+            pad = (0, pw, 0, ph)
+            lq = torch.nn.functional.pad(lq[None], pad, mode="reflect" if min(h, w) > max(ph, pw) else "replicate")[0]
+            hq = torch.nn.functional.pad(hq[None], pad, mode="reflect" if min(h, w) > max(ph, pw) else "replicate")[0]
+            h, w = hq.shape[-2:]
+        top, left = int(rng.integers(0, h - self.patch + 1)), int(rng.integers(0, w - self.patch + 1))
+        crop = (slice(None), slice(top, top + self.patch), slice(left, left + self.patch))
+        lq, hq = lq[crop], hq[crop]
+        if self.flips and rng.random() < 0.5:
+            lq, hq = lq.flip(-1), hq.flip(-1)
+        if self.flips and rng.random() < 0.5:
+            lq, hq = lq.flip(-2), hq.flip(-2)
+        if self.rotations:
+            k = int(rng.integers(0, 4))
+            lq, hq = torch.rot90(lq, k, (-2, -1)), torch.rot90(hq, k, (-2, -1))
+        return {**item, "lq": lq.contiguous(), "hq": hq.contiguous()}
+
+
+class TaskBalancedSampler(Sampler[int]):
+    """Indices that draw each task equally often (all-in-one training), ``num_samples`` per epoch.
+
+    ``tasks`` gives the task of every index of the dataset (e.g. ``dataset.tasks()`` or the
+    concatenation over a ConcatDataset). With ``num_replicas``/``rank`` each process of a
+    distributed run gets a disjoint share of the same epoch's draw.
+    """
+
+    def __init__(self, tasks: Sequence[str], num_samples: int | None = None, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        self.groups: dict[str, np.ndarray] = {}
+        for i, t in enumerate(tasks):
+            self.groups.setdefault(t, []).append(i)  # type: ignore[attr-defined]
+        if not self.groups:
+            raise ValueError("TaskBalancedSampler needs at least one item")
+        self.groups = {t: np.asarray(v) for t, v in self.groups.items()}
+        total = num_samples or len(tasks)
+        self.per_replica = int(np.ceil(total / num_replicas))
+        self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.per_replica
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        names = sorted(self.groups)
+        total = self.per_replica * self.num_replicas
+        task_of_draw = np.resize(np.arange(len(names)), total)
+        rng.shuffle(task_of_draw)
+        draws = [int(rng.choice(self.groups[names[t]])) for t in task_of_draw]
+        return iter(draws[self.rank :: self.num_replicas])

@@ -1,0 +1,133 @@
+"""Datasets, manifests, patches and the task-balanced sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from restore_rwkv.data.datasets import (
+    PairRecord,
+    PairedSliceDataset,
+    RandomPatchPairs,
+    SimulatedPairDataset,
+    TaskBalancedSampler,
+    central_slices,
+    pair_folders,
+    read_manifest,
+    write_manifest,
+)
+from restore_rwkv.data.modality import get_convention
+from restore_rwkv.physics import KSpaceTruncation
+from restore_rwkv.utils.errors import InputError
+
+
+def test_conventions_are_the_papers_and_configurable():
+    ct = get_convention("CT")
+    assert ct.norm_range == (-1024, 3072) and ct.eval_window == (-160, 240)
+    assert get_convention("PT").norm_range == (0, 20) and get_convention("mr").norm_range == (0, 4095)
+    x = np.array([-2000.0, -1024.0, 1024.0, 3072.0, 5000.0])
+    assert np.allclose(ct.normalize(x), [0, 0, 0.5, 1, 1])
+    assert np.allclose(ct.denormalize(ct.normalize(x[1:4])), x[1:4])
+    assert get_convention("ct", eval_window=(-1000, 1000)).eval_window == (-1000, 1000)
+    with pytest.raises(ValueError):
+        get_convention("xray")
+
+
+def _pairs(tmp_path, n=3, shape=(20, 24)):
+    rng = np.random.default_rng(0)
+    (tmp_path / "lq").mkdir()
+    (tmp_path / "hq").mkdir()
+    for i in range(n):
+        hq = (rng.random(shape) * 2000 - 1000).astype(np.float32)
+        np.save(tmp_path / "hq" / f"s{i}.npy", hq)
+        np.save(tmp_path / "lq" / f"s{i}.npy", hq + 10)
+    return pair_folders(tmp_path / "lq", tmp_path / "hq", "ct", "ct_denoise")
+
+
+def test_manifest_round_trip_and_normalised_items(tmp_path):
+    records = _pairs(tmp_path)
+    path = write_manifest(tmp_path / "manifest.csv", records)
+    again = read_manifest(path)
+    assert [(r.lq, r.hq) for r in again] == [(r.lq, r.hq) for r in records]
+    item = PairedSliceDataset(again)[1]
+    hq = np.load(records[1].hq)
+    assert item["hq"].shape == (1, 20, 24) and item["task"] == "ct_denoise"
+    assert torch.allclose(item["hq"][0], torch.from_numpy((hq + 1024) / 4096), atol=1e-6)
+    assert torch.allclose(item["lq"] - item["hq"], torch.full_like(item["hq"], 10 / 4096), atol=1e-6)
+
+
+def test_manifest_errors_name_the_file(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("lq,hq,modality,task\na.npy,b.npy,ct,segmentation\n")
+    with pytest.raises(InputError, match="unknown task") as err:
+        read_manifest(bad)
+    assert str(bad) in str(err.value)
+    (tmp_path / "lq").mkdir()
+    (tmp_path / "hq").mkdir()
+    np.save(tmp_path / "lq" / "x.npy", np.zeros((4, 4)))
+    with pytest.raises(InputError, match="no HQ partner"):
+        pair_folders(tmp_path / "lq", tmp_path / "hq", "ct", "ct_denoise")
+
+
+def test_volume_slices_and_air_skipping(tmp_path):
+    volume = np.zeros((8, 8, 10), np.float32)
+    volume[2:6, 2:6, 2:8] = 100.0
+    assert central_slices(volume, 2, 100) == [2, 3, 4, 5, 6, 7]
+    assert central_slices(volume, 2, 4) == [3, 4, 5, 6]
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "v.nii.gz")
+    record = PairRecord(str(tmp_path / "v.nii.gz"), str(tmp_path / "v.nii.gz"), "mri", "mri_sr", lq_slice=4, hq_slice=4)
+    item = PairedSliceDataset([record])[0]
+    assert item["hq"].shape == (1, 8, 8) and float(item["hq"].max()) == pytest.approx(100 / 4095)
+    record4d = PairRecord(str(tmp_path / "v.nii.gz"), str(tmp_path / "v.nii.gz"), "mri", "mri_sr")
+    with pytest.raises(InputError, match="2-D slice"):
+        PairedSliceDataset([record4d])[0]
+
+
+def test_nan_image_is_a_clear_error(tmp_path):
+    records = _pairs(tmp_path, n=1)
+    bad = np.load(records[0].lq)
+    bad[0, 0] = np.nan
+    np.save(records[0].lq, bad)
+    with pytest.raises(InputError, match="NaN") as err:
+        PairedSliceDataset(records)[0]
+    assert "s0.npy" in str(err.value)
+
+
+def test_patches_apply_one_transform_to_both(tmp_path):
+    records = _pairs(tmp_path, n=2, shape=(150, 140))
+    dataset = PairedSliceDataset(records, transform=RandomPatchPairs(128, seed=3))
+    seen = set()
+    for i in range(2):
+        item = dataset[i]
+        assert item["lq"].shape == item["hq"].shape == (1, 128, 128)
+        assert torch.allclose(item["lq"] - item["hq"], torch.full_like(item["hq"], 10 / 4096), atol=1e-6)
+        seen.add(float(item["hq"].sum()))
+    assert torch.equal(dataset[0]["hq"], dataset[0]["hq"])  # deterministic per index
+    (tmp_path / "small").mkdir()
+    small = PairedSliceDataset(_pairs(tmp_path / "small", n=1, shape=(40, 50)), transform=RandomPatchPairs(64))
+    assert small[0]["hq"].shape == (1, 64, 64)
+
+
+def test_simulated_dataset_is_seeded(tmp_path):
+    np.save(tmp_path / "a.npy", (np.random.default_rng(0).random((32, 32)) * 3000).astype(np.float32))
+    dataset = SimulatedPairDataset([str(tmp_path / "a.npy")], "mri", "mri_sr", KSpaceTruncation(4, noise_std=5.0), seed=1)
+    first, again = dataset[0], dataset[0]
+    assert torch.equal(first["lq"], again["lq"])
+    dataset.set_epoch(1)
+    assert not torch.equal(first["lq"], dataset[0]["lq"])
+    assert torch.equal(first["hq"], dataset[0]["hq"])
+
+
+def test_task_balanced_sampler():
+    tasks = ["mri_sr"] * 90 + ["ct_denoise"] * 9 + ["pet"] * 1
+    sampler = TaskBalancedSampler(tasks, num_samples=3000, seed=0)
+    counts = {t: 0 for t in set(tasks)}
+    for i in sampler:
+        counts[tasks[i]] += 1
+    assert all(c == 1000 for c in counts.values())
+    shares = [list(TaskBalancedSampler(tasks, 300, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 150
+    assert sorted(shares[0] + shares[1]) == sorted(TaskBalancedSampler(tasks, 300, seed=0))

@@ -1,0 +1,5 @@
+import sys
+
+from restore_rwkv.cli import main
+
+sys.exit(main())

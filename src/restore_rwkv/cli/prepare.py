@@ -1,0 +1,85 @@
+"""``restore-rwkv prepare {ixi,aapm,simulate,demo}``: build training and test pairs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("prepare", help="prepare datasets (IXI, AAPM-Mayo, any HQ folder, the demo)",
+                                   description="Prepare (LQ, HQ) pairs in the layout ROOT/{MRI,CT,PET}/"
+                                               "{train,validation,test}/{LQ,HQ}/ with ROOT/manifest.csv.")
+    kinds = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+
+    def common(p: argparse.ArgumentParser, src: bool = True) -> None:
+        if src:
+            p.add_argument("--src", required=True, help="folder with the raw data")
+        p.add_argument("--out", required=True, help="output ROOT (must not exist or be empty)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the split and of simulated noise")
+        p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = kinds.add_parser("ixi", help="IXI T2 volumes -> MRI super-resolution pairs")
+    common(p)
+    p.add_argument("--scale", type=float, default=4.0, help="k-space truncation factor (default 4)")
+    p.add_argument("--slices", type=int, default=100, help="central axial slices per volume (default 100)")
+    p.add_argument("--format", choices=("npy", "nifti"), default="npy")
+    p.set_defaults(run=_run_ixi)
+
+    p = kinds.add_parser("aapm", help="AAPM-Mayo full/quarter-dose DICOM -> CT denoising pairs")
+    common(p)
+    p.add_argument("--thickness", default="1mm", help="which sub-folders to pair: full_<T>, quarter_<T> (default 1mm)")
+    p.add_argument("--format", choices=("npy", "nifti"), default="npy")
+    p.set_defaults(run=_run_aapm)
+
+    p = kinds.add_parser("simulate", help="any folder of HQ images or volumes -> pairs by a degradation")
+    common(p)
+    p.add_argument("--task", required=True, choices=("mri_sr", "ct_denoise", "pet"))
+    p.add_argument("--slices", type=int, default=100, help="central slices per volume (default 100)")
+    p.add_argument("--scale", type=float, default=4.0, help="mri_sr: k-space truncation factor")
+    p.add_argument("--dose-fraction", type=float, default=0.25, help="ct_denoise: dose of LQ (default 0.25)")
+    p.add_argument("--incident-flux", type=float, default=1e5, help="ct_denoise: photons per bin at full dose")
+    p.add_argument("--pixel-size-mm", type=float, default=0.7, help="ct_denoise: pixel spacing")
+    p.add_argument("--dose-reduction", type=float, default=12.0, help="pet: count reduction factor (default 12)")
+    p.add_argument("--total-counts", type=float, default=1e6, help="pet: expected counts per full-dose slice")
+    p.add_argument("--format", choices=("npy", "nifti"), default="npy")
+    p.set_defaults(run=_run_simulate)
+
+    p = kinds.add_parser("demo", help="the offline demo dataset (all three tasks, 128x128, about a minute)")
+    common(p, src=False)
+    p.set_defaults(run=_run_demo)
+
+
+def _finish(report) -> int:
+    print(report.text())
+    return 0
+
+
+def _run_ixi(args) -> int:
+    from restore_rwkv.data.prepare import prepare_ixi
+
+    return _finish(prepare_ixi(args.src, args.out, scale=args.scale, slices=args.slices, seed=args.seed,
+                               fmt=args.format, overwrite=args.overwrite, quiet=args.quiet))
+
+
+def _run_aapm(args) -> int:
+    from restore_rwkv.data.prepare import prepare_aapm
+
+    return _finish(prepare_aapm(args.src, args.out, thickness=args.thickness, seed=args.seed, fmt=args.format,
+                                overwrite=args.overwrite, quiet=args.quiet))
+
+
+def _run_simulate(args) -> int:
+    from restore_rwkv.data.prepare import prepare_simulated
+
+    return _finish(prepare_simulated(args.task, args.src, args.out, slices=args.slices, seed=args.seed,
+                                     fmt=args.format, overwrite=args.overwrite, quiet=args.quiet, scale=args.scale,
+                                     dose_fraction=args.dose_fraction, incident_flux=args.incident_flux,
+                                     pixel_size_mm=args.pixel_size_mm, dose_reduction=args.dose_reduction,
+                                     total_counts=args.total_counts))
+
+
+def _run_demo(args) -> int:
+    from restore_rwkv.data.demo import prepare_demo
+
+    return _finish(prepare_demo(args.out, overwrite=args.overwrite, quiet=args.quiet, seed=args.seed))

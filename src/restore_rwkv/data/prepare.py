@@ -1,0 +1,359 @@
+"""Dataset preparation: raw IXI / AAPM-Mayo downloads, any HQ folder, and the offline demo set.
+
+Every preparer writes ``ROOT/{MRI,CT,PET}/{train,validation,test}/{LQ,HQ}/<name>.npy`` (or
+``.nii.gz``), float32 in physical units (MRI intensity, CT HU, PET SUV), plus
+``ROOT/manifest.csv`` (one row per pair) and ``ROOT/summary.json``. The output appears
+only when the whole job succeeded (it is built in a hidden sibling folder and renamed);
+inputs that cannot be used are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from restore_rwkv.data.datasets import PairRecord, central_slices, write_manifest
+from restore_rwkv.data.io import ImageMeta, read_dicom_series, read_image, read_nifti, write_array, write_nifti
+from restore_rwkv.data.modality import TASKS
+from restore_rwkv.utils.errors import InputError, check_finite
+
+SPLITS = ("train", "validation", "test")
+FOLDER = {"mri": "MRI", "ct": "CT", "pet": "PET"}
+IXI_SPLIT = (405, 59, 114)
+AAPM_SPLIT = (8, 1, 1)
+
+
+def _progress(iterable: Iterable, total: int | None = None, desc: str = "", quiet: bool = False):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False)
+
+
+def split_counts(n: int, reference: Sequence[int]) -> tuple[int, int, int]:
+    """Split n subjects like ``reference`` (train, validation, test), scaled, with each split non-empty when n >= 3."""
+    total = sum(reference)
+    if n == total:
+        return tuple(reference)  # type: ignore[return-value]
+    if n < 3:
+        return (n, 0, 0)
+    val = max(1, int(round(n * reference[1] / total)))
+    test = max(1, int(round(n * reference[2] / total)))
+    return (n - val - test, val, test)
+
+
+def split_subjects(subjects: Sequence[str], reference: Sequence[int], seed: int = 0) -> dict[str, str]:
+    """Subject -> split, by a fixed-seed permutation of the sorted subject ids."""
+    ordered = sorted(set(subjects))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    n_train, n_val, _ = split_counts(len(ordered), reference)
+    out = {}
+    for rank, i in enumerate(order):
+        out[ordered[i]] = "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
+    return out
+
+
+@dataclass
+class PreparationReport:
+    """What a preparer wrote and what it skipped."""
+
+    root: Path
+    records: list[PairRecord] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    ranges: dict = field(default_factory=lambda: defaultdict(lambda: [np.inf, -np.inf]))
+    shapes: dict = field(default_factory=lambda: defaultdict(set))
+    seconds: float = 0.0
+
+    def add(self, record: PairRecord, lq: np.ndarray, hq: np.ndarray) -> None:
+        self.records.append(record)
+        for kind, a in (("LQ", lq), ("HQ", hq)):
+            r = self.ranges[(record.task, kind)]
+            r[0], r[1] = min(r[0], float(a.min())), max(r[1], float(a.max()))
+        self.shapes[record.task].add(tuple(hq.shape))
+
+    def summary(self) -> dict:
+        counts: dict = defaultdict(lambda: defaultdict(int))
+        for r in self.records:
+            counts[r.task][r.split] += 1
+        return {
+            "root": str(self.root),
+            "pairs": {t: dict(c) for t, c in counts.items()},
+            "shapes": {t: sorted(list(s)) for t, s in self.shapes.items()},
+            "ranges": {f"{t} {k}": [round(v[0], 4), round(v[1], 4)] for (t, k), v in self.ranges.items()},
+            "failures": self.failures,
+            "seconds": round(self.seconds, 1),
+        }
+
+    def text(self) -> str:
+        s = self.summary()
+        lines = [f"Prepared {sum(sum(c.values()) for c in s['pairs'].values())} pairs in {s['root']} "
+                 f"({s['seconds']} s)"]
+        for task, c in s["pairs"].items():
+            parts = ", ".join(f"{split} {c.get(split, 0)}" for split in SPLITS)
+            shapes = ", ".join("x".join(map(str, sh)) for sh in s["shapes"][task])
+            lq, hq = s["ranges"].get(f"{task} LQ"), s["ranges"].get(f"{task} HQ")
+            lines.append(f"  {task}: {parts}; size {shapes}; HQ range {hq}, LQ range {lq}")
+        if self.failures:
+            lines.append(f"  skipped {len(self.failures)} input(s):")
+            lines.extend(f"    {f}" for f in self.failures)
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """A hidden folder beside ``out`` that becomes ``out`` when the block succeeds (removed otherwise)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise InputError(out, "output exists and is not empty (choose another --out or pass --overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            shutil.rmtree(out)
+        stage.replace(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+class PairWriter:
+    """Writes pairs into the reference layout and records them for the manifest."""
+
+    def __init__(self, stage: Path, final_root: Path, fmt: str = "npy") -> None:
+        if fmt not in ("npy", "nifti"):
+            raise ValueError(f"format must be 'npy' or 'nifti', got {fmt!r}")
+        self.stage, self.report, self.fmt = stage, PreparationReport(final_root), fmt
+
+    def write(self, task: str, split: str, name: str, lq: np.ndarray, hq: np.ndarray,
+              meta: ImageMeta | None = None) -> PairRecord:
+        modality = TASKS[task]
+        lq, hq = np.asarray(lq, np.float32), np.asarray(hq, np.float32)
+        suffix = ".npy" if self.fmt == "npy" else ".nii.gz"
+        paths = []
+        for kind, array in (("LQ", lq), ("HQ", hq)):
+            path = self.stage / FOLDER[modality] / split / kind / f"{name}{suffix}"
+            if self.fmt == "npy":
+                write_array(path, array)
+            else:
+                write_nifti(path, array, _slice_meta(meta))
+            paths.append(str(self.report.root / path.relative_to(self.stage)))
+        record = PairRecord(paths[0], paths[1], modality, task, split)
+        self.report.add(record, lq, hq)
+        return record
+
+    def finish(self, started: float) -> PreparationReport:
+        report = self.report
+        report.seconds = time.perf_counter() - started
+        staged = [PairRecord(str(self.stage / Path(r.lq).relative_to(report.root)),
+                             str(self.stage / Path(r.hq).relative_to(report.root)), r.modality, r.task, r.split)
+                  for r in report.records]
+        write_manifest(self.stage / "manifest.csv", staged, root=self.stage)
+        (self.stage / "summary.json").write_text(json.dumps(report.summary(), indent=2))
+        return report
+
+
+def _slice_meta(meta: ImageMeta | None) -> ImageMeta | None:
+    """2-D NIfTI slices keep the volume's in-plane voxel size (header dims are reset by nibabel)."""
+    if meta is None or meta.affine is None:
+        return None
+    return ImageMeta(affine=meta.affine.copy(), format="nifti")
+
+
+# ----------------------------------------------------------------------------- IXI
+_IXI_NAME = re.compile(r"^(IXI\d+)-([A-Za-z]+)-(\d+)-T2\.nii(\.gz)?$")
+
+
+def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: int = 100, seed: int = 0,
+                fmt: str = "npy", overwrite: bool = False, quiet: bool = False) -> PreparationReport:
+    """IXI T2 volumes -> central axial slices, LQ by k-space truncation, split by subject (405/59/114 scaled)."""
+    from restore_rwkv.physics import KSpaceTruncation
+
+    src = Path(src)
+    if not src.is_dir():
+        raise InputError(src, "no such folder")
+    files = sorted(p for p in src.rglob("*") if _IXI_NAME.match(p.name))
+    if not files:
+        raise InputError(src, "no IXI T2 volumes (files named like IXI002-Guys-0828-T2.nii.gz)")
+    subjects = {p: _IXI_NAME.match(p.name).group(1) for p in files}
+    split_of = split_subjects(list(subjects.values()), IXI_SPLIT, seed)
+    degrade = KSpaceTruncation(scale)
+    started = time.perf_counter()
+    with staged_output(out, overwrite) as stage:
+        writer = PairWriter(stage, Path(out), fmt)
+        for path in _progress(files, desc="IXI volumes", quiet=quiet):
+            try:
+                volume, meta = _canonical_volume(path)
+                for index in central_slices(volume, 2, slices):
+                    hq = volume[:, :, index].astype(np.float32)
+                    check_finite(hq, path, f"slice {index}")
+                    lq = degrade(torch.from_numpy(hq)).numpy()
+                    writer.write("mri_sr", split_of[subjects[path]], f"{subjects[path]}_{index:03d}", lq, hq, meta)
+            except InputError as exc:
+                writer.report.failures.append(str(exc))
+        if not writer.report.records:
+            raise InputError(src, "no usable IXI volume: " + "; ".join(writer.report.failures))
+        report = writer.finish(started)
+    return report
+
+
+def _canonical_volume(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    """A 3-D NIfTI in RAS+ orientation, so axis 2 runs inferior -> superior (axial slices)."""
+    import nibabel as nib
+
+    data, meta = read_nifti(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3-D volume, got {data.ndim}-D data of shape {data.shape}")
+    image = nib.as_closest_canonical(nib.Nifti1Image(data, meta.affine, meta.header))
+    meta.affine = image.affine
+    meta.slice_axis = 2
+    return np.asarray(image.dataobj, dtype=np.float32), meta
+
+
+# ----------------------------------------------------------------------------- AAPM-Mayo
+def _dose_folders(patient: Path, thickness: str) -> tuple[Path | None, Path | None]:
+    full = quarter = None
+    for d in sorted(p for p in patient.rglob("*") if p.is_dir()):
+        name = d.name.lower()
+        if thickness not in name:
+            continue
+        if "full" in name and full is None:
+            full = d
+        elif "quarter" in name and quarter is None:
+            quarter = d
+    return full, quarter
+
+
+def prepare_aapm(src: str | Path, out: str | Path, thickness: str = "1mm", seed: int = 0, fmt: str = "npy",
+                 overwrite: bool = False, quiet: bool = False) -> PreparationReport:
+    """AAPM-Mayo patients (full_/quarter_<thickness> DICOM folders) -> pairs by slice position, split 8/1/1 scaled."""
+    src = Path(src)
+    if not src.is_dir():
+        raise InputError(src, "no such folder")
+    patients = sorted(p for p in src.iterdir() if p.is_dir() and all(_dose_folders(p, thickness)))
+    if not patients:
+        raise InputError(src, f"no patient folder with full_{thickness} and quarter_{thickness} sub-folders")
+    split_of = split_subjects([p.name for p in patients], AAPM_SPLIT, seed)
+    started = time.perf_counter()
+    with staged_output(out, overwrite) as stage:
+        writer = PairWriter(stage, Path(out), fmt)
+        for patient in _progress(patients, desc="AAPM patients", quiet=quiet):
+            try:
+                full_dir, quarter_dir = _dose_folders(patient, thickness)
+                full, full_meta = read_dicom_series(full_dir)
+                quarter, quarter_meta = read_dicom_series(quarter_dir)
+                pairs = _pair_by_position(full_meta.extra["positions"], quarter_meta.extra["positions"],
+                                          full_meta.spacing[0] if full_meta.spacing else 1.0)
+                if not pairs:
+                    raise InputError(patient, "no full-dose slice has a quarter-dose partner at the same position")
+                for i, j in pairs:
+                    check_finite(full[i], full_meta.extra["files"][i])
+                    check_finite(quarter[j], quarter_meta.extra["files"][j])
+                    if full[i].shape != quarter[j].shape:
+                        raise InputError(quarter_meta.extra["files"][j], "slice size differs from its full-dose partner")
+                    writer.write("ct_denoise", split_of[patient.name], f"{patient.name}_{i:04d}", quarter[j], full[i])
+            except InputError as exc:
+                writer.report.failures.append(str(exc))
+        if not writer.report.records:
+            raise InputError(src, "no usable patient: " + "; ".join(writer.report.failures))
+        report = writer.finish(started)
+    return report
+
+
+def _pair_by_position(full: Sequence[float], quarter: Sequence[float], spacing: float) -> list[tuple[int, int]]:
+    """Index pairs whose slice positions agree to within a quarter of the slice spacing."""
+    quarter_arr = np.asarray(quarter)
+    pairs = []
+    for i, z in enumerate(full):
+        j = int(np.argmin(np.abs(quarter_arr - z)))
+        if abs(quarter_arr[j] - z) <= 0.25 * max(abs(spacing), 1e-3):
+            pairs.append((i, j))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- simulate
+def default_degradation(task: str, seed: int = 0, **options) -> Callable:
+    """The paper-like degradation of ``task``: callable (hq tensor, seed) -> lq or (hq, lq)."""
+    from restore_rwkv.physics import KSpaceTruncation, LowCountPET, LowDoseCT
+
+    if task == "mri_sr":
+        return KSpaceTruncation(options.get("scale", 4.0))
+    if task == "ct_denoise":
+        return LowDoseCT(dose_fraction=options.get("dose_fraction", 0.25),
+                         incident_flux=options.get("incident_flux", 1e5),
+                         pixel_size_mm=options.get("pixel_size_mm", 0.7))
+    if task == "pet":
+        return LowCountPET(dose_reduction=options.get("dose_reduction", 12.0),
+                           total_counts=options.get("total_counts", 1e6), iterations=options.get("iterations", 4),
+                           subsets=options.get("subsets", 4))
+    raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+
+
+def _square(image: np.ndarray, fill: float) -> np.ndarray:
+    h, w = image.shape
+    if h == w:
+        return image
+    n = max(h, w)
+    out = np.full((n, n), fill, dtype=image.dtype)
+    out[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = image
+    return out
+
+
+def _input_slices(path: Path, slices: int) -> list[tuple[str, np.ndarray]]:
+    data, meta = read_image(path)
+    data = np.squeeze(np.asarray(data, dtype=np.float32))
+    if data.ndim == 2:
+        return [("", data)]
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 2-D image or a 3-D volume, got shape {data.shape}")
+    axis = meta.slice_axis if meta.slice_axis is not None else 0
+    return [(f"_{i:03d}", np.take(data, i, axis=axis)) for i in central_slices(data, axis, slices)]
+
+
+def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int = 100, seed: int = 0,
+                      split: Sequence[int] = (8, 1, 1), fmt: str = "npy", overwrite: bool = False,
+                      quiet: bool = False, **options) -> PreparationReport:
+    """Any folder of HQ images or volumes -> (LQ, HQ) pairs by ``task``'s degradation; split by file."""
+    src = Path(src)
+    if not src.is_dir():
+        raise InputError(src, "no such folder")
+    from restore_rwkv.data.datasets import _is_image
+
+    files = sorted(p for p in src.rglob("*") if p.is_file() and _is_image(p))
+    if not files:
+        raise InputError(src, "no image files in this folder")
+    degrade = default_degradation(task, **options)
+    split_of = split_subjects([str(p) for p in files], split, seed)
+    fill = {"ct_denoise": -1000.0}.get(task, 0.0)
+    started = time.perf_counter()
+    with staged_output(out, overwrite) as stage:
+        writer = PairWriter(stage, Path(out), fmt)
+        for number, path in enumerate(_progress(files, desc=f"{task} inputs", quiet=quiet)):
+            try:
+                for suffix, image in _input_slices(path, slices):
+                    check_finite(image, path)
+                    hq = _square(image, fill) if task != "mri_sr" else image
+                    out_ = degrade(torch.from_numpy(hq), seed=seed * 1_000_003 + number)
+                    hq_out, lq = (out_ if isinstance(out_, tuple) else (torch.from_numpy(hq), out_))
+                    name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name.split(".")[0]) + suffix
+                    writer.write(task, split_of[str(path)], f"{number:04d}_{name}", lq.numpy(), hq_out.numpy())
+            except InputError as exc:
+                writer.report.failures.append(str(exc))
+        if not writer.report.records:
+            raise InputError(src, "no usable input: " + "; ".join(writer.report.failures))
+        report = writer.finish(started)
+    return report

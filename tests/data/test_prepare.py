@@ -1,0 +1,143 @@
+"""`restore-rwkv prepare` on small inputs laid out like the real datasets, and the demo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from restore_rwkv.cli import main
+from restore_rwkv.data.prepare import split_counts
+
+
+def _rows(root):
+    with open(root / "manifest.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _ixi_like(folder, n_subjects: int, shape=(24, 24, 10)):
+    import nibabel as nib
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for s in range(n_subjects):
+        data = np.zeros(shape, np.float32)
+        data[4:-4, 4:-4, 1:-1] = rng.random((shape[0] - 8, shape[1] - 8, shape[2] - 2)) * 1000 + 200
+        nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.2, 1.0])),
+                 folder / f"IXI{s + 2:03d}-{['Guys', 'HH', 'IOP'][s % 3]}-{800 + s:04d}-T2.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), folder / "IXI002-Guys-0800-PD.nii.gz")
+
+
+def test_split_counts_scale_the_papers_splits():
+    assert split_counts(578, (405, 59, 114)) == (405, 59, 114)
+    assert split_counts(10, (8, 1, 1)) == (8, 1, 1)
+    assert split_counts(6, (405, 59, 114)) == (4, 1, 1)
+    assert sum(split_counts(57, (405, 59, 114))) == 57
+
+
+def test_prepare_ixi_layout_split_and_bad_volume(tmp_path, capsys):
+    import nibabel as nib
+
+    src = tmp_path / "IXI-T2"
+    _ixi_like(src, 6)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), src / "IXI099-HH-1999-T2.nii.gz")
+    out = tmp_path / "prepared"
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "4", "--quiet"]) == 0
+    rows = _rows(out)
+    subjects = {split: {r["hq"].split("/")[-1].split("_")[0] for r in rows if r["split"] == split}
+                for split in ("train", "validation", "test")}
+    assert [len(subjects[s]) for s in ("train", "validation", "test")] == [4, 1, 1]
+    assert not (subjects["train"] & subjects["test"]) and not (subjects["train"] & subjects["validation"])
+    assert len(rows) == 6 * 4 and all(r["task"] == "mri_sr" for r in rows)
+    first = rows[0]
+    assert first["lq"].startswith(f"MRI/{first['split']}/LQ/") and first["hq"].startswith(f"MRI/{first['split']}/HQ/")
+    lq, hq = np.load(out / first["lq"]), np.load(out / first["hq"])
+    assert lq.shape == hq.shape == (24, 24) and lq.dtype == np.float32
+    # LQ is the k-space truncation of HQ
+    from restore_rwkv.physics import KSpaceTruncation
+    import torch
+
+    assert np.allclose(lq, KSpaceTruncation(4)(torch.from_numpy(hq)).numpy(), atol=1e-3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert any("IXI099" in f and "3-D" in f for f in summary["failures"])
+    assert "skipped 1 input" in capsys.readouterr().out
+
+
+def test_prepare_aapm_pairs_by_position(tmp_path, series_factory):
+    src = tmp_path / "AAPM"
+    volumes = {}
+    for n, patient in enumerate(("L067", "L096", "L109")):
+        volumes[patient] = (series_factory(src / patient / "full_1mm", slices=4, seed=n, description="FD"),
+                            series_factory(src / patient / "quarter_1mm", slices=4, seed=10 + n, description="QD"))
+    (src / "notes").mkdir()  # not a patient folder: ignored
+    out = tmp_path / "ct"
+    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 0
+    rows = _rows(out)
+    assert sorted(r["split"] for r in rows).count("train") == 4 and len(rows) == 12
+    for r in rows:
+        patient, index = r["hq"].split("/")[-1][:-4].split("_")
+        full, quarter = volumes[patient]
+        assert np.array_equal(np.load(out / r["hq"]), full[int(index)])
+        assert np.array_equal(np.load(out / r["lq"]), quarter[int(index)])  # same z position
+
+
+def test_prepare_simulate_skips_nan_images_and_reports(tmp_path, capsys):
+    src = tmp_path / "hq"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        np.save(src / f"slice{i}.npy", (rng.random((32, 32)) * 400 - 200).astype(np.float32))
+    bad = np.zeros((32, 32), np.float32)
+    bad[3, 3] = np.nan
+    np.save(src / "broken.npy", bad)
+    out = tmp_path / "sim"
+    assert main(["prepare", "simulate", "--task", "ct_denoise", "--src", str(src), "--out", str(out), "--quiet"]) == 0
+    rows = _rows(out)
+    assert len(rows) == 4 and all(r["lq"].startswith("CT/") for r in rows)
+    printed = capsys.readouterr().out
+    assert "broken.npy" in printed and "NaN" in printed
+
+
+def test_prepare_refuses_bad_sources_without_leaving_output(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    assert main(["prepare", "ixi", "--src", str(empty), "--out", str(out), "--quiet"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert str(empty) in message and len(message.splitlines()) == 1
+    src = tmp_path / "all_bad"
+    src.mkdir()
+    bad = np.full((16, 16), np.nan, np.float32)
+    np.save(src / "nan.npy", bad)
+    assert main(["prepare", "simulate", "--task", "mri_sr", "--src", str(src), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert main(["prepare", "demo", "--out", str(out), "--quiet"]) == 2
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_prepare_demo_builds_all_tasks_offline(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("prepare demo tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    out = tmp_path / "demo"
+    assert main(["prepare", "demo", "--out", str(out), "--quiet"]) == 0
+    rows = _rows(out)
+    for task, folder in (("mri_sr", "MRI"), ("ct_denoise", "CT"), ("pet", "PET")):
+        mine = [r for r in rows if r["task"] == task]
+        for split in ("train", "validation", "test"):
+            assert any(r["split"] == split for r in mine), (task, split)
+        assert all(r["hq"].startswith(folder + "/") for r in mine)
+        for r in mine[:3] + mine[-3:]:
+            lq, hq = np.load(out / r["lq"]), np.load(out / r["hq"])
+            assert lq.shape == hq.shape == (128, 128) and np.isfinite(lq).all() and np.isfinite(hq).all()
+            assert not np.array_equal(lq, hq)
+    ct_test = [r for r in rows if r["task"] == "ct_denoise" and r["split"] == "test"]
+    assert all("pydicom_CT_small" in r["hq"] for r in ct_test)
+    hq = np.load(out / ct_test[0]["hq"])
+    assert -1100 < hq.min() < -500 and hq.max() > 200  # a real CT slice in HU

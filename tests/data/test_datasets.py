@@ -131,3 +131,27 @@ def test_task_balanced_sampler():
     shares = [list(TaskBalancedSampler(tasks, 300, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
     assert len(shares[0]) == len(shares[1]) == 150
     assert sorted(shares[0] + shares[1]) == sorted(TaskBalancedSampler(tasks, 300, seed=0))
+
+
+def test_reference_layout_reads_npy_and_opt_in_pickles(tmp_path):
+    import pickle
+
+    from restore_rwkv.data.datasets import reference_layout
+
+    for modality, suffix in (("MRI", ".npy"), ("CT", ".bin")):
+        for kind, value in (("LQ", 1.0), ("HQ", 2.0)):
+            folder = tmp_path / modality / "train" / kind
+            folder.mkdir(parents=True)
+            array = np.full((8, 8), value * (100 if modality == "MRI" else -500), np.float32)
+            if suffix == ".npy":
+                np.save(folder / "a.npy", array)
+            else:
+                (folder / "a.bin").write_bytes(pickle.dumps(array))
+    records = reference_layout(tmp_path, "train")
+    assert [(r.modality, r.task) for r in records] == [("mri", "mri_sr"), ("ct", "ct_denoise")]
+    with pytest.raises(InputError, match="pickle"):
+        PairedSliceDataset(records)[1]
+    item = PairedSliceDataset(records, allow_pickle=True)[1]
+    assert float(item["hq"][0, 0, 0]) == pytest.approx((-1000 + 1024) / 4096)
+    with pytest.raises(InputError, match="no validation"):
+        reference_layout(tmp_path, "validation")

@@ -9,7 +9,7 @@ from restore_rwkv.models import (
     save_state_dict,
 )
 from restore_rwkv.ops import bi_wkv
-from restore_rwkv.utils.runtime import tune_cpu_allocator
+from restore_rwkv.utils.runtime import release_free_memory, tune_cpu_allocator
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "list_models",
     "load_pretrained",
     "reparameterize_model",
+    "release_free_memory",
     "save_state_dict",
     "tune_cpu_allocator",
 ]

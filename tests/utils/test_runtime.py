@@ -29,16 +29,41 @@ def test_large_blocks_are_reused_after_tuning():
             return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(3):  # glibc settles on a free block after a couple of rounds
             x = torch.ones(16 << 20); del x
-        before = faults()
-        for _ in range(5):
+        rounds = []
+        for _ in range(8):
+            before = faults()
             x = torch.ones(16 << 20); del x
-        print(faults() - before)
+            rounds.append(faults() - before)
+        print(sum(r > (16 << 20) * 4 // 4096 // 2 for r in rounds))
         """
     )
-    counts = {}
+    faulting = {}
     for mode in ("default", "tuned"):
         out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
-        counts[mode] = int(out.stdout.split()[-1])
-    pages = 5 * (64 << 20) // 4096
-    assert counts["default"] > pages // 2  # fresh pages every time
-    assert counts["tuned"] < pages // 20  # the same pages reused
+        faulting[mode] = int(out.stdout.split()[-1])
+    assert faulting["default"] == 8  # every round maps fresh pages
+    assert faulting["tuned"] <= 2  # the same pages reused (glibc may move the block once or twice)
+
+
+@glibc
+def test_release_free_memory_returns_kept_pages():
+    script = textwrap.dedent(
+        """
+        import os, torch
+        from restore_rwkv import release_free_memory, tune_cpu_allocator
+        tune_cpu_allocator()
+        page = os.sysconf("SC_PAGE_SIZE")
+        def rss():
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * page
+        keep = torch.ones(1 << 16)          # something live below, so the heap cannot simply shrink
+        x = torch.ones(16 << 20)            # 64 MB from the heap
+        y = torch.ones(1 << 16)             # and something live above it
+        del x
+        before = rss()
+        assert release_free_memory()
+        print(before - rss())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) > 48 << 20

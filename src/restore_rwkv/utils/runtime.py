@@ -53,3 +53,20 @@ def tune_cpu_allocator(mmap_threshold: int = 128 << 20, trim_threshold: int = 25
                 applied["trim_threshold"] = min(trim_threshold, 2**31 - 1)
     _applied = applied
     return dict(applied)
+
+
+def release_free_memory() -> bool:
+    """Hand freed heap memory back to the kernel now (glibc ``malloc_trim``); False elsewhere.
+
+    A long-lived process that ran large images with the tuned allocator keeps their pages;
+    call this before starting other memory-hungry work (e.g. a child process).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

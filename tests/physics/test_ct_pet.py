@@ -78,14 +78,19 @@ def test_ct_noise_grows_as_one_over_sqrt_dose_and_is_seeded():
 
 
 def test_pet_thinning_divides_expected_counts():
-    op = LowCountPET(dose_reduction=12, total_counts=4e6, n_views=48)
+    op = LowCountPET(dose_reduction=12, total_counts=4e6, n_views=48, subsets=3)
     activity = _disk(48, 18, value=4.0) + _disk(48, 6, value=6.0)
     expected, _ = op.expected_counts(activity)
     assert float(sum(s.sum() for s in expected)) == pytest.approx(4e6, rel=1e-9)
-    rng = np.random.default_rng(0)
-    full = rng.poisson(expected[0].numpy())
-    thinned = rng.binomial(full, 1 / 12)
-    assert abs(thinned.sum() - 4e6 / 12) < 5 * math.sqrt(4e6 / 12)
+    totals = []
+    for seed in range(4):
+        full, thinned, _ = op.sample_counts(activity, seed=seed)
+        n_full, n_thin = float(sum(c.sum() for c in full)), float(sum(c.sum() for c in thinned))
+        assert abs(n_full - 4e6) < 5 * math.sqrt(4e6)  # Poisson total
+        assert all(bool((t <= c).all()) for t, c in zip(thinned, full))  # thinning only removes counts
+        totals.append(n_thin)
+    # E[thinned] = full / 12; the mean of 4 draws is within 5 standard errors
+    assert abs(np.mean(totals) - 4e6 / 12) < 5 * math.sqrt(4e6 / 12 / 4)
 
 
 def test_pet_noiseless_reconstruction_approaches_the_activity():

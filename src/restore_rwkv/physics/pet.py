@@ -107,18 +107,23 @@ class LowCountPET:
                 x = x * back / s.clamp_min(1e-12)
         return gaussian_filter(x, self.post_filter_fwhm)
 
+    def sample_counts(self, activity: torch.Tensor, seed: int | np.random.Generator | None = None,
+                      mu: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Full-count Poisson sinograms, their binomial thinning by 1/``dose_reduction``, and the scale."""
+        rng = make_rng(seed)
+        expected, scale = self.expected_counts(activity, mu)
+        full = [torch.from_numpy(rng.poisson(s.cpu().numpy()).astype(np.float32)).to(s.device) for s in expected]
+        thinned = [torch.from_numpy(rng.binomial(c.cpu().numpy().astype(np.int64), 1.0 / self.dose_reduction)
+                                    .astype(np.float32)).to(c.device) for c in full]
+        return full, thinned, scale.to(torch.float32)
+
     def __call__(self, activity: torch.Tensor, seed: int | np.random.Generator | None = None,
                  mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(HQ, LQ) reconstructions in activity units, shaped and typed like ``activity``."""
         x, shape = as_batch(activity)
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"PET simulation needs square slices, got {tuple(x.shape[-2:])}")
-        rng = make_rng(seed)
-        expected, scale = self.expected_counts(x, mu)
-        full = [torch.from_numpy(rng.poisson(s.cpu().numpy()).astype(np.float32)).to(s.device) for s in expected]
-        thinned = [torch.from_numpy(rng.binomial(c.cpu().numpy().astype(np.int64), 1.0 / self.dose_reduction)
-                                    .astype(np.float32)).to(c.device) for c in full]
-        scale = scale.to(torch.float32)
+        full, thinned, scale = self.sample_counts(x, seed, mu)
         hq = self.reconstruct(full, x.shape[-1], mu) / scale[:, None, None]
         lq = self.reconstruct(thinned, x.shape[-1], mu) * (self.dose_reduction / scale[:, None, None])
         return restore_shape(hq.to(activity.dtype), shape), restore_shape(lq.to(activity.dtype), shape)

@@ -189,6 +189,12 @@ def _pixels(ds, path: Path) -> np.ndarray:
     return (stored.astype(np.float32) * slope + intercept).astype(np.float32)
 
 
+def _stored_dtype(ds) -> np.dtype:
+    bits = int(getattr(ds, "BitsAllocated", 16))
+    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    return np.dtype(f"{'i' if signed else 'u'}{max(1, bits // 8)}") if bits in (8, 16, 32) else np.dtype(np.float32)
+
+
 def _strip_pixels(ds):
     header = copy.deepcopy(ds)
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
@@ -206,7 +212,7 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     spacing = tuple(float(s) for s in getattr(ds, "PixelSpacing", [])) or None
     meta = ImageMeta(source=path, format="dicom", modality=str(getattr(ds, "Modality", "")) or None,
                      spacing=spacing, slice_axis=0 if data.ndim == 3 else None,
-                     datasets=[_strip_pixels(ds)], dtype=ds.pixel_array.dtype)
+                     datasets=[_strip_pixels(ds)], dtype=_stored_dtype(ds))
     return data, meta
 
 
@@ -276,7 +282,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         affine[:3, 3] = np.asarray(first.ImagePositionPatient, float)
     meta = ImageMeta(source=folder, format="dicom-series", modality=str(getattr(first, "Modality", "")) or None,
                      spacing=(abs(step), *pixel_spacing), affine=affine, slice_axis=0, datasets=datasets,
-                     dtype=np.dtype(np.int16 if int(getattr(first, "PixelRepresentation", 1)) else np.uint16))
+                     dtype=_stored_dtype(first))
     meta.extra["files"] = [p for p, _ in headers]
     meta.extra["positions"] = [float(x) for x in positions]  # along the slice normal, mm, ascending
     return volume, meta
@@ -526,7 +532,7 @@ def read_reference_bin(path: str | os.PathLike, *, allow_pickle: bool = False) -
     path = Path(path)
     if not allow_pickle:
         raise InputError(path, "reference .bin files are Python pickles, which can run code; "
-                               "pass allow_pickle=True (--allow-pickle) only for files you trust")
+                               "pass allow_pickle=True only for files you trust")
     import pickle
 
     try:

@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     trim_mb = args.trim_mb or 2 * args.mmap_mb
     if args.mmap_mb:
-        print(restore_rwkv.tune_cpu_allocator(args.mmap_mb << 20, trim_mb << 20))
+        print(restore_rwkv.tune_cpu_allocator(mmap_threshold=args.mmap_mb << 20, trim_threshold=trim_mb << 20))
     torch.manual_seed(0)
     model = restore_rwkv.reparameterize_model(restore_rwkv.create_model("restore_rwkv")).eval()
     x = torch.rand(1, 1, args.size, args.size)

@@ -69,10 +69,11 @@ def operator_share(model: torch.nn.Module, size: int) -> float:
     return op / total
 
 
-def measure(kind: str, name: str, size: int, checkpointing: bool = False, tuned: bool = True) -> dict:
+def measure(kind: str, name: str, size: int, checkpointing: bool = False, tuned: bool = True,
+            preference: str = "speed") -> dict:
     """One peak-memory cell, run in a fresh process by ``run_isolated``."""
     if tuned:
-        restore_rwkv.tune_cpu_allocator()
+        restore_rwkv.tune_cpu_allocator(preference)
     torch.manual_seed(0)
     model = restore_rwkv.create_model(name)
     if kind == "infer":
@@ -215,13 +216,19 @@ def main() -> None:
         rows.append((f"{name} training step 128², batch 4: ≤ {limit} × floor", f"{seconds / floor:.2f}",
                      f"{seconds:.2f} s vs floor {floor:.2f} s", "met" if seconds / floor <= limit else "NOT met"))
 
-    plain = run_isolated("targets", dict(kind="train", name="restore_rwkv", size=128, checkpointing=False, tuned=tuned))
-    ckpt = run_isolated("targets", dict(kind="train", name="restore_rwkv", size=128, checkpointing=True, tuned=tuned))
-    cut = plain["peak_mb"] / max(ckpt["peak_mb"], 1e-9)
-    rows.append(("gradient checkpointing cuts the training-step peak ≥ 3 ×", f"{cut:.1f} ×",
-                 f"{plain['peak_mb'] / 1024:.2f} GB → {ckpt['peak_mb'] / 1024:.2f} GB", "met" if cut >= 3 else "NOT met"))
-
-
+    # Checkpointing is for memory: both cells use the allocator's "memory" preset, under which the
+    # resident size follows the live tensors (the "speed" preset keeps freed blocks, see the docs).
+    for preference in ("memory", "speed"):
+        cell = dict(kind="train", name="restore_rwkv", size=128, tuned=tuned, preference=preference)
+        plain = run_isolated("targets", dict(cell, checkpointing=False))
+        ckpt = run_isolated("targets", dict(cell, checkpointing=True))
+        if "peak_mb" not in plain or "peak_mb" not in ckpt:
+            rows.append((f"gradient checkpointing ({preference} allocator)", "-", str(plain.get("error") or ckpt.get("error")), ""))
+            continue
+        cut = plain["peak_mb"] / max(ckpt["peak_mb"], 1e-9)
+        label = "gradient checkpointing cuts the training-step peak ≥ 3 ×" + ("" if preference == "memory" else " (speed allocator, for reference)")
+        rows.append((label, f"{cut:.1f} ×", f"{plain['peak_mb'] / 1024:.2f} GB → {ckpt['peak_mb'] / 1024:.2f} GB",
+                     ("met" if cut >= 3 else "NOT met") if preference == "memory" else ""))
 
 if __name__ == "__main__":
     main()

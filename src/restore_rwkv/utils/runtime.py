@@ -19,22 +19,31 @@ import platform
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-_applied: dict[str, int] | None = None
+PRESETS: dict[str, tuple[int, int | None]] = {
+    # reuse freed blocks up to 128 MB (fast; keeps up to 256 MB of free heap)
+    "speed": (128 << 20, 256 << 20),
+    # map every block above 4 MB on its own and unmap it on free, so the resident size follows
+    # the live tensors (what gradient checkpointing saves actually leaves the process)
+    "memory": (4 << 20, None),
+}
 
 
-def tune_cpu_allocator(mmap_threshold: int = 128 << 20, trim_threshold: int = 256 << 20) -> dict[str, int]:
-    """Keep freed blocks up to ``mmap_threshold`` bytes in the heap for reuse (glibc only; elsewhere a no-op).
+def tune_cpu_allocator(preference: str = "speed", mmap_threshold: int | None = None,
+                       trim_threshold: int | None = None) -> dict[str, int]:
+    """Set glibc's mmap and trim thresholds for this process (glibc only; elsewhere a no-op).
 
-    The defaults (128 MB, 256 MB) were chosen by measurement (docs/performance.md): larger
-    thresholds are a little faster still but raise the peak memory of very large images,
-    whose activations stay above the threshold and keep glibc's return-to-kernel behaviour.
-
-    Returns the settings that took effect (empty where the C library is not glibc or
-    refuses them). Safe to call more than once; later calls return the first result.
+    ``preference="speed"`` (128 MB / 256 MB) lets large freed blocks be reused instead of
+    page-faulted in again; ``"memory"`` (4 MB, trim left alone) returns every block above
+    4 MB to the kernel as soon as it is freed, so peak memory is that of the live tensors
+    (use it with gradient checkpointing). Explicit thresholds override the preset. Values
+    were chosen by measurement (docs/performance.md). Returns the settings that took
+    effect (empty where the C library is not glibc or refuses them); may be called again.
     """
-    global _applied
-    if _applied is not None:
-        return dict(_applied)
+    if preference not in PRESETS:
+        raise ValueError(f"preference must be one of {sorted(PRESETS)}, got {preference!r}")
+    preset_mmap, preset_trim = PRESETS[preference]
+    mmap_threshold = preset_mmap if mmap_threshold is None else mmap_threshold
+    trim_threshold = preset_trim if trim_threshold is None else trim_threshold
     applied: dict[str, int] = {}
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         try:
@@ -49,10 +58,9 @@ def tune_cpu_allocator(mmap_threshold: int = 128 << 20, trim_threshold: int = 25
                 if mallopt(_M_MMAP_THRESHOLD, min(value, 2**31 - 1)) == 1:
                     applied["mmap_threshold"] = min(value, 2**31 - 1)
                     break
-            if mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1)) == 1:
+            if trim_threshold is not None and mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1)) == 1:
                 applied["trim_threshold"] = min(trim_threshold, 2**31 - 1)
-    _applied = applied
-    return dict(applied)
+    return applied
 
 
 def release_free_memory() -> bool:

@@ -4,9 +4,10 @@ glibc serves every allocation above its mmap threshold (dynamic, at most 32 MB) 
 pages from the kernel and hands them back on free, so each large activation of a
 whole-image forward pass page-faults its way in again: at 512x512 that doubled the time of
 the model's matrix products on our 2-core machine (docs/performance.md). Raising the
-threshold and the trim threshold lets freed memory be reused instead. The price: up to
-``trim_threshold`` of freed memory stays with the process, and a heap of reused blocks can
-fragment, which raises the peak a little.
+threshold and the trim threshold lets freed memory be reused instead (preset "speed"). The
+price: up to ``trim_threshold`` of freed memory stays with the process, and a heap of reused
+blocks can fragment, which raises the peak a little. Preset "memory" goes the other way, for
+gradient checkpointing: blocks above 4 MB are unmapped as soon as they are freed.
 """
 
 from __future__ import annotations

@@ -141,3 +141,13 @@ def test_prepare_demo_builds_all_tasks_offline(tmp_path, monkeypatch):
     assert all("pydicom_CT_small" in r["hq"] for r in ct_test)
     hq = np.load(out / ct_test[0]["hq"])
     assert -1100 < hq.min() < -500 and hq.max() > 200  # a real CT slice in HU
+
+
+def test_prepare_never_writes_into_or_over_its_input(tmp_path, capsys):
+    src = tmp_path / "IXI"
+    _ixi_like(src, 3)
+    before = sorted(p.name for p in src.iterdir())
+    for out in (src, src / "prepared", tmp_path):
+        assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--overwrite", "--quiet"]) == 2
+        assert "apart from the input" in capsys.readouterr().err
+    assert sorted(p.name for p in src.iterdir()) == before

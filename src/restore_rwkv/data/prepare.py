@@ -129,6 +129,13 @@ def staged_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+def check_out_apart_from_src(src: str | Path, out: str | Path) -> None:
+    """Refuse an output folder that is, contains or lies inside the input folder."""
+    src_r, out_r = Path(src).resolve(), Path(out).resolve()
+    if out_r == src_r or src_r in out_r.parents or out_r in src_r.parents:
+        raise InputError(out, f"output must be apart from the input folder {src}")
+
+
 class PairWriter:
     """Writes pairs into the reference layout and records them for the manifest."""
 
@@ -184,6 +191,7 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
     src = Path(src)
     if not src.is_dir():
         raise InputError(src, "no such folder")
+    check_out_apart_from_src(src, out)
     files = sorted(p for p in src.rglob("*") if _IXI_NAME.match(p.name))
     if not files:
         raise InputError(src, "no IXI T2 volumes (files named like IXI002-Guys-0828-T2.nii.gz)")
@@ -244,6 +252,7 @@ def prepare_aapm(src: str | Path, out: str | Path, thickness: str = "1mm", seed:
     src = Path(src)
     if not src.is_dir():
         raise InputError(src, "no such folder")
+    check_out_apart_from_src(src, out)
     patients = sorted(p for p in src.iterdir() if p.is_dir() and all(_dose_folders(p, thickness)))
     if not patients:
         raise InputError(src, f"no patient folder with full_{thickness} and quarter_{thickness} sub-folders")
@@ -331,6 +340,7 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
     src = Path(src)
     if not src.is_dir():
         raise InputError(src, "no such folder")
+    check_out_apart_from_src(src, out)
     from restore_rwkv.data.datasets import _is_image
 
     files = sorted(p for p in src.rglob("*") if p.is_file() and _is_image(p))

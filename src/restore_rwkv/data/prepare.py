@@ -136,6 +136,15 @@ def check_out_apart_from_src(src: str | Path, out: str | Path) -> None:
         raise InputError(out, f"output must be apart from the input folder {src}")
 
 
+def _source_folder(src: str | Path, out: str | Path) -> Path:
+    """``src`` as a Path, checked to be a folder apart from ``out``."""
+    src = Path(src)
+    if not src.is_dir():
+        raise InputError(src, "no such folder")
+    check_out_apart_from_src(src, out)
+    return src
+
+
 class PairWriter:
     """Writes pairs into the reference layout and records them for the manifest."""
 
@@ -179,6 +188,24 @@ def _slice_meta(meta: ImageMeta | None) -> ImageMeta | None:
     return ImageMeta(affine=meta.affine.copy(), format="nifti")
 
 
+def _write_pairs(src: Path, out: str | Path, fmt: str, overwrite: bool, quiet: bool, inputs: Sequence,
+                 desc: str, write_input: Callable[[PairWriter, int, object], None]) -> PreparationReport:
+    """Run ``write_input(writer, number, item)`` for each input into staged output; inputs that raise
+    InputError are reported and skipped, and a job with no usable input fails whole."""
+    started = time.perf_counter()
+    with staged_output(out, overwrite) as stage:
+        writer = PairWriter(stage, Path(out), fmt)
+        for number, item in enumerate(_progress(inputs, desc=desc, quiet=quiet)):
+            try:
+                write_input(writer, number, item)
+            except InputError as exc:
+                writer.report.failures.append(str(exc))
+        if not writer.report.records:
+            raise InputError(src, f"no usable {desc}: " + "; ".join(writer.report.failures))
+        report = writer.finish(started)
+    return report
+
+
 # ----------------------------------------------------------------------------- IXI
 _IXI_NAME = re.compile(r"^(IXI\d+)-([A-Za-z]+)-(\d+)-T2\.nii(\.gz)?$")
 
@@ -188,33 +215,23 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
     """IXI T2 volumes -> central axial slices, LQ by k-space truncation, split by subject (405/59/114 scaled)."""
     from restore_rwkv.physics import KSpaceTruncation
 
-    src = Path(src)
-    if not src.is_dir():
-        raise InputError(src, "no such folder")
-    check_out_apart_from_src(src, out)
+    src = _source_folder(src, out)
     files = sorted(p for p in src.rglob("*") if _IXI_NAME.match(p.name))
     if not files:
         raise InputError(src, "no IXI T2 volumes (files named like IXI002-Guys-0828-T2.nii.gz)")
     subjects = {p: _IXI_NAME.match(p.name).group(1) for p in files}
     split_of = split_subjects(list(subjects.values()), IXI_SPLIT, seed)
     degrade = KSpaceTruncation(scale)
-    started = time.perf_counter()
-    with staged_output(out, overwrite) as stage:
-        writer = PairWriter(stage, Path(out), fmt)
-        for path in _progress(files, desc="IXI volumes", quiet=quiet):
-            try:
-                volume, meta = _canonical_volume(path)
-                for index in central_slices(volume, 2, slices):
-                    hq = volume[:, :, index].astype(np.float32)
-                    check_finite(hq, path, f"slice {index}")
-                    lq = degrade(torch.from_numpy(hq)).numpy()
-                    writer.write("mri_sr", split_of[subjects[path]], f"{subjects[path]}_{index:03d}", lq, hq, meta)
-            except InputError as exc:
-                writer.report.failures.append(str(exc))
-        if not writer.report.records:
-            raise InputError(src, "no usable IXI volume: " + "; ".join(writer.report.failures))
-        report = writer.finish(started)
-    return report
+
+    def write_volume(writer: PairWriter, number: int, path: Path) -> None:
+        volume, meta = _canonical_volume(path)
+        for index in central_slices(volume, 2, slices):
+            hq = volume[:, :, index].astype(np.float32)
+            check_finite(hq, path, f"slice {index}")
+            lq = degrade(torch.from_numpy(hq)).numpy()
+            writer.write("mri_sr", split_of[subjects[path]], f"{subjects[path]}_{index:03d}", lq, hq, meta)
+
+    return _write_pairs(src, out, fmt, overwrite, quiet, files, "IXI volumes", write_volume)
 
 
 def _canonical_volume(path: Path) -> tuple[np.ndarray, ImageMeta]:
@@ -249,38 +266,28 @@ def _dose_folders(patient: Path, thickness: str) -> tuple[Path | None, Path | No
 def prepare_aapm(src: str | Path, out: str | Path, thickness: str = "1mm", seed: int = 0, fmt: str = "npy",
                  overwrite: bool = False, quiet: bool = False) -> PreparationReport:
     """AAPM-Mayo patients (full_/quarter_<thickness> DICOM folders) -> pairs by slice position, split 8/1/1 scaled."""
-    src = Path(src)
-    if not src.is_dir():
-        raise InputError(src, "no such folder")
-    check_out_apart_from_src(src, out)
+    src = _source_folder(src, out)
     patients = sorted(p for p in src.iterdir() if p.is_dir() and all(_dose_folders(p, thickness)))
     if not patients:
         raise InputError(src, f"no patient folder with full_{thickness} and quarter_{thickness} sub-folders")
     split_of = split_subjects([p.name for p in patients], AAPM_SPLIT, seed)
-    started = time.perf_counter()
-    with staged_output(out, overwrite) as stage:
-        writer = PairWriter(stage, Path(out), fmt)
-        for patient in _progress(patients, desc="AAPM patients", quiet=quiet):
-            try:
-                full_dir, quarter_dir = _dose_folders(patient, thickness)
-                full, full_meta = read_dicom_series(full_dir)
-                quarter, quarter_meta = read_dicom_series(quarter_dir)
-                pairs = _pair_by_position(full_meta.extra["positions"], quarter_meta.extra["positions"],
-                                          full_meta.spacing[0] if full_meta.spacing else 1.0)
-                if not pairs:
-                    raise InputError(patient, "no full-dose slice has a quarter-dose partner at the same position")
-                for i, j in pairs:
-                    check_finite(full[i], full_meta.extra["files"][i])
-                    check_finite(quarter[j], quarter_meta.extra["files"][j])
-                    if full[i].shape != quarter[j].shape:
-                        raise InputError(quarter_meta.extra["files"][j], "slice size differs from its full-dose partner")
-                    writer.write("ct_denoise", split_of[patient.name], f"{patient.name}_{i:04d}", quarter[j], full[i])
-            except InputError as exc:
-                writer.report.failures.append(str(exc))
-        if not writer.report.records:
-            raise InputError(src, "no usable patient: " + "; ".join(writer.report.failures))
-        report = writer.finish(started)
-    return report
+
+    def write_patient(writer: PairWriter, number: int, patient: Path) -> None:
+        full_dir, quarter_dir = _dose_folders(patient, thickness)
+        full, full_meta = read_dicom_series(full_dir)
+        quarter, quarter_meta = read_dicom_series(quarter_dir)
+        pairs = _pair_by_position(full_meta.extra["positions"], quarter_meta.extra["positions"],
+                                  full_meta.spacing[0] if full_meta.spacing else 1.0)
+        if not pairs:
+            raise InputError(patient, "no full-dose slice has a quarter-dose partner at the same position")
+        for i, j in pairs:
+            check_finite(full[i], full_meta.extra["files"][i])
+            check_finite(quarter[j], quarter_meta.extra["files"][j])
+            if full[i].shape != quarter[j].shape:
+                raise InputError(quarter_meta.extra["files"][j], "slice size differs from its full-dose partner")
+            writer.write("ct_denoise", split_of[patient.name], f"{patient.name}_{i:04d}", quarter[j], full[i])
+
+    return _write_pairs(src, out, fmt, overwrite, quiet, patients, "AAPM patients", write_patient)
 
 
 def _pair_by_position(full: Sequence[float], quarter: Sequence[float], spacing: float) -> list[tuple[int, int]]:
@@ -337,10 +344,7 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
                       split: Sequence[int] = (8, 1, 1), fmt: str = "npy", overwrite: bool = False,
                       quiet: bool = False, **options) -> PreparationReport:
     """Any folder of HQ images or volumes -> (LQ, HQ) pairs by ``task``'s degradation; split by file."""
-    src = Path(src)
-    if not src.is_dir():
-        raise InputError(src, "no such folder")
-    check_out_apart_from_src(src, out)
+    src = _source_folder(src, out)
     from restore_rwkv.data.datasets import _is_image
 
     files = sorted(p for p in src.rglob("*") if p.is_file() and _is_image(p))
@@ -349,21 +353,14 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
     degrade = default_degradation(task, **options)
     split_of = split_subjects([str(p) for p in files], split, seed)
     fill = {"ct_denoise": -1000.0}.get(task, 0.0)
-    started = time.perf_counter()
-    with staged_output(out, overwrite) as stage:
-        writer = PairWriter(stage, Path(out), fmt)
-        for number, path in enumerate(_progress(files, desc=f"{task} inputs", quiet=quiet)):
-            try:
-                for suffix, image in _input_slices(path, slices):
-                    check_finite(image, path)
-                    hq = _square(image, fill) if task != "mri_sr" else image
-                    out_ = degrade(torch.from_numpy(hq), seed=seed * 1_000_003 + number)
-                    hq_out, lq = (out_ if isinstance(out_, tuple) else (torch.from_numpy(hq), out_))
-                    name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name.split(".")[0]) + suffix
-                    writer.write(task, split_of[str(path)], f"{number:04d}_{name}", lq.numpy(), hq_out.numpy())
-            except InputError as exc:
-                writer.report.failures.append(str(exc))
-        if not writer.report.records:
-            raise InputError(src, "no usable input: " + "; ".join(writer.report.failures))
-        report = writer.finish(started)
-    return report
+
+    def write_file(writer: PairWriter, number: int, path: Path) -> None:
+        for suffix, image in _input_slices(path, slices):
+            check_finite(image, path)
+            hq = _square(image, fill) if task != "mri_sr" else image
+            out_ = degrade(torch.from_numpy(hq), seed=seed * 1_000_003 + number)
+            hq_out, lq = (out_ if isinstance(out_, tuple) else (torch.from_numpy(hq), out_))
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name.split(".")[0]) + suffix
+            writer.write(task, split_of[str(path)], f"{number:04d}_{name}", lq.numpy(), hq_out.numpy())
+
+    return _write_pairs(src, out, fmt, overwrite, quiet, files, f"{task} inputs", write_file)

@@ -95,11 +95,9 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
     del pydicom
     with staged_output(out, overwrite) as stage:
         writer = PairWriter(stage, Path(out))
-        steps = _progress(range(3), total=3, desc="demo tasks", quiet=quiet)
-        steps_iter = iter(steps)
+        bar = _progress(None, total=3, desc="demo tasks", quiet=quiet)  # one step per task
 
         # MRI: template slices, intensities scaled so the brain's 99th percentile sits at 3000 of [0, 4095].
-        next(steps_iter)
         slices = _split_interleaved(_brain_slices(t1, total + 12))
         scale = 3000.0 / np.percentile(t1[t1 > 0], 99)
         mri = KSpaceTruncation(4)
@@ -108,8 +106,9 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
                 hq = _to_square(_axial(t1, i) * scale, SIZE)
                 writer.write("mri_sr", split, f"mni152_t1_z{i:03d}", mri(torch.from_numpy(hq)).numpy(), hq)
 
+        bar.update()
+
         # CT: quarter dose from phantoms (train/validation) and from a real slice (test), in HU.
-        next(steps_iter)
         rng = np.random.default_rng(seed)
         ct = LowDoseCT(dose_fraction=0.25, incident_flux=2e5, pixel_size_mm=320.0 / SIZE)
         phantoms = [shepp_logan_hu(SIZE)] + [random_body_phantom(SIZE, rng) for _ in range(COUNTS["train"] + COUNTS["validation"] - 1)]
@@ -128,8 +127,9 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         for k in range(4):
             writer.write("ct_denoise", "test", f"pydicom_CT_small_rot{90 * k}", lq[k], rotations[k])
 
+        bar.update()
+
         # PET: FDG-like activity from tissue maps; HQ and LQ (dose / 12) both reconstructed by OSEM.
-        next(steps_iter)
         pet = LowCountPET(dose_reduction=12, total_counts=2e6, iterations=3, subsets=6, n_views=96, post_filter_fwhm=1.5)
         slices = _split_interleaved(_brain_slices(grey + white, total + 12))
         for split, indices in slices.items():
@@ -138,7 +138,7 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
             hq, lq = pet(torch.from_numpy(activity), seed=seed + 3 + len(chosen))
             for i, h, l in zip(chosen, hq.numpy(), lq.numpy()):
                 writer.write("pet", split, f"mni152_fdg_z{i:03d}", l, h)
-        for _ in steps_iter:
-            pass
+        bar.update()
+        bar.close()
         report = writer.finish(started)
     return report

@@ -14,35 +14,44 @@ glibc = pytest.mark.skipif(
 )
 
 
+_FAULTING_ROUNDS = textwrap.dedent(
+    """
+    import resource, sys, torch
+    from restore_rwkv import tune_cpu_allocator
+    numel = int(sys.argv[1])
+    exec(sys.argv[2])  # the allocator setting under test
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):  # glibc settles on a free block after a couple of rounds
+        x = torch.ones(numel); del x
+    rounds = []
+    for _ in range(8):
+        before = faults()
+        x = torch.ones(numel); del x
+        rounds.append(faults() - before)
+    print(sum(r > numel * 4 // 4096 // 2 for r in rounds))
+    """
+)
+
+
+def faulting_rounds(numel: int, setting: str = "") -> int:
+    """In a fresh process: of 8 rounds of allocating and freeing ``numel`` floats, how many page-faulted
+    the block in anew (rather than reusing pages), after ``setting`` (Python code) was run."""
+    out = subprocess.run([sys.executable, "-c", _FAULTING_ROUNDS, str(numel), setting],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
 @glibc
 def test_large_blocks_are_reused_after_tuning():
-    # In a fresh process: a 64 MB tensor freed and allocated again page-faults anew without the
-    # setting (glibc returns it to the kernel) and reuses the same pages with it.
-    script = textwrap.dedent(
-        """
-        import resource, sys, torch
-        from restore_rwkv import tune_cpu_allocator
-        if sys.argv[1] == "tuned":
-            assert tune_cpu_allocator()["mmap_threshold"] >= 64 << 20, tune_cpu_allocator()
-            assert tune_cpu_allocator() == tune_cpu_allocator()
-        def faults():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(3):  # glibc settles on a free block after a couple of rounds
-            x = torch.ones(16 << 20); del x
-        rounds = []
-        for _ in range(8):
-            before = faults()
-            x = torch.ones(16 << 20); del x
-            rounds.append(faults() - before)
-        print(sum(r > (16 << 20) * 4 // 4096 // 2 for r in rounds))
-        """
+    # A 64 MB tensor freed and allocated again page-faults anew without the setting (glibc returns
+    # it to the kernel) and reuses the same pages with it.
+    tuned = (
+        'assert tune_cpu_allocator()["mmap_threshold"] >= 64 << 20, tune_cpu_allocator()\n'
+        "assert tune_cpu_allocator() == tune_cpu_allocator()"
     )
-    faulting = {}
-    for mode in ("default", "tuned"):
-        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
-        faulting[mode] = int(out.stdout.split()[-1])
-    assert faulting["default"] == 8  # every round maps fresh pages
-    assert faulting["tuned"] <= 2  # the same pages reused (glibc may move the block once or twice)
+    assert faulting_rounds(16 << 20) == 8  # every round maps fresh pages
+    assert faulting_rounds(16 << 20, tuned) <= 2  # the same pages reused (glibc may move the block once or twice)
 
 
 @glibc
@@ -73,29 +82,8 @@ def test_release_free_memory_returns_kept_pages():
 def test_memory_preset_returns_mid_sized_blocks():
     # glibc's dynamic threshold keeps a freed 16 MB block in the heap after the first round; the
     # "memory" preset (fixed 4 MB threshold) maps and unmaps it every time, so RSS follows live data.
-    script = textwrap.dedent(
-        """
-        import resource, sys, torch
-        from restore_rwkv import tune_cpu_allocator
-        if sys.argv[1] == "memory":
-            assert tune_cpu_allocator("memory") == {"mmap_threshold": 4 << 20}
-        def faults():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(3):
-            x = torch.ones(4 << 20); del x
-        rounds = []
-        for _ in range(8):
-            before = faults()
-            x = torch.ones(4 << 20); del x
-            rounds.append(faults() - before)
-        print(sum(r > (4 << 20) * 4 // 4096 // 2 for r in rounds))
-        """
-    )
-    faulting = {}
-    for mode in ("default", "memory"):
-        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
-        faulting[mode] = int(out.stdout.split()[-1])
-    assert faulting["memory"] == 8 and faulting["default"] <= 2
+    memory = 'assert tune_cpu_allocator("memory") == {"mmap_threshold": 4 << 20}'
+    assert faulting_rounds(4 << 20, memory) == 8 and faulting_rounds(4 << 20) <= 2
     with pytest.raises(ValueError, match="preference"):
         from restore_rwkv import tune_cpu_allocator
 

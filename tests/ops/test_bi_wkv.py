@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from restore_rwkv.ops import available_backends, bi_wkv, native_available, numba_available, re_wkv, select_backend
+from restore_rwkv.ops import (
+    available_backends,
+    bi_wkv,
+    native_available,
+    numba_available,
+    re_wkv,
+    select_backend,
+    triton_available,
+)
 from restore_rwkv.ops._reference import bi_wkv_reference_grad
 
 
@@ -219,7 +227,8 @@ def test_backend_selection(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("RESTORE_RWKV_WKV_BACKEND", raising=False)
     assert select_backend(cpu) == available_backends(cpu)[0]
-    assert select_backend(torch.device("cuda")) == "chunked"  # chosen by device; nothing runs on it
+    # chosen by device; nothing runs on it
+    assert select_backend(torch.device("cuda")) == ("triton" if triton_available() else "chunked")
     monkeypatch.setenv("RESTORE_RWKV_WKV_BACKEND", "reference")
     assert select_backend(cpu) == "reference"
     assert select_backend(cpu, "chunked") == "chunked"

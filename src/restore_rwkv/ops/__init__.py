@@ -6,6 +6,7 @@ from restore_rwkv.ops.dispatch import (
     bi_wkv,
     native_available,
     numba_available,
+    triton_available,
     re_wkv,
     select_backend,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "bi_wkv",
     "native_available",
     "numba_available",
+    "triton_available",
     "re_wkv",
     "select_backend",
 ]

@@ -26,7 +26,8 @@ import torch
 
 _SPAN = 12.0  # largest decay, in nats, that one chunk may span
 _MAX_CHUNK = 64
-_BLOCK_ELEMENTS = 1 << 16  # channels are processed in blocks of about this many elements
+_BLOCK_ELEMENTS = 1 << 16  # on CPU, channels are processed in blocks of about this many elements
+_BLOCK_ELEMENTS_GPU = 1 << 24  # on GPUs fewer, larger launches win
 
 
 def _merge(
@@ -147,8 +148,9 @@ def _combine(u, k, v, fl, fa, bl, ba):
     return _merge(sl, sa, u + k, v[None])
 
 
-def _channel_blocks(channels: int, per_channel: int) -> list[slice]:
-    width = max(1, min(channels, _BLOCK_ELEMENTS // max(1, per_channel)))
+def _channel_blocks(channels: int, per_channel: int, device: torch.device) -> list[slice]:
+    budget = _BLOCK_ELEMENTS if device.type == "cpu" else _BLOCK_ELEMENTS_GPU
+    width = max(1, min(channels, budget // max(1, per_channel)))
     return [slice(c, min(c + width, channels)) for c in range(0, channels, width)]
 
 
@@ -198,7 +200,7 @@ class _BiWKV(torch.autograd.Function):
         dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
         batch, length, channels = k.shape
         y = torch.empty_like(k)
-        for cs in _channel_blocks(channels, batch * length):
+        for cs in _channel_blocks(channels, batch * length, k.device):
             kb, vb = (x[:, :, cs].to(dtype).permute(2, 0, 1).contiguous() for x in (k, v))
             wb, ub = (x[cs].to(dtype)[:, None, None] for x in (w, u))
             y[:, :, cs] = _forward_cbt(wb, ub, kb, vb)[1].permute(1, 2, 0)
@@ -211,7 +213,7 @@ class _BiWKV(torch.autograd.Function):
         batch, length, channels = k.shape
         gw, gu = torch.empty_like(w), torch.empty_like(u)
         gk, gv = torch.empty_like(k), torch.empty_like(v)
-        for cs in _channel_blocks(channels, batch * length):
+        for cs in _channel_blocks(channels, batch * length, k.device):
             kb, vb, gb = (x[:, :, cs].to(dtype).permute(2, 0, 1).contiguous() for x in (k, v, gy))
             wb, ub = (x[cs].to(dtype)[:, None, None] for x in (w, u))
             dw, du, dk, dv = _backward_cbt(wb, ub, kb, vb, gb)

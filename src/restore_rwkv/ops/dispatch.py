@@ -13,7 +13,7 @@ from restore_rwkv.ops._reference import bi_wkv_reference
 from restore_rwkv.ops._sweeps import SweepKernels, bi_wkv_sweeps, fits, re_wkv_sweeps
 
 ENV_VAR = "RESTORE_RWKV_WKV_BACKEND"
-BACKENDS = ("chunked", "native", "numba", "reference")
+BACKENDS = ("chunked", "native", "numba", "reference", "triton")
 _SWEEP_BACKENDS = ("native", "numba")  # fastest first
 _INFERENCE_GROUP_ELEMENTS = 1 << 23  # without autograd, Re-WKV runs channel groups of about this size
 
@@ -33,10 +33,29 @@ def _sweep_kernels(name: str) -> SweepKernels | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_module():
+    """``restore_rwkv.ops._triton``, or None where Triton is not installed or does not import."""
+    try:
+        from restore_rwkv.ops import _triton
+
+        return _triton
+    except Exception:  # ImportError, or a Triton that does not match this torch
+        return None
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels (CUDA tensors) can be used in this environment."""
+    return _triton_module() is not None
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device`` in this environment, fastest first."""
-    on_cpu = torch.device(device).type == "cpu"
-    fast = [n for n in _SWEEP_BACKENDS if _sweep_kernels(n) is not None] if on_cpu else []
+    kind = torch.device(device).type
+    if kind == "cpu":
+        fast = [n for n in _SWEEP_BACKENDS if _sweep_kernels(n) is not None]
+    else:
+        fast = ["triton"] if kind == "cuda" and triton_available() else []
     return fast + ["chunked", "reference"]
 
 
@@ -55,9 +74,10 @@ def select_backend(device: torch.device, backend: str = "auto") -> str:
 
     ``backend="auto"`` reads the environment variable ``RESTORE_RWKV_WKV_BACKEND`` (a name
     in ``BACKENDS`` or ``auto``), then takes the fastest backend available for the device:
-    on CPU the C kernels (``native``), else numba, else ``chunked``. The compiled kernels
-    hand inputs outside their range (|w|·T or |u| above 15 nats for float32, see
-    docs/bi_wkv.md), and ``native`` float64 inputs, to the next backend.
+    on CPU the C kernels (``native``), else numba, else ``chunked``; on CUDA ``triton``
+    where Triton is installed, else ``chunked``. The compiled kernels hand inputs outside
+    their range (|w|·T or |u| above 15 nats for float32, see docs/bi_wkv.md), and
+    ``native``/``triton`` float64 inputs, to the next backend.
     """
     if backend == "auto":
         backend = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
@@ -65,6 +85,11 @@ def select_backend(device: torch.device, backend: str = "auto") -> str:
         return available_backends(device)[0]
     if backend not in BACKENDS:
         raise ValueError(f"unknown bi_wkv backend {backend!r}; choose one of {list(BACKENDS)} or 'auto'")
+    if backend == "triton":
+        if device.type != "cuda" and not _triton_interpreted():
+            raise ValueError(f"bi_wkv backend 'triton' runs on CUDA tensors only; got {device.type} tensors")
+        if not triton_available():
+            raise RuntimeError("bi_wkv backend 'triton' is not available here: it needs the triton package")
     if backend in _SWEEP_BACKENDS:
         if device.type != "cpu":
             raise ValueError(f"bi_wkv backend {backend!r} runs on CPU tensors only; got {device.type} tensors")
@@ -72,6 +97,19 @@ def select_backend(device: torch.device, backend: str = "auto") -> str:
             need = "a working C compiler" if backend == "native" else "the numba package"
             raise RuntimeError(f"bi_wkv backend {backend!r} is not available here: it needs {need}")
     return backend
+
+
+def _triton_interpreted() -> bool:
+    """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``; tests only)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_fits(steps: list[tuple[torch.Tensor, torch.Tensor]], length: int, dtype: torch.dtype) -> bool:
+    """Whether the Triton kernels take these per-token (w, u) pairs: float32 sums, 15-nat range."""
+    if dtype == torch.float64:
+        return False
+    return all(float(w.detach().abs().max()) * length <= 15.0 and float(u.detach().abs().max()) <= 15.0
+               for w, u in steps)
 
 
 def _pick_sweeps(name: str, explicit: bool, steps: list[tuple[torch.Tensor, torch.Tensor]], length: int,
@@ -92,6 +130,17 @@ def _pick_sweeps(name: str, explicit: bool, steps: list[tuple[torch.Tensor, torc
     return None
 
 
+def _use_triton(explicit: bool, steps: list[tuple[torch.Tensor, torch.Tensor]], length: int,
+                dtype: torch.dtype) -> bool:
+    """Whether to run ``steps`` on the Triton kernels; an explicit request out of range is an error."""
+    if _triton_fits(steps, length, dtype):
+        return True
+    if explicit:
+        raise ValueError("bi_wkv backend 'triton': inputs outside its range (|w|*T or |u| above 15 nats, "
+                         "or float64); use 'chunked'")
+    return False
+
+
 def bi_wkv(
     w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
@@ -107,7 +156,8 @@ def bi_wkv(
         k: keys, shape (B, T, C).
         v: values, shape (B, T, C).
         backend: ``"auto"`` (default), ``"native"`` (fused C kernel, CPU), ``"numba"``
-            (the same in numba, CPU), ``"chunked"`` (linear-time pure PyTorch, any device)
+            (the same in numba, CPU), ``"triton"`` (chunked sums in Triton, CUDA), ``"chunked"``
+            (linear-time pure PyTorch, any device)
             or ``"reference"`` (O(T^2); tests only).
 
     Returns:
@@ -120,6 +170,13 @@ def bi_wkv(
     if w.shape != (channels,) or u.shape != (channels,):
         raise ValueError(f"bi_wkv expects w and u of shape ({channels},); got {tuple(w.shape)} and {tuple(u.shape)}")
     name = select_backend(k.device, backend)
+    if name == "triton":
+        if _use_triton(backend == name, [(w, u)], k.shape[1], k.dtype):
+            length = k.shape[1]
+            grid = (k.shape[0], 1, length, channels)
+            decay, first = (x[None] * length for x in (w, u))
+            return _triton_module().re_wkv_triton(k.reshape(grid), v.reshape(grid), decay, first).view(k.shape)
+        name = "chunked"
     if name in _SWEEP_BACKENDS:
         kernels = _pick_sweeps(name, backend == name, [(w, u)], k.shape[1], k.dtype)
         if kernels is not None:
@@ -142,6 +199,11 @@ def re_wkv(
     batch, height, width, channels = k.shape
     length = height * width
     name = select_backend(k.device, backend)
+    if name == "triton":
+        steps = [(decay[j] / length, first[j] / length) for j in range(decay.shape[0])]
+        if _use_triton(backend == name, steps, length, k.dtype):
+            return _triton_module().re_wkv_triton(k, v, decay, first)
+        name = "chunked"
     if name in _SWEEP_BACKENDS:
         steps = [(decay[j] / length, first[j] / length) for j in range(decay.shape[0])]
         kernels = _pick_sweeps(name, backend == name, steps, length, k.dtype)

@@ -253,6 +253,7 @@ def test_re_wkv_inference_in_channel_groups_matches(monkeypatch):
     decay, first = torch.randn(2, 2, 40)
     with torch.no_grad():
         whole = re_wkv(k, v, decay, first)
+        monkeypatch.setattr(module, "_INFERENCE_GROUP_ABOVE", 1000)
         monkeypatch.setattr(module, "_INFERENCE_GROUP_ELEMENTS", 1000)  # forces groups of 8 channels
         grouped = re_wkv(k, v, decay, first)
     torch.testing.assert_close(grouped, whole, rtol=0, atol=0)

@@ -48,6 +48,7 @@ def test_large_blocks_are_reused_after_tuning():
     # it to the kernel) and reuses the same pages with it.
     tuned = (
         'assert tune_cpu_allocator()["mmap_threshold"] >= 64 << 20, tune_cpu_allocator()\n'
+        'assert tune_cpu_allocator()["trim_threshold"] == 1 << 30\n'
         "assert tune_cpu_allocator() == tune_cpu_allocator()"
     )
     assert faulting_rounds(16 << 20) == 8  # every round maps fresh pages

@@ -46,7 +46,7 @@ def fits(kernels: SweepKernels, w: torch.Tensor, u: torch.Tensor, length: int, d
 def _weights(k: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """exp(k - max over tokens), shape (B, T, C); the shift cancels in Eq. 8."""
     kd = k.detach().reshape(k.shape[0], -1, k.shape[-1]).to(dtype)
-    return torch.exp(kd - kd.amax(dim=1, keepdim=True)).numpy()
+    return (kd - kd.amax(dim=1, keepdim=True)).exp_().numpy()
 
 
 def _array(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:

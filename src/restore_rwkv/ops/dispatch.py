@@ -15,7 +15,10 @@ from restore_rwkv.ops._sweeps import SweepKernels, bi_wkv_sweeps, fits, re_wkv_s
 ENV_VAR = "RESTORE_RWKV_WKV_BACKEND"
 BACKENDS = ("chunked", "native", "numba", "reference", "triton")
 _SWEEP_BACKENDS = ("native", "numba")  # fastest first
-_INFERENCE_GROUP_ELEMENTS = 1 << 23  # without autograd, Re-WKV runs channel groups of about this size
+# Without autograd, Re-WKV on more than _INFERENCE_GROUP_ABOVE elements (a 512x512x96 image
+# stays whole) runs in channel groups of about _INFERENCE_GROUP_ELEMENTS elements.
+_INFERENCE_GROUP_ABOVE = 1 << 25
+_INFERENCE_GROUP_ELEMENTS = 1 << 23
 
 
 @functools.lru_cache(maxsize=None)
@@ -208,7 +211,7 @@ def re_wkv(
         steps = [(decay[j] / length, first[j] / length) for j in range(decay.shape[0])]
         kernels = _pick_sweeps(name, backend == name, steps, length, k.dtype)
         if kernels is not None:
-            if torch.is_grad_enabled() or k.numel() <= _INFERENCE_GROUP_ELEMENTS:
+            if torch.is_grad_enabled() or k.numel() <= _INFERENCE_GROUP_ABOVE:
                 return re_wkv_sweeps(kernels, k, v, decay, first)
             # Inference on a large image: channels are independent, so run them in groups and
             # keep the operator's temporaries (weights, column-major copies) a group in size.

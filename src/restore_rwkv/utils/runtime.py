@@ -4,7 +4,8 @@ glibc serves every allocation above its mmap threshold (dynamic, at most 32 MB) 
 pages from the kernel and hands them back on free, so each large activation of a
 whole-image forward pass page-faults its way in again: at 512x512 that doubled the time of
 the model's matrix products on our 2-core machine (docs/performance.md). Raising the
-threshold and the trim threshold lets freed memory be reused instead (preset "speed"). The
+threshold and the trim threshold lets freed memory be reused instead (preset "speed"; the
+trim threshold matters as much: at 256 MB a 512x512 pass still page-faulted 0.3-2 GB back in). The
 price: up to ``trim_threshold`` of freed memory stays with the process, and a heap of reused
 blocks can fragment, which raises the peak a little. Preset "memory" goes the other way, for
 gradient checkpointing: blocks above 4 MB are unmapped as soon as they are freed.
@@ -21,8 +22,8 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 PRESETS: dict[str, tuple[int, int | None]] = {
-    # reuse freed blocks up to 128 MB (fast; keeps up to 256 MB of free heap)
-    "speed": (128 << 20, 256 << 20),
+    # reuse freed blocks up to 128 MB (fast; keeps up to 1 GB of free heap)
+    "speed": (128 << 20, 1 << 30),
     # map every block above 4 MB on its own and unmap it on free, so the resident size follows
     # the live tensors (what gradient checkpointing saves actually leaves the process)
     "memory": (4 << 20, None),
@@ -33,7 +34,7 @@ def tune_cpu_allocator(preference: str = "speed", mmap_threshold: int | None = N
                        trim_threshold: int | None = None) -> dict[str, int]:
     """Set glibc's mmap and trim thresholds for this process (glibc only; elsewhere a no-op).
 
-    ``preference="speed"`` (128 MB / 256 MB) lets large freed blocks be reused instead of
+    ``preference="speed"`` (128 MB / 1 GB) lets large freed blocks be reused instead of
     page-faulted in again; ``"memory"`` (4 MB, trim left alone) returns every block above
     4 MB to the kernel as soon as it is freed, so peak memory is that of the live tensors
     (use it with gradient checkpointing). Explicit thresholds override the preset. Values

@@ -134,6 +134,14 @@ class _ReWKVSweeps(torch.autograd.Function):
             weights = layouts.weights(step, last=not training and step == steps - 1)
             kernels.forward(weights, inputs, np.exp(-w[step]), np.exp(u[step]), layouts.order, out, threads)
             del inputs, weights
+            if step == steps - 1 and step % 2 == 1:
+                # The last scan was a V-scan: hand back its column-major result as a (B, H, W, C)
+                # view instead of copying it to row-major; the consumer reads it in one pass anyway.
+                ctx.kernels = kernels
+                if training:
+                    ctx.save_for_backward(k, decay, first, *values)
+                columns = torch.from_numpy(out).view(batch, width, height, channels)
+                return columns.to(v.dtype).transpose(1, 2)
             current = layouts.back(out, step)
             del out
             if training:

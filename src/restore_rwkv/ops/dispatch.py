@@ -197,7 +197,9 @@ def re_wkv(
 
     Step j (0-based) scans row-major (H-scan) when j is even and column-major (V-scan)
     when j is odd, with ``w = decay[j] / T`` and ``u = first[j] / T`` (T = H * W), as the
-    reference implementation does; the same ``k`` is used at every step. Returns (B, H, W, C).
+    reference implementation does; the same ``k`` is used at every step. Returns (B, H, W, C),
+    possibly as a non-contiguous view (the compiled CPU sweeps hand back the last V-scan in its
+    column-major memory rather than copying it).
     """
     batch, height, width, channels = k.shape
     length = height * width

@@ -56,17 +56,22 @@ def time_inference(model: torch.nn.Module, size: int) -> float:
     return median_time(run, repeats=5, warmup=1, budget_s=90)
 
 
-def operator_share(model: torch.nn.Module, size: int) -> float:
-    """Fraction of inference wall time spent inside the Bi-WKV / Re-WKV autograd functions."""
+def operator_share(model: torch.nn.Module, size: int, repeats: int = 1) -> float | list[float]:
+    """Fraction of inference wall time spent inside the Bi-WKV / Re-WKV autograd functions.
+
+    With ``repeats`` > 1, the fractions of that many profiled passes (one untimed pass first).
+    """
     x = torch.rand(1, 1, size, size)
     with torch.no_grad():
         model(x)
-    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        model(x)
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    op = sum(e.cpu_time_total for e in events if "WKV" in e.key)
-    return op / total
+    shares = []
+    for _ in range(repeats):
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            model(x)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        shares.append(sum(e.cpu_time_total for e in events if "WKV" in e.key) / total)
+    return shares[0] if repeats == 1 else shares
 
 
 def measure(kind: str, name: str, size: int, checkpointing: bool = False, tuned: bool = True,
@@ -176,8 +181,11 @@ def main() -> None:
             (f"{label} model inference {size}²: ratio ≤ {limit}", f"{seconds / floor:.2f}",
              f"{seconds:.2f} s vs floor {floor:.2f} s", "met" if seconds / floor <= limit else "NOT met")
         )
-    share = operator_share(paper, 256)
-    rows.append(("operator share of paper inference 256² ≤ 15 %", f"{100 * share:.1f} %", "torch.profiler",
+    # One profiled pass varies by ±2 points on a 2-core machine; report the median of five.
+    shares = operator_share(paper, 256, repeats=5)
+    share = statistics.median(shares)
+    rows.append(("operator share of paper inference 256² ≤ 15 %", f"{100 * share:.1f} %",
+                 f"torch.profiler, median of 5 passes ({100 * min(shares):.1f}-{100 * max(shares):.1f} %)",
                  "met" if share <= 0.15 else "NOT met"))
 
     if args.peers:

@@ -37,10 +37,14 @@ def weight_dtype(kernels: SweepKernels, dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 and np.float64 in kernels.dtypes else torch.float32
 
 
+def within_span(w: torch.Tensor, u: torch.Tensor, length: int, span: float) -> bool:
+    """Whether |w| * length and |u| (per-token decay and bonus, in nats) are at most ``span``."""
+    return bool(float(w.detach().abs().max()) * length <= span and float(u.detach().abs().max()) <= span)
+
+
 def fits(kernels: SweepKernels, w: torch.Tensor, u: torch.Tensor, length: int, dtype: torch.dtype) -> bool:
     """Whether per-token ``w`` and ``u`` are in the range the sweeps handle exactly for ``dtype`` inputs."""
-    span = MAX_SPAN[weight_dtype(kernels, dtype)]
-    return bool(float(w.detach().abs().max()) * length <= span and float(u.detach().abs().max()) <= span)
+    return within_span(w, u, length, MAX_SPAN[weight_dtype(kernels, dtype)])
 
 
 def _weights(k: torch.Tensor, dtype: torch.dtype) -> np.ndarray:

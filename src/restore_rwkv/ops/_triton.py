@@ -35,16 +35,22 @@ def _token_offsets(t, height, width, COLUMN_MAJOR: tl.constexpr):
 
 
 @triton.jit
-def _chunk_totals_kernel(x_ptr, w_ptr, tot_ptr, length, channels, height, width, n_chunks,
-                         CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, COLUMN_MAJOR: tl.constexpr):
-    """tot[b, j, 0] = sum_s d^(CHUNK-1-s) X_(jL+s),  tot[b, j, 1] = sum_s d^s X_(jL+s)."""
+def _program_tile(channels, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's chunk index, batch element, channel indices, positions in the chunk and tokens."""
     chunk = tl.program_id(0)
     pid_bc = tl.program_id(1)
     c_blocks = tl.cdiv(channels, BLOCK_C)
     b = pid_bc // c_blocks
     c = (pid_bc % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     s = tl.arange(0, CHUNK)
-    t = chunk * CHUNK + s
+    return chunk, b, c, s, chunk * CHUNK + s
+
+
+@triton.jit
+def _chunk_totals_kernel(x_ptr, w_ptr, tot_ptr, length, channels, height, width, n_chunks,
+                         CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, COLUMN_MAJOR: tl.constexpr):
+    """tot[b, j, 0] = sum_s d^(CHUNK-1-s) X_(jL+s),  tot[b, j, 1] = sum_s d^s X_(jL+s)."""
+    chunk, b, c, s, t = _program_tile(channels, CHUNK, BLOCK_C)
     tok = _token_offsets(t, height, width, COLUMN_MAJOR)
     mask = (t < length)[:, None] & (c < channels)[None, :]
     x = tl.load(x_ptr + b * length * channels + tok[:, None] * channels + c[None, :], mask=mask, other=0.0)
@@ -64,14 +70,8 @@ def _chunk_totals_kernel(x_ptr, w_ptr, tot_ptr, length, channels, height, width,
 def _chunk_sums_kernel(x_ptr, w_ptr, carry_ptr, p_ptr, s_ptr, length, channels, height, width, n_chunks,
                        CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, COLUMN_MAJOR: tl.constexpr):
     """P and S of every token of one chunk, from the chunk's carries and its own tokens."""
-    chunk = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    c_blocks = tl.cdiv(channels, BLOCK_C)
-    b = pid_bc // c_blocks
-    c = (pid_bc % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    chunk, b, c, s, t = _program_tile(channels, CHUNK, BLOCK_C)
     cmask = c < channels
-    s = tl.arange(0, CHUNK)
-    t = chunk * CHUNK + s
     row = b * length * channels
     w = tl.load(w_ptr + c, mask=cmask, other=0.0)[None, :]
     # Exponents are bounded by |w| T <= 15 on real tokens; padding rows use 0 (no overflow).
@@ -148,12 +148,12 @@ def _paired_sums(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, column_major
 
 
 def _step_forward(a, v, w, u, column_major):
-    """One Bi-WKV step: returns (y, D, (Pn, Sn, Pd, Sd)) for weights a and values v (float32)."""
+    """One Bi-WKV step: returns (y, D, e^u a, (Pn, Sn, Pd, Sd)) for weights a and values v (float32)."""
     sums = _paired_sums(a * v, a, w, column_major)
     pn, sn, pd, sd = sums
     own = torch.exp(u) * a
     den = pd + sd + own
-    return (pn + sn + own * v) / den, den, sums
+    return (pn + sn + own * v) / den, den, own, sums
 
 
 class _ReWKVTriton(torch.autograd.Function):
@@ -188,12 +188,11 @@ class _ReWKVTriton(torch.autograd.Function):
             column_major = step % 2 == 1
             w, u = decay[step].float() / length, first[step].float() / length
             v = values[step].float()
-            y, den, (pn, sn, pd, sd) = _step_forward(a, v, w, u, column_major)
+            y, den, own, (pn, sn, pd, sd) = _step_forward(a, v, w, u, column_major)
             q = g / den
             r = q * y
             pq, sq, pr, sr = _paired_sums(q, r, w, column_major)
             eu = torch.exp(u)
-            own = eu * a
             pall = pq + sq + eu * q
             rall = pr + sr + eu * r
             dk_total += a * (v * pall - rall)

@@ -10,7 +10,7 @@ import torch
 
 from restore_rwkv.ops._chunked import bi_wkv_chunked
 from restore_rwkv.ops._reference import bi_wkv_reference
-from restore_rwkv.ops._sweeps import SweepKernels, bi_wkv_sweeps, fits, re_wkv_sweeps
+from restore_rwkv.ops._sweeps import MAX_SPAN, SweepKernels, bi_wkv_sweeps, fits, re_wkv_sweeps, within_span
 
 ENV_VAR = "RESTORE_RWKV_WKV_BACKEND"
 BACKENDS = ("chunked", "native", "numba", "reference", "triton")
@@ -111,8 +111,7 @@ def _triton_fits(steps: list[tuple[torch.Tensor, torch.Tensor]], length: int, dt
     """Whether the Triton kernels take these per-token (w, u) pairs: float32 sums, 15-nat range."""
     if dtype == torch.float64:
         return False
-    return all(float(w.detach().abs().max()) * length <= 15.0 and float(u.detach().abs().max()) <= 15.0
-               for w, u in steps)
+    return all(within_span(w, u, length, MAX_SPAN[torch.float32]) for w, u in steps)
 
 
 def _pick_sweeps(name: str, explicit: bool, steps: list[tuple[torch.Tensor, torch.Tensor]], length: int,

@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import restore_rwkv
+from restore_rwkv.ops.dispatch import PROFILER_LABEL
 from _common import machine_summary, median_time, peak_rise_mb, run_isolated
 
 
@@ -57,7 +58,7 @@ def time_inference(model: torch.nn.Module, size: int) -> float:
 
 
 def operator_share(model: torch.nn.Module, size: int, repeats: int = 1) -> float | list[float]:
-    """Fraction of inference wall time spent inside the Bi-WKV / Re-WKV autograd functions.
+    """Fraction of inference wall time spent inside ``re_wkv`` (its profiler label), all backends.
 
     With ``repeats`` > 1, the fractions of that many profiled passes (one untimed pass first).
     """
@@ -70,7 +71,7 @@ def operator_share(model: torch.nn.Module, size: int, repeats: int = 1) -> float
             model(x)
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
-        shares.append(sum(e.cpu_time_total for e in events if "WKV" in e.key) / total)
+        shares.append(sum(e.cpu_time_total for e in events if e.key == PROFILER_LABEL) / total)
     return shares[0] if repeats == 1 else shares
 
 

@@ -245,15 +245,42 @@ def test_rejects_bad_shapes():
         bi_wkv(torch.zeros(3), torch.zeros(3), k, torch.zeros(1, 5, 3))
 
 
+@pytest.mark.skipif(not native_available(), reason="no C compiler for the native kernels")
+@pytest.mark.parametrize("shape", [(1, 70, 37, 20), (2, 33, 48, 16), (1, 1, 300, 5), (1, 65, 1, 17)])
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_native_fused_inference_matches_float64(shape, steps):
+    """The fused inference kernel (weights, row sweeps, column sweeps over several lane blocks and
+    row tiles, partial channel blocks, buffers handed between steps) against float64 ``chunked``."""
+    from restore_rwkv.ops import dispatch as module
+
+    assert module._sweep_kernels("native").fused_inference
+    gen = torch.Generator().manual_seed(sum(shape) + steps)
+    k = torch.randn(shape, generator=gen) * 2
+    v = torch.randn(shape, generator=gen)
+    decay = torch.randn(steps, shape[-1], generator=gen) * 3
+    first = torch.randn(steps, shape[-1], generator=gen) * 3
+    expected = re_wkv(k.double(), v.double(), decay.double(), first.double(), backend="chunked")
+    with torch.no_grad():
+        got = re_wkv(k, v, decay, first, backend="native")
+        got_1d = bi_wkv(decay[0] / k[0].numel() * shape[-1], first[0] / k[0].numel() * shape[-1],
+                        k.reshape(shape[0], -1, shape[-1]), v.reshape(shape[0], -1, shape[-1]), backend="native")
+    assert got.dtype == torch.float32 and got.shape == shape
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=2e-6)
+    if steps == 1:  # one H-scan is Eq. 8 over the row-major tokens
+        torch.testing.assert_close(got_1d.view(shape).double(), expected, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 def test_re_wkv_inference_in_channel_groups_matches(monkeypatch):
-    """Without autograd, large inputs run in channel groups; the result is the same."""
+    """Without autograd, large inputs on a backend without fused inference (numba) run in channel
+    groups; the result is the same."""
     from restore_rwkv.ops import dispatch as module
 
     k, v = torch.randn(2, 1, 12, 10, 40)
     decay, first = torch.randn(2, 2, 40)
     with torch.no_grad():
-        whole = re_wkv(k, v, decay, first)
+        whole = re_wkv(k, v, decay, first, backend="numba")
         monkeypatch.setattr(module, "_INFERENCE_GROUP_ABOVE", 1000)
         monkeypatch.setattr(module, "_INFERENCE_GROUP_ELEMENTS", 1000)  # forces groups of 8 channels
-        grouped = re_wkv(k, v, decay, first)
+        grouped = re_wkv(k, v, decay, first, backend="numba")
     torch.testing.assert_close(grouped, whole, rtol=0, atol=0)

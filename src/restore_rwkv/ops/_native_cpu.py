@@ -57,7 +57,7 @@ def _compile(compiler: str) -> Path | None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            cmd = [compiler, *flags, "-shared", "-fPIC", str(_SOURCE), "-o", str(built)]
+            cmd = [compiler, *flags, "-shared", "-fPIC", str(_SOURCE), "-lm", "-o", str(built)]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode == 0:
                 built.replace(target)  # atomic: a concurrent build never sees half a file
@@ -94,19 +94,27 @@ class NativeKernels(SweepKernels):
 
     name = "native"
     dtypes = (np.float32,)
+    fused_inference = True
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         p, i = ctypes.c_void_p, ctypes.c_int64
-        lib.wkv_forward.argtypes = [p, p, p, p, p, p, i, i, i, ctypes.c_int]
+        lib.wkv_forward.argtypes = [p, p, p, p, p, i, i, i, ctypes.c_int]
         lib.wkv_forward.restype = None
+        lib.rewkv_infer.argtypes = [p, p, p, p, p, i, i, i, i, i, ctypes.c_int]
+        lib.rewkv_infer.restype = ctypes.c_int
         lib.wkv_backward.argtypes = [p, p, p, p, p, p, p, p, p, p, i, i, i, ctypes.c_int]
         lib.wkv_backward.restype = None
         self._lib = lib
 
-    def forward(self, a, v, decay, bonus, rows, out, threads):
+    def forward(self, a, v, decay, bonus, out, threads):
         batch, length, channels = a.shape
-        self._lib.wkv_forward(_ptr(a), _ptr(v), _ptr(decay), _ptr(bonus), _ptr(rows), _ptr(out),
-                              batch, length, channels, threads)
+        self._lib.wkv_forward(_ptr(a), _ptr(v), _ptr(decay), _ptr(bonus), _ptr(out), batch, length, channels, threads)
+
+    def infer(self, k, v, decay, bonus, out, threads):
+        batch, height, width, channels = k.shape
+        if self._lib.rewkv_infer(_ptr(k), _ptr(v), _ptr(out), _ptr(decay), _ptr(bonus), batch, height, width,
+                                 channels, decay.shape[0], threads):
+            raise MemoryError(f"Re-WKV on {tuple(k.shape)} tokens: out of memory for the sweep buffers")
 
     def backward(self, a, v, g, decay, bonus, rows, dk, dv, dw_part, du_part, threads):
         batch, length, channels = a.shape

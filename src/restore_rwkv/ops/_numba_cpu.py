@@ -16,7 +16,7 @@ _WIDTH = 8  # channels per task: one or two SIMD registers of float64
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _forward_kernel(ek, v, decay, bonus, rows, y):  # pragma: no cover - compiled
+def _forward_kernel(ek, v, decay, bonus, y):  # pragma: no cover - compiled
     batch, length, channels = ek.shape
     nblocks = (channels + _WIDTH - 1) // _WIDTH
     for task in numba.prange(batch * nblocks):
@@ -32,18 +32,18 @@ def _forward_kernel(ek, v, decay, bonus, rows, y):  # pragma: no cover - compile
                 c = c0 + j
                 pre_num[t, j] = num[j]
                 pre_den[t, j] = den[j]
-                e = ek[b, rows[t], c]
-                num[j] = num[j] * decay[c] + e * v[b, rows[t], c]
+                e = ek[b, t, c]
+                num[j] = num[j] * decay[c] + e * v[b, t, c]
                 den[j] = den[j] * decay[c] + e
         num[:] = 0.0
         den[:] = 0.0
         for t in range(length - 1, -1, -1):
             for j in range(n):
                 c = c0 + j
-                e = ek[b, rows[t], c]
+                e = ek[b, t, c]
                 own = bonus[c] * e
-                vt = v[b, rows[t], c]
-                y[b, rows[t], c] = (pre_num[t, j] + num[j] + own * vt) / (pre_den[t, j] + den[j] + own)
+                vt = v[b, t, c]
+                y[b, t, c] = (pre_num[t, j] + num[j] + own * vt) / (pre_den[t, j] + den[j] + own)
                 num[j] = num[j] * decay[c] + e * vt
                 den[j] = den[j] * decay[c] + e
 
@@ -132,9 +132,9 @@ class NumbaKernels(SweepKernels):
     name = "numba"
     dtypes = (np.float32, np.float64)
 
-    def forward(self, a, v, decay, bonus, rows, out, threads):
+    def forward(self, a, v, decay, bonus, out, threads):
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        _forward_kernel(a, v, decay, bonus, rows, out)
+        _forward_kernel(a, v, decay, bonus, out)
 
     def backward(self, a, v, g, decay, bonus, rows, dk, dv, dw_part, du_part, threads):
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))

@@ -1,11 +1,13 @@
 """Re-WKV by fused sweeps on CPU: the autograd function shared by the compiled kernels.
 
 A kernel backend (C in ``csrc/bi_wkv_cpu.c``, or numba) provides a forward and a backward
-sweep over (B, T, C) float arrays in a given token order. Each parallel task owns one batch
-element and a block of channels and keeps float64 running sums vectorised across them.
-Weights are ``a = exp(k - max_t k)``, computed once per Re-WKV call by PyTorch, so the
-sweeps need no exponentials; this is exact, and safe while the decay and bonus stay within
-``MAX_SPAN`` nats (see ``fits``), where ``chunked`` takes over.
+sweep over (B, T, C) float arrays in memory order; V-scans run them on column-major copies.
+Each parallel task owns one batch element and a block of channels and keeps float64 running
+sums vectorised across them. Weights are ``a = exp(k - max_t k)``, computed once per Re-WKV
+call, so the sweeps need no exponentials; this is exact, and safe while the decay and bonus
+stay within ``MAX_SPAN`` nats (see ``fits``), where ``chunked`` takes over.
+Without autograd, a backend with ``fused_inference`` (the C one) runs every step of a call in
+one kernel: weights computed in C, V-scans read row-major memory directly (no copies).
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ MAX_SPAN = {torch.float32: 15.0, torch.float64: 100.0}
 
 
 class SweepKernels:
-    """Interface of a sweep backend (arrays are numpy, C-contiguous)."""
+    """Interface of a sweep backend (arrays are numpy, C-contiguous).
+
+    ``forward`` and ``backward`` sweep (B, T, C) tokens in memory order (``rows`` is that order for
+    ``backward``). A backend may also offer ``infer(k, v, decay, bonus, out, threads)``: all Re-WKV
+    steps without autograd on (B, H, W, C) float32 tokens, weights included (``fused_inference``).
+    """
 
     name = "sweeps"
     dtypes: tuple = (np.float32,)
+    fused_inference = False
 
-    def forward(self, a, v, decay, bonus, rows, out, threads):  # pragma: no cover - interface
+    def forward(self, a, v, decay, bonus, out, threads):  # pragma: no cover - interface
         raise NotImplementedError
 
     def backward(self, a, v, g, decay, bonus, rows, dk, dv, dw_part, du_part, threads):  # pragma: no cover
@@ -136,7 +144,7 @@ class _ReWKVSweeps(torch.autograd.Function):
             del current
             out = np.empty_like(inputs)
             weights = layouts.weights(step, last=not training and step == steps - 1)
-            kernels.forward(weights, inputs, np.exp(-w[step]), np.exp(u[step]), layouts.order, out, threads)
+            kernels.forward(weights, inputs, np.exp(-w[step]), np.exp(u[step]), out, threads)
             del inputs, weights
             if step == steps - 1 and step % 2 == 1:
                 # The last scan was a V-scan: hand back its column-major result as a (B, H, W, C)
@@ -193,8 +201,26 @@ class _ReWKVSweeps(torch.autograd.Function):
         )
 
 
+def _infer(kernels: SweepKernels, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """Re-WKV without autograd by the backend's fused ``infer`` (float32 tokens)."""
+    length = k.shape[1] * k.shape[2]
+    keys = k.detach().to(torch.float32).contiguous()
+    values = v.detach().to(torch.float32).contiguous()
+    out = torch.empty(values.shape, dtype=torch.float32)
+    d = np.ascontiguousarray(np.exp(-decay.detach().to(torch.float64).numpy() / length))
+    bonus = np.ascontiguousarray(np.exp(first.detach().to(torch.float64).numpy() / length))
+    kernels.infer(keys.numpy(), values.numpy(), d, bonus, out.numpy(), torch.get_num_threads())
+    return out.to(v.dtype)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def re_wkv_sweeps(kernels: SweepKernels, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     """Re-WKV on CPU tokens (B, H, W, C) by ``kernels``; requires ``fits`` for every step."""
+    if kernels.fused_inference and k.dtype != torch.float64 and not _needs_grad(k, v, decay, first):
+        return _infer(kernels, k, v, decay, first)
     return _ReWKVSweeps.apply(k, v, decay, first, kernels)
 
 
@@ -203,4 +229,4 @@ def bi_wkv_sweeps(kernels: SweepKernels, w: torch.Tensor, u: torch.Tensor, k: to
     length = k.shape[1]
     grid = (k.shape[0], 1, length, k.shape[2])
     decay, first = (x.to(torch.float64)[None] * length for x in (w, u))  # exact: no rounding in w.dtype
-    return _ReWKVSweeps.apply(k.reshape(grid), v.reshape(grid), decay, first, kernels).view(k.shape)
+    return re_wkv_sweeps(kernels, k.reshape(grid), v.reshape(grid), decay, first).view(k.shape)

@@ -19,6 +19,8 @@ _SWEEP_BACKENDS = ("native", "numba")  # fastest first
 # stays whole) runs in channel groups of about _INFERENCE_GROUP_ELEMENTS elements.
 _INFERENCE_GROUP_ABOVE = 1 << 25
 _INFERENCE_GROUP_ELEMENTS = 1 << 23
+# torch.profiler label of every re_wkv call (the model's attention operator), whatever the backend.
+PROFILER_LABEL = "restore_rwkv::re_wkv"
 
 
 @functools.lru_cache(maxsize=None)
@@ -200,6 +202,11 @@ def re_wkv(
     possibly as a non-contiguous view (the compiled CPU sweeps hand back the last V-scan in its
     column-major memory rather than copying it).
     """
+    with torch.profiler.record_function(PROFILER_LABEL):
+        return _re_wkv(k, v, decay, first, backend)
+
+
+def _re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor, backend: str) -> torch.Tensor:
     batch, height, width, channels = k.shape
     length = height * width
     name = select_backend(k.device, backend)
@@ -212,7 +219,7 @@ def re_wkv(
         steps = [(decay[j] / length, first[j] / length) for j in range(decay.shape[0])]
         kernels = _pick_sweeps(name, backend == name, steps, length, k.dtype)
         if kernels is not None:
-            if torch.is_grad_enabled() or k.numel() <= _INFERENCE_GROUP_ABOVE:
+            if kernels.fused_inference or torch.is_grad_enabled() or k.numel() <= _INFERENCE_GROUP_ABOVE:
                 return re_wkv_sweeps(kernels, k, v, decay, first)
             # Inference on a large image: channels are independent, so run them in groups and
             # keep the operator's temporaries (weights, column-major copies) a group in size.

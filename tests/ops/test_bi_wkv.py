@@ -284,3 +284,26 @@ def test_re_wkv_inference_in_channel_groups_matches(monkeypatch):
         monkeypatch.setattr(module, "_INFERENCE_GROUP_ELEMENTS", 1000)  # forces groups of 8 channels
         grouped = re_wkv(k, v, decay, first, backend="numba")
     torch.testing.assert_close(grouped, whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_re_wkv_into_its_values(steps):
+    """``out=v`` overwrites the values with the result, on every backend; same result as without."""
+    k, v = torch.randn(2, 2, 19, 23, 20)
+    decay, first = torch.randn(2, steps, 20)
+    expected = re_wkv(k, v, decay, first, backend="reference")
+    for backend in available_backends():
+        values = v.clone()
+        with torch.no_grad():
+            got = re_wkv(k, values, decay, first, backend=backend, out=values)
+        assert got.data_ptr() == values.data_ptr(), backend
+        torch.testing.assert_close(values, expected, rtol=1e-4, atol=1e-5, msg=backend)
+
+
+def test_re_wkv_out_is_for_inference_only():
+    k, v = torch.randn(2, 1, 4, 5, 3)
+    decay = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="inference only"):
+        re_wkv(k, v, decay, torch.randn(2, 3), out=v)
+    with pytest.raises(ValueError, match="shape"), torch.no_grad():
+        re_wkv(k, v, decay, torch.randn(2, 3), out=torch.empty(1, 4, 5, 2))

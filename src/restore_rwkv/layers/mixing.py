@@ -38,10 +38,11 @@ class SpatialMix(nn.Module):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
         k, v = self.key(x), self.value(x)
-        wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first)
-        del k, v
         if torch.is_grad_enabled():
+            wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first)
             return self.output(torch.sigmoid(self.receptance(x)) * wkv)
+        wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first, out=v)  # v is not needed again
+        del k, v
         return self.output(self.receptance(x).sigmoid_().mul_(wkv))
 
 

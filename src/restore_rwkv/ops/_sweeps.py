@@ -201,12 +201,16 @@ class _ReWKVSweeps(torch.autograd.Function):
         )
 
 
-def _infer(kernels: SweepKernels, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """Re-WKV without autograd by the backend's fused ``infer`` (float32 tokens)."""
+def _infer(kernels: SweepKernels, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Re-WKV without autograd by the backend's fused ``infer`` (float32 tokens), into ``out``
+    where it is a contiguous float32 tensor (it may be ``v``: each channel block's values are
+    read before its results are written)."""
     length = k.shape[1] * k.shape[2]
     keys = k.detach().to(torch.float32).contiguous()
     values = v.detach().to(torch.float32).contiguous()
-    out = torch.empty(values.shape, dtype=torch.float32)
+    if out is None or out.dtype != torch.float32 or not out.is_contiguous() or out.shape != values.shape:
+        out = torch.empty(values.shape, dtype=torch.float32)
     d = np.ascontiguousarray(np.exp(-decay.detach().to(torch.float64).numpy() / length))
     bonus = np.ascontiguousarray(np.exp(first.detach().to(torch.float64).numpy() / length))
     kernels.infer(keys.numpy(), values.numpy(), d, bonus, out.numpy(), torch.get_num_threads())
@@ -217,10 +221,14 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def re_wkv_sweeps(kernels: SweepKernels, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """Re-WKV on CPU tokens (B, H, W, C) by ``kernels``; requires ``fits`` for every step."""
+def re_wkv_sweeps(kernels: SweepKernels, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Re-WKV on CPU tokens (B, H, W, C) by ``kernels``; requires ``fits`` for every step.
+
+    Without autograd the fused kernel may write into ``out`` (see ``_infer``); check the result.
+    """
     if kernels.fused_inference and k.dtype != torch.float64 and not _needs_grad(k, v, decay, first):
-        return _infer(kernels, k, v, decay, first)
+        return _infer(kernels, k, v, decay, first, out)
     return _ReWKVSweeps.apply(k, v, decay, first, kernels)
 
 

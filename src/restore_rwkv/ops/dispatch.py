@@ -192,7 +192,12 @@ def bi_wkv(
 
 
 def re_wkv(
-    k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor, backend: str = "auto"
+    k: torch.Tensor,
+    v: torch.Tensor,
+    decay: torch.Tensor,
+    first: torch.Tensor,
+    backend: str = "auto",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Re-WKV (Eq. 9-10): ``len(decay)`` Bi-WKV passes over (B, H, W, C) tokens.
 
@@ -201,12 +206,26 @@ def re_wkv(
     reference implementation does; the same ``k`` is used at every step. Returns (B, H, W, C),
     possibly as a non-contiguous view (the compiled CPU sweeps hand back the last V-scan in its
     column-major memory rather than copying it).
+
+    Without autograd, ``out`` (shape of ``v``) receives the result and is returned; it may be
+    ``v`` itself, which then is overwritten (the compiled CPU kernel writes there directly, so
+    inference needs no full-size output buffer).
     """
+    if out is not None:
+        if out.shape != v.shape:
+            raise ValueError(f"re_wkv: out has shape {tuple(out.shape)}, expected {tuple(v.shape)}")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (k, v, decay, first, out)):
+            raise ValueError("re_wkv: out= is for inference only (inputs require grad)")
     with torch.profiler.record_function(PROFILER_LABEL):
-        return _re_wkv(k, v, decay, first, backend)
+        result = _re_wkv(k, v, decay, first, backend, out)
+        if out is not None and result.data_ptr() != out.data_ptr():
+            out.copy_(result)
+            return out
+        return result
 
 
-def _re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor, backend: str) -> torch.Tensor:
+def _re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor, backend: str,
+            out: torch.Tensor | None = None) -> torch.Tensor:
     batch, height, width, channels = k.shape
     length = height * width
     name = select_backend(k.device, backend)
@@ -220,15 +239,15 @@ def _re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.
         kernels = _pick_sweeps(name, backend == name, steps, length, k.dtype)
         if kernels is not None:
             if kernels.fused_inference or torch.is_grad_enabled() or k.numel() <= _INFERENCE_GROUP_ABOVE:
-                return re_wkv_sweeps(kernels, k, v, decay, first)
+                return re_wkv_sweeps(kernels, k, v, decay, first, out)
             # Inference on a large image: channels are independent, so run them in groups and
             # keep the operator's temporaries (weights, column-major copies) a group in size.
-            out = torch.empty_like(v)
+            grouped = torch.empty_like(v)
             group = max(8, (_INFERENCE_GROUP_ELEMENTS // (batch * length)) // 8 * 8)
             for c in range(0, channels, group):
                 cs = slice(c, min(c + group, channels))
-                out[..., cs] = re_wkv_sweeps(kernels, k[..., cs], v[..., cs], decay[:, cs], first[:, cs])
-            return out
+                grouped[..., cs] = re_wkv_sweeps(kernels, k[..., cs], v[..., cs], decay[:, cs], first[:, cs])
+            return grouped
         name = "chunked"
     k_cols = None
     for step in range(decay.shape[0]):

@@ -29,9 +29,10 @@ class RRWKVBlock(nn.Module):
         else:  # inference: update in place (on a copy unless the caller gives x away)
             if not (inplace and tokens.is_contiguous()):
                 tokens = tokens.clone(memory_format=torch.contiguous_format)
-            # The normalised tokens are dropped as soon as the Omni-Shift has read them.
-            tokens.addcmul_(self.att.mix(omni_shift_tokens(self.att.omni_shift, self.ln1(tokens))), self.gamma1)
-            tokens.addcmul_(self.ffn.mix(omni_shift_tokens(self.ffn.omni_shift, self.ln2(tokens))), self.gamma2)
+            # The normalised tokens are dropped as soon as the Omni-Shift has read them; each mix
+            # adds its scaled output into the tokens chunk by chunk.
+            self.att.mix_into(omni_shift_tokens(self.att.omni_shift, self.ln1(tokens)), tokens, self.gamma1)
+            self.ffn.mix_into(omni_shift_tokens(self.ffn.omni_shift, self.ln2(tokens)), tokens, self.gamma2)
         return tokens.permute(0, 3, 1, 2)
 
 

@@ -12,6 +12,9 @@ from torch import nn
 from restore_rwkv.layers.omni_shift import OmniShift
 from restore_rwkv.ops import re_wkv
 
+# Tokens per chunk of the inference paths' per-token work (16384 x 96 float32 = 6 MB).
+INFERENCE_CHUNK = 16384
+
 
 def omni_shift_tokens(shift: OmniShift, x: torch.Tensor) -> torch.Tensor:
     """Apply an Omni-Shift to (B, H, W, C) tokens, returning (B, H, W, C)."""
@@ -45,6 +48,22 @@ class SpatialMix(nn.Module):
         del k, v
         return self.output(self.receptance(x).sigmoid_().mul_(wkv))
 
+    @torch.no_grad()
+    def mix_into(self, x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor) -> None:
+        """Inference: ``residual += scale * mix(x)`` for contiguous (B, H, W, C) ``residual``.
+
+        After Re-WKV, the gate, output projection and residual update run in chunks of
+        ``INFERENCE_CHUNK`` tokens, so their intermediates stay in cache.
+        """
+        k, v = self.key(x), self.value(x)
+        wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first, out=v).reshape(-1, x.shape[-1])
+        del k, v
+        tokens, out = x.reshape(-1, x.shape[-1]), residual.view(-1, x.shape[-1])
+        for start in range(0, tokens.shape[0], INFERENCE_CHUNK):
+            part = slice(start, start + INFERENCE_CHUNK)
+            gate = self.receptance(tokens[part]).sigmoid_().mul_(wkv[part])
+            out[part].addcmul_(self.output(gate), scale)
+
 
 class ChannelMix(nn.Module):
     """Omni-Shift, then ``sigmoid(R x) * V relu(K x)^2`` with a hidden width of ``hidden_rate * dim``.
@@ -53,7 +72,7 @@ class ChannelMix(nn.Module):
     hidden activations (4x the width) never exist for the whole image at once.
     """
 
-    inference_chunk = 16384
+    inference_chunk = INFERENCE_CHUNK
 
     def __init__(self, dim: int, hidden_rate: int = 4) -> None:
         super().__init__()
@@ -70,13 +89,20 @@ class ChannelMix(nn.Module):
         """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
         if torch.is_grad_enabled():
             return torch.sigmoid(self.receptance(x)) * self.value(squared_relu(self.key(x)))
-        tokens = x.reshape(-1, x.shape[-1])
-        out = torch.empty_like(tokens)
+        out = torch.zeros_like(x, memory_format=torch.contiguous_format)
+        self.mix_into(x, out, torch.ones(()))
+        return out
+
+    @torch.no_grad()
+    def mix_into(self, x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor) -> None:
+        """Inference: ``residual += scale * mix(x)`` for contiguous (B, H, W, C) ``residual``, in
+        chunks of ``inference_chunk`` tokens (the 4x-wide hidden layer never exists whole)."""
+        tokens, out = x.reshape(-1, x.shape[-1]), residual.view(-1, x.shape[-1])
         for start in range(0, tokens.shape[0], self.inference_chunk):
-            part = tokens[start : start + self.inference_chunk]
-            hidden = self.key(part).relu_().square_()
-            torch.mul(self.receptance(part).sigmoid_(), self.value(hidden), out=out[start : start + self.inference_chunk])
-        return out.view(x.shape)
+            part = slice(start, start + self.inference_chunk)
+            hidden = self.key(tokens[part]).relu_().square_()
+            gated = self.receptance(tokens[part]).sigmoid_().mul_(self.value(hidden))
+            out[part].addcmul_(gated, scale)
 
 
 class _SquaredReLU(torch.autograd.Function):

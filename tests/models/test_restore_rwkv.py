@@ -178,22 +178,20 @@ def test_a_few_training_steps_reduce_l1_loss():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_inference_path_matches_training_path():
-    """The no-grad path (chunked channel mix, in-place updates) computes the same function."""
+def test_inference_path_matches_training_path(monkeypatch):
+    """The no-grad path (Re-WKV written over its values, chunked mixes adding into the residual,
+    in-place updates) computes the same function."""
+    from restore_rwkv.layers.mixing import ChannelMix, SpatialMix
+
     model = RestoreRWKV(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1).eval()
     x = torch.rand(1, 1, 24, 40)
     with torch.enable_grad():
         expected = model(x.clone().requires_grad_()).detach()
-    from restore_rwkv.layers.mixing import ChannelMix
-
-    old_chunk = ChannelMix.inference_chunk
-    ChannelMix.inference_chunk = 100  # several chunks, one of them partial
-    try:
-        x_before = x.clone()
-        with torch.no_grad():
-            got = model(x)
-    finally:
-        ChannelMix.inference_chunk = old_chunk
+    monkeypatch.setattr(ChannelMix, "inference_chunk", 100)  # several chunks, one of them partial
+    monkeypatch.setattr(SpatialMix, "inference_chunk", 70)
+    x_before = x.clone()
+    with torch.no_grad():
+        got = model(x)
     assert torch.equal(x, x_before), "inference must not modify its input"
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 

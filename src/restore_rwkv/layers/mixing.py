@@ -24,6 +24,8 @@ def omni_shift_tokens(shift: OmniShift, x: torch.Tensor) -> torch.Tensor:
 class SpatialMix(nn.Module):
     """Omni-Shift, K/V/R projections, Re-WKV, ``output(sigmoid(R) * wkv)``."""
 
+    inference_chunk = INFERENCE_CHUNK
+
     def __init__(self, dim: int, recurrence: int = 2) -> None:
         super().__init__()
         self.recurrence = recurrence
@@ -53,14 +55,14 @@ class SpatialMix(nn.Module):
         """Inference: ``residual += scale * mix(x)`` for contiguous (B, H, W, C) ``residual``.
 
         After Re-WKV, the gate, output projection and residual update run in chunks of
-        ``INFERENCE_CHUNK`` tokens, so their intermediates stay in cache.
+        ``inference_chunk`` tokens, so their intermediates stay in cache.
         """
         k, v = self.key(x), self.value(x)
         wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first, out=v).reshape(-1, x.shape[-1])
         del k, v
         tokens, out = x.reshape(-1, x.shape[-1]), residual.view(-1, x.shape[-1])
-        for start in range(0, tokens.shape[0], INFERENCE_CHUNK):
-            part = slice(start, start + INFERENCE_CHUNK)
+        for start in range(0, tokens.shape[0], self.inference_chunk):
+            part = slice(start, start + self.inference_chunk)
             gate = self.receptance(tokens[part]).sigmoid_().mul_(wkv[part])
             out[part].addcmul_(self.output(gate), scale)
 

@@ -307,3 +307,21 @@ def test_re_wkv_out_is_for_inference_only():
         re_wkv(k, v, decay, torch.randn(2, 3), out=v)
     with pytest.raises(ValueError, match="shape"), torch.no_grad():
         re_wkv(k, v, decay, torch.randn(2, 3), out=torch.empty(1, 4, 5, 2))
+
+
+@pytest.mark.skipif(not native_available(), reason="no C compiler for the native kernels")
+def test_native_fused_inference_propagates_nan_and_ignores_minus_inf_keys():
+    """A NaN key poisons its channel (as the reference does); a -inf key is a zero weight."""
+    k, v = torch.randn(2, 1, 9, 11, 20)
+    decay, first = torch.randn(2, 2, 20)
+    k_bad = k.clone()
+    k_bad[0, 4, 5, 3] = float("nan")
+    k_bad[0, 2, 7, 9] = float("-inf")
+    with torch.no_grad():
+        got = re_wkv(k_bad, v, decay, first, backend="native")
+    assert torch.isnan(got[..., 3]).all()
+    others = [c for c in range(20) if c != 3]
+    k_zero_weight = k_bad.clone()
+    k_zero_weight[0, 4, 5, 3] = 0.0
+    expected = re_wkv(k_zero_weight.double(), v.double(), decay.double(), first.double(), backend="chunked")
+    torch.testing.assert_close(got[..., others].double(), expected[..., others], rtol=1e-5, atol=2e-6)

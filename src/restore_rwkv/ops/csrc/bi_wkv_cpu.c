@@ -28,7 +28,7 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
  * degree-7 Taylor polynomial (error below 1e-8 relative), 2^n through the exponent bits.
  * Returns 0 below -87 (where float32 would go subnormal); NaN stays NaN. */
 static inline float exp_nonpositive(float x) {
-    const float xc = x < -87.0f ? -87.0f : x;
+    const float xc = x > -87.0f ? x : -87.0f; /* NaN becomes -87 here (no undefined conversion) */
     const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
     float r = xc - n * 0.693145751953125f;
     r = r - n * 1.428606765330187e-06f;
@@ -40,10 +40,11 @@ static inline float exp_nonpositive(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return x < -87.0f ? 0.0f : p * scale;
+    const float e = p * scale;
+    return x > -87.0f ? e : (x != x ? x : 0.0f);
 }
 
 /* Weights of n channels: a[t * W + j] = exp(k[t * sk + j] - max_t k[t * sk + j]). */

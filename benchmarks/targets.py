@@ -258,6 +258,11 @@ def main() -> None:
         rows.append((f"{name} training step 128², batch 4: ≤ {limit} × floor", f"{ratio:.2f}",
                      f"{seconds:.2f} s vs floor {floor:.2f} s (medians)", "met" if ratio <= limit else "NOT met"))
 
+    # The training steps above ran in this process and kept their freed heap (several GB): give it
+    # back, or this process and a child's 9 GB step do not fit in 24 GB together.
+    del step
+    restore_rwkv.release_free_memory()
+
     # Checkpointing is for memory: both cells use the allocator's "memory" preset, under which the
     # resident size follows the live tensors (the "speed" preset keeps freed blocks, see the docs).
     for preference in ("memory", "speed"):

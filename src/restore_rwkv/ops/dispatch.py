@@ -204,8 +204,8 @@ def re_wkv(
     Step j (0-based) scans row-major (H-scan) when j is even and column-major (V-scan)
     when j is odd, with ``w = decay[j] / T`` and ``u = first[j] / T`` (T = H * W), as the
     reference implementation does; the same ``k`` is used at every step. Returns (B, H, W, C),
-    possibly as a non-contiguous view (the compiled CPU sweeps hand back the last V-scan in its
-    column-major memory rather than copying it).
+    possibly as a non-contiguous view (with autograd, the compiled CPU sweeps hand back the last
+    V-scan in its column-major memory rather than copying it).
 
     Without autograd, ``out`` (shape of ``v``) receives the result and is returned; it may be
     ``v`` itself, which then is overwritten (the compiled CPU kernel writes there directly, so

@@ -48,13 +48,12 @@ class SpatialMix(nn.Module):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
-        k, v = self.key(x), self.value(x)
         if torch.is_grad_enabled():
-            wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first)
+            wkv = re_wkv(self.key(x), self.value(x), self.spatial_decay, self.spatial_first)
             return self.output(torch.sigmoid(self.receptance(x)) * wkv)
-        wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first, out=v)  # v is not needed again
-        del k, v
-        return self.output(self.receptance(x).sigmoid_().mul_(wkv))
+        out = torch.zeros_like(x, memory_format=torch.contiguous_format)
+        self.mix_into(x, out, torch.ones(()))
+        return out
 
     @torch.no_grad()
     def mix_into(self, x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor) -> None:
@@ -64,6 +63,7 @@ class SpatialMix(nn.Module):
         ``inference_chunk`` tokens, so their intermediates stay in cache.
         """
         k, v = self.key(x), self.value(x)
+        # v is not needed again: Re-WKV writes its result there.
         wkv = re_wkv(k, v, self.spatial_decay, self.spatial_first, out=v).reshape(-1, x.shape[-1])
         del k, v
         tokens, out = x.reshape(-1, x.shape[-1]), residual.view(-1, x.shape[-1])

@@ -217,7 +217,8 @@ def _infer(kernels: SweepKernels, k: torch.Tensor, v: torch.Tensor, decay: torch
     return out.to(v.dtype)
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an operation on ``tensors``."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
@@ -227,7 +228,7 @@ def re_wkv_sweeps(kernels: SweepKernels, k: torch.Tensor, v: torch.Tensor, decay
 
     Without autograd the fused kernel may write into ``out`` (see ``_infer``); check the result.
     """
-    if kernels.fused_inference and k.dtype != torch.float64 and not _needs_grad(k, v, decay, first):
+    if kernels.fused_inference and k.dtype != torch.float64 and not needs_grad(k, v, decay, first):
         return _infer(kernels, k, v, decay, first, out)
     return _ReWKVSweeps.apply(k, v, decay, first, kernels)
 

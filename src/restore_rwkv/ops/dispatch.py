@@ -10,13 +10,22 @@ import torch
 
 from restore_rwkv.ops._chunked import bi_wkv_chunked
 from restore_rwkv.ops._reference import bi_wkv_reference
-from restore_rwkv.ops._sweeps import MAX_SPAN, SweepKernels, bi_wkv_sweeps, fits, re_wkv_sweeps, within_span
+from restore_rwkv.ops._sweeps import (
+    MAX_SPAN,
+    SweepKernels,
+    bi_wkv_sweeps,
+    fits,
+    needs_grad,
+    re_wkv_sweeps,
+    within_span,
+)
 
 ENV_VAR = "RESTORE_RWKV_WKV_BACKEND"
 BACKENDS = ("chunked", "native", "numba", "reference", "triton")
 _SWEEP_BACKENDS = ("native", "numba")  # fastest first
-# Without autograd, Re-WKV on more than _INFERENCE_GROUP_ABOVE elements (a 512x512x96 image
-# stays whole) runs in channel groups of about _INFERENCE_GROUP_ELEMENTS elements.
+# Without autograd, on a sweep backend without fused inference (numba), Re-WKV on more than
+# _INFERENCE_GROUP_ABOVE elements (a 512x512x96 image stays whole) runs in channel groups of
+# about _INFERENCE_GROUP_ELEMENTS elements.
 _INFERENCE_GROUP_ABOVE = 1 << 25
 _INFERENCE_GROUP_ELEMENTS = 1 << 23
 # torch.profiler label of every re_wkv call (the model's attention operator), whatever the backend.
@@ -214,7 +223,7 @@ def re_wkv(
     if out is not None:
         if out.shape != v.shape:
             raise ValueError(f"re_wkv: out has shape {tuple(out.shape)}, expected {tuple(v.shape)}")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (k, v, decay, first, out)):
+        if needs_grad(k, v, decay, first, out):
             raise ValueError("re_wkv: out= is for inference only (inputs require grad)")
     with torch.profiler.record_function(PROFILER_LABEL):
         result = _re_wkv(k, v, decay, first, backend, out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -19,11 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from restore_rwkv.data.io import read_image
+from restore_rwkv.data.io import is_image_file, read_array, read_image
 from restore_rwkv.data.modality import TASKS, get_convention
 from restore_rwkv.utils.errors import InputError, check_finite
-
-IMAGE_SUFFIXES = (".npy", ".npz", ".png", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".ima", ".mha", ".nrrd")
+from restore_rwkv.utils.files import atomic_file
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,7 @@ def write_manifest(path: str | os.PathLike, records: Sequence[PairRecord], root:
     path = Path(path)
     base = Path(root) if root is not None else path.parent
     fields = ["lq", "hq", "modality", "task", "split", "lq_slice", "hq_slice"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in records:
@@ -82,7 +81,6 @@ def write_manifest(path: str | os.PathLike, records: Sequence[PairRecord], root:
                              "modality": r.modality, "task": r.task, "split": r.split,
                              "lq_slice": "" if r.lq_slice is None else r.lq_slice,
                              "hq_slice": "" if r.hq_slice is None else r.hq_slice})
-    tmp.replace(path)
     return path
 
 
@@ -92,18 +90,13 @@ def pair_folders(lq_dir: str | os.PathLike, hq_dir: str | os.PathLike, modality:
     for d in (lq_dir, hq_dir):
         if not d.is_dir():
             raise InputError(d, "no such folder")
-    lq_files = {p.relative_to(lq_dir) for p in lq_dir.rglob("*") if p.is_file() and _is_image(p)}
+    lq_files = {p.relative_to(lq_dir) for p in lq_dir.rglob("*") if p.is_file() and is_image_file(p)}
     if not lq_files:
         raise InputError(lq_dir, "no image files in this folder")
     missing = sorted(str(p) for p in lq_files if not (hq_dir / p).exists())
     if missing:
         raise InputError(hq_dir, f"no HQ partner for {len(missing)} LQ file(s), e.g. {missing[0]}")
     return [PairRecord(str(lq_dir / p), str(hq_dir / p), modality, task) for p in sorted(lq_files)]
-
-
-def _is_image(path: Path) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(s) for s in IMAGE_SUFFIXES)
 
 
 def reference_layout(root: str | os.PathLike, split: str, modalities: Sequence[str] = ("MRI", "CT", "PET"),
@@ -118,7 +111,7 @@ def reference_layout(root: str | os.PathLike, split: str, modalities: Sequence[s
         base = Path(root) / modality / split
         if (base / "LQ").is_dir() and (base / "HQ").is_dir():
             lq_dir, hq_dir = base / "LQ", base / "HQ"
-            names = sorted(p.name for p in lq_dir.iterdir() if p.is_file() and (_is_image(p) or p.suffix == ".bin"))
+            names = sorted(p.name for p in lq_dir.iterdir() if p.is_file() and (is_image_file(p) or p.suffix == ".bin"))
             for name in names:
                 if not (hq_dir / name).exists():
                     raise InputError(hq_dir / name, "HQ partner of an LQ file is missing")
@@ -150,16 +143,61 @@ def central_slices(volume: np.ndarray, axis: int, count: int, air_value: float |
     return keep
 
 
-def _load_slice(path: str, index: int | None, allow_pickle: bool) -> np.ndarray:
-    data, meta = read_image(path, allow_pickle=allow_pickle)
-    if index is not None:
-        axis = meta.slice_axis if meta.slice_axis is not None else 0
-        data = np.take(data, index, axis=axis)
-    data = np.squeeze(np.asarray(data, dtype=np.float32))
-    if data.ndim != 2:
-        raise InputError(path, f"expected a 2-D slice, got shape {data.shape} (give a slice index for volumes)")
-    check_finite(data, path)
-    return data
+class VolumeCache:
+    """The arrays of recently read files, up to ``max_bytes`` (least recently used dropped first).
+
+    Datasets index slices of volumes; with this cache each volume is read once per process
+    (each DataLoader worker has its own copy), not once per slice. ``.npy`` files are
+    memory-mapped instead, so their slices are read on access and cost no cache space.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30, allow_pickle: bool = False) -> None:
+        self.max_bytes, self.allow_pickle = int(max_bytes), allow_pickle
+        self._arrays: OrderedDict[str, tuple[np.ndarray, int | None]] = OrderedDict()
+        self.reads = 0  # files read from disk (for tests and diagnostics)
+
+    def volume(self, path: str) -> tuple[np.ndarray, int | None]:
+        """The array of ``path`` and its slice axis."""
+        if path in self._arrays:
+            self._arrays.move_to_end(path)
+            return self._arrays[path]
+        self.reads += 1
+        if path.lower().endswith(".npy"):
+            data, meta = read_array(path, mmap=True)
+        else:
+            data, meta = read_image(path, allow_pickle=self.allow_pickle)
+        entry = (data, meta.slice_axis)
+        if not isinstance(data, np.memmap) and data.nbytes <= self.max_bytes:
+            self._arrays[path] = entry
+            while sum(a.nbytes for a, _ in self._arrays.values()) > self.max_bytes:
+                self._arrays.popitem(last=False)
+        return entry
+
+    def slice(self, path: str, index: int | None) -> np.ndarray:
+        """A 2-D float32 image: the file itself, or slice ``index`` along its slice axis; finite values checked."""
+        data, slice_axis = self.volume(path)
+        if index is not None:
+            axis = slice_axis if slice_axis is not None else 0
+            if not -data.shape[axis] <= index < data.shape[axis]:
+                raise InputError(path, f"slice {index} out of range (the volume has {data.shape[axis]} along axis {axis})")
+            data = np.take(data, index, axis=axis)
+        data = np.squeeze(np.asarray(data, dtype=np.float32))
+        if not data.flags.writeable:  # a slice of a memory-mapped file
+            data = data.copy()
+        if data.ndim != 2:
+            raise InputError(path, f"expected a 2-D slice, got shape {data.shape} (give a slice index for volumes)")
+        check_finite(data, path if index is None else f"{path}#{index}")
+        return data
+
+    def __getstate__(self) -> dict:
+        # workers start with an empty cache instead of a pickled copy of the parent's arrays
+        return {**self.__dict__, "_arrays": OrderedDict()}
+
+
+def item_name(path: str, index: int | None) -> str:
+    """The name of a dataset item: the file name, with ``#slice`` for a slice of a volume."""
+    name = Path(path).name
+    return name if index is None else f"{name}#{index}"
 
 
 class PairedSliceDataset(Dataset):
@@ -171,6 +209,7 @@ class PairedSliceDataset(Dataset):
             raise ValueError("PairedSliceDataset needs at least one record")
         self.records, self.transform, self.allow_pickle = list(records), transform, allow_pickle
         self.conventions = conventions or {}
+        self.cache = VolumeCache(allow_pickle=allow_pickle)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -181,12 +220,12 @@ class PairedSliceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         r = self.records[index]
         convention = self.conventions.get(r.modality) or get_convention(r.modality)
-        lq = _load_slice(r.lq, r.lq_slice, self.allow_pickle)
-        hq = _load_slice(r.hq, r.hq_slice, self.allow_pickle)
+        lq = self.cache.slice(r.lq, r.lq_slice)
+        hq = self.cache.slice(r.hq, r.hq_slice)
         if lq.shape != hq.shape:
             raise InputError(r.lq, f"LQ shape {lq.shape} differs from HQ shape {hq.shape} ({r.hq})")
         item = {"lq": torch.from_numpy(convention.normalize(lq))[None], "hq": torch.from_numpy(convention.normalize(hq))[None],
-                "task": r.task, "modality": convention.name, "name": Path(r.hq).name}
+                "task": r.task, "modality": convention.name, "name": item_name(r.hq, r.hq_slice)}
         return self.transform(item, index) if self.transform else item
 
 
@@ -204,6 +243,7 @@ class SimulatedPairDataset(Dataset):
             raise ValueError("SimulatedPairDataset needs at least one HQ image")
         self.convention = get_convention(modality)
         self.task, self.degrade, self.seed, self.transform, self.epoch = task, degrade, seed, transform, 0
+        self.cache = VolumeCache()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -216,13 +256,13 @@ class SimulatedPairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path, slice_index = self.items[index]
-        hq = torch.from_numpy(_load_slice(str(path), slice_index, False))
+        hq = torch.from_numpy(self.cache.slice(str(path), slice_index))
         out = self.degrade(hq, seed=self.seed + index + self.epoch * len(self))
         lq = out[1] if isinstance(out, tuple) else out  # PET returns (HQ recon, LQ recon)
         if isinstance(out, tuple):
             hq = out[0]
         item = {"lq": self.convention.normalize(lq.float())[None], "hq": self.convention.normalize(hq.float())[None],
-                "task": self.task, "modality": self.convention.name, "name": Path(path).name}
+                "task": self.task, "modality": self.convention.name, "name": item_name(str(path), slice_index)}
         return self.transform(item, index) if self.transform else item
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from restore_rwkv.data.prepare import PairWriter, PreparationReport, _progress, staged_output
+from restore_rwkv.data.io import read_nifti_canonical
+from restore_rwkv.data.prepare import PairWriter, PreparationReport, staged_output
 from restore_rwkv.utils.errors import InputError
+from restore_rwkv.utils.progress import progress_bar
 
 SIZE = 128
 MNI_FILES = {
@@ -43,9 +45,7 @@ def package_file(package: str, *parts: str) -> Path:
 
 
 def _mni_volume(key: str) -> np.ndarray:
-    from restore_rwkv.data.prepare import _canonical_volume
-
-    volume, _ = _canonical_volume(package_file("nilearn", "datasets", "data", MNI_FILES[key]))
+    volume, _ = read_nifti_canonical(package_file("nilearn", "datasets", "data", MNI_FILES[key]))
     return volume
 
 
@@ -95,7 +95,7 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
     del pydicom
     with staged_output(out, overwrite) as stage:
         writer = PairWriter(stage, Path(out))
-        bar = _progress(None, total=3, desc="demo tasks", quiet=quiet)  # one step per task
+        bar = progress_bar(None, total=3, desc="demo tasks", quiet=quiet)  # one step per task
 
         # MRI: template slices, intensities scaled so the brain's 99th percentile sits at 3000 of [0, 4095].
         slices = _split_interleaved(_brain_slices(t1, total + 12))

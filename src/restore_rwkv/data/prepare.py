@@ -12,33 +12,34 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
-import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from restore_rwkv.data.datasets import PairRecord, central_slices, write_manifest
-from restore_rwkv.data.io import ImageMeta, read_dicom_series, read_image, read_nifti, write_array, write_nifti
+from restore_rwkv.data.io import (
+    ImageMeta,
+    is_image_file,
+    read_dicom_series,
+    read_image,
+    read_nifti_canonical,
+    write_array,
+    write_nifti,
+)
 from restore_rwkv.data.modality import TASKS
 from restore_rwkv.utils.errors import InputError, check_finite
+from restore_rwkv.utils.files import atomic_file, atomic_folder
+from restore_rwkv.utils.progress import progress_bar
 
 SPLITS = ("train", "validation", "test")
 FOLDER = {"mri": "MRI", "ct": "CT", "pet": "PET"}
 IXI_SPLIT = (405, 59, 114)
 AAPM_SPLIT = (8, 1, 1)
-
-
-def _progress(iterable: Iterable, total: int | None = None, desc: str = "", quiet: bool = False):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, disable=quiet, file=sys.stderr, leave=False)
 
 
 def split_counts(n: int, reference: Sequence[int]) -> tuple[int, int, int]:
@@ -115,18 +116,10 @@ def staged_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """A hidden folder beside ``out`` that becomes ``out`` when the block succeeds (removed otherwise)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
+        if not overwrite or not out.is_dir():
             raise InputError(out, "output exists and is not empty (choose another --out or pass --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, replace=overwrite) as stage:
         yield stage
-        if out.exists():
-            shutil.rmtree(out)
-        stage.replace(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def check_out_apart_from_src(src: str | Path, out: str | Path) -> None:
@@ -177,7 +170,8 @@ class PairWriter:
                              str(self.stage / Path(r.hq).relative_to(report.root)), r.modality, r.task, r.split)
                   for r in report.records]
         write_manifest(self.stage / "manifest.csv", staged, root=self.stage)
-        (self.stage / "summary.json").write_text(json.dumps(report.summary(), indent=2))
+        with atomic_file(self.stage / "summary.json") as tmp:
+            tmp.write_text(json.dumps(report.summary(), indent=2))
         return report
 
 
@@ -195,7 +189,7 @@ def _write_pairs(src: Path, out: str | Path, fmt: str, overwrite: bool, quiet: b
     started = time.perf_counter()
     with staged_output(out, overwrite) as stage:
         writer = PairWriter(stage, Path(out), fmt)
-        for number, item in enumerate(_progress(inputs, desc=desc, quiet=quiet)):
+        for number, item in enumerate(progress_bar(inputs, desc=desc, quiet=quiet)):
             try:
                 write_input(writer, number, item)
             except InputError as exc:
@@ -224,7 +218,7 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
     degrade = KSpaceTruncation(scale)
 
     def write_volume(writer: PairWriter, number: int, path: Path) -> None:
-        volume, meta = _canonical_volume(path)
+        volume, meta = read_nifti_canonical(path)
         for index in central_slices(volume, 2, slices):
             hq = volume[:, :, index].astype(np.float32)
             check_finite(hq, path, f"slice {index}")
@@ -232,21 +226,6 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
             writer.write("mri_sr", split_of[subjects[path]], f"{subjects[path]}_{index:03d}", lq, hq, meta)
 
     return _write_pairs(src, out, fmt, overwrite, quiet, files, "IXI volumes", write_volume)
-
-
-def _canonical_volume(path: Path) -> tuple[np.ndarray, ImageMeta]:
-    """A 3-D NIfTI in RAS+ orientation, so axis 2 runs inferior -> superior (axial slices)."""
-    import nibabel as nib
-
-    data, meta = read_nifti(path)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(path, f"expected a 3-D volume, got {data.ndim}-D data of shape {data.shape}")
-    image = nib.as_closest_canonical(nib.Nifti1Image(data, meta.affine, meta.header))
-    meta.affine = image.affine
-    meta.slice_axis = 2
-    return np.asarray(image.dataobj, dtype=np.float32), meta
 
 
 # ----------------------------------------------------------------------------- AAPM-Mayo
@@ -345,9 +324,7 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
                       quiet: bool = False, **options) -> PreparationReport:
     """Any folder of HQ images or volumes -> (LQ, HQ) pairs by ``task``'s degradation; split by file."""
     src = _source_folder(src, out)
-    from restore_rwkv.data.datasets import _is_image
-
-    files = sorted(p for p in src.rglob("*") if p.is_file() and _is_image(p))
+    files = sorted(p for p in src.rglob("*") if p.is_file() and is_image_file(p))
     if not files:
         raise InputError(src, "no image files in this folder")
     degrade = default_degradation(task, **options)

@@ -1,0 +1,554 @@
+"""DICOM through pydicom: single- and multi-frame files, series folders, derived series.
+
+Geometry is LPS (DICOM's patient coordinates). A series volume is (slice, row, column), its
+slices ordered by position along the slice normal; the affine maps (slice, row, column) to
+LPS millimetres and is exact for every slice because a series whose slices are not evenly
+spaced (a missing file), share a position, or mix orientations is refused. Pixel values are
+physical (rescale slope and intercept applied, per frame for enhanced multi-frame objects).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+
+from restore_rwkv.data.io.meta import ImageMeta
+from restore_rwkv.utils.errors import InputError
+from restore_rwkv.utils.files import atomic_file, atomic_folder, refuse_input_target
+
+DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+# DICOM objects that carry no image to restore, even when they hold pixel data (RT dose grids).
+NON_IMAGE_MODALITIES = frozenset({"RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTIMAGE", "SR", "KO", "PR", "SEG",
+                                  "REG", "DOC"})
+STORAGE_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4",
+                   "PT": "1.2.840.10008.5.1.4.1.1.128", "OT": "1.2.840.10008.5.1.4.1.1.7"}
+_POSITION_TOLERANCE = 0.1  # fraction of the slice step by which a slice may sit off its regular place
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """True when ``path`` starts with the DICOM preamble (128 bytes, then ``DICM``)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dcmread(path: Path, stop_before_pixels: bool = False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        try:
+            return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            # Files without the 128-byte preamble are still DICOM if they parse to a SOP instance.
+            ds = pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, force=True)
+            if "SOPClassUID" not in ds:
+                raise InputError(path, "not a DICOM file") from None
+            return ds
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(path, f"damaged DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _sop_class(ds) -> str:
+    uid = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
+    return str(uid or "")
+
+
+def _non_image_reason(ds) -> str | None:
+    """Why ``ds`` is no image to restore (DICOMDIR, RT objects, SEG ...), or None."""
+    if _sop_class(ds) == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        return "a DICOMDIR (media directory), not an image"
+    modality = str(ds.get("Modality", "")).upper()
+    if modality in NON_IMAGE_MODALITIES:
+        kind = getattr(ds.get("SOPClassUID"), "name", modality)
+        return f"DICOM object is not an image to restore ({kind}, modality {modality})"
+    return None
+
+
+def _check_image_dataset(ds, path: Path) -> None:
+    reason = _non_image_reason(ds)
+    if reason:
+        raise InputError(path, reason)
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise InputError(path, "DICOM file holds no pixel data")
+
+
+def _group_item(ds, frame: int, sequence: str):
+    """Item of functional-group ``sequence`` for ``frame``: per-frame first, then shared (enhanced objects)."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items is not None and len(items) > index and sequence in items[index]:
+            seq = items[index][sequence]
+            if len(seq.value):
+                return seq.value[0]
+    return None
+
+
+def _rescale(ds, frame: int = 0) -> tuple[float, float]:
+    """(slope, intercept) of ``frame``: its functional group's, else the top-level tags, else (1, 0)."""
+    item = _group_item(ds, frame, "PixelValueTransformationSequence")
+    source = item if item is not None else ds
+    slope = source.get("RescaleSlope")
+    intercept = source.get("RescaleIntercept")
+    return (float(slope) if slope not in (None, "") else 1.0, float(intercept) if intercept not in (None, "") else 0.0)
+
+
+def _frame_count(ds) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _pixels(ds, path: Path) -> np.ndarray:
+    """Pixel values in physical units (rescale applied per frame), float32: (rows, cols) or (frames, rows, cols)."""
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(path, f"cannot decode the DICOM pixel data ({message})") from None
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        raise InputError(path, "colour DICOM images are not supported")
+    frames = _frame_count(ds)
+    values = stored.astype(np.float32)
+    if frames > 1:
+        for f in range(frames):
+            slope, intercept = _rescale(ds, f)
+            values[f] = values[f] * slope + intercept
+        return values
+    slope, intercept = _rescale(ds, 0)
+    return (values * slope + intercept).astype(np.float32)
+
+
+def _stored_dtype(ds) -> np.dtype:
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    return np.dtype(f"{'i' if signed else 'u'}{max(1, bits // 8)}") if bits in (8, 16, 32) else np.dtype(np.float32)
+
+
+def _strip_pixels(ds):
+    header = copy.deepcopy(ds)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in header:
+            delattr(header, keyword)
+    return header
+
+
+def _plane(ds, frame: int = 0) -> tuple[np.ndarray | None, np.ndarray | None, list[float] | None, float | None]:
+    """(position, orientation (6), pixel spacing (2), slice thickness) of one frame; None where absent."""
+    position_item = _group_item(ds, frame, "PlanePositionSequence")
+    orientation_item = _group_item(ds, frame, "PlaneOrientationSequence")
+    measures = _group_item(ds, frame, "PixelMeasuresSequence")
+    position = (position_item or ds).get("ImagePositionPatient")
+    orientation = (orientation_item or ds).get("ImageOrientationPatient")
+    spacing = (measures or ds).get("PixelSpacing")
+    thickness = (measures or ds).get("SpacingBetweenSlices") or (measures or ds).get("SliceThickness")
+    return (None if position is None or len(position) != 3 else np.asarray(position, float),
+            None if orientation is None or len(orientation) != 6 else np.asarray(orientation, float),
+            None if spacing is None or len(spacing) != 2 else [float(s) for s in spacing],
+            float(thickness) if thickness not in (None, "") else None)
+
+
+def _in_plane_columns(orientation: np.ndarray, pixel_spacing: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """LPS steps of one row down (index axis 'row') and one column right (axis 'column')."""
+    row_cosine, column_cosine = orientation[:3], orientation[3:]
+    return column_cosine * pixel_spacing[0], row_cosine * pixel_spacing[1]
+
+
+def _stack_geometry(positions: list[np.ndarray], orientation: np.ndarray, pixel_spacing: list[float],
+                    thickness: float | None, names: list[str], where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Affine (slice, row, column) -> LPS of slices already in spatial order; refuses irregular stacks.
+
+    Returns the affine and each slice's position along the normal (mm).
+    """
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = np.array([float(np.dot(p, normal)) for p in positions])
+    down, right = _in_plane_columns(orientation, pixel_spacing)
+    affine = np.eye(4)
+    affine[:3, 1], affine[:3, 2], affine[:3, 3] = down, right, positions[0]
+    if len(positions) == 1:
+        affine[:3, 0] = normal * (thickness or 1.0)
+        return affine, along
+    steps = np.diff(along)
+    for k, step in enumerate(steps):
+        if abs(step) < 1e-3:
+            raise InputError(where, f"two slices at one position ({along[k]:.3f} mm along the normal): "
+                                    f"{names[k]} and {names[k + 1]}; refusing to stack them")
+    slice_step = (positions[-1] - positions[0]) / (len(positions) - 1)
+    typical = float(np.median(np.abs(steps)))
+    for k, p in enumerate(positions):
+        off = float(np.linalg.norm(p - (positions[0] + k * slice_step)))
+        if off > _POSITION_TOLERANCE * typical:
+            gaps = [f"{steps[i]:.3g} mm after {names[i]}" for i in range(len(steps))
+                    if abs(abs(steps[i]) - typical) > _POSITION_TOLERANCE * typical]
+            raise InputError(where, f"slices are not evenly spaced (usual step {typical:.3g} mm; "
+                                    f"{', '.join(gaps[:3]) or 'positions off the slice line'}): a slice may be "
+                                    "missing; refusing to place them on a regular grid")
+    affine[:3, 0] = slice_step
+    return affine, along
+
+
+def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
+    """One DICOM image file (single or multi-frame, enhanced included), in physical units.
+
+    A multi-frame object is (frame, row, column) in the file's frame order; its affine is
+    set when the frames share one orientation and lie evenly spaced along a line.
+    """
+    path = Path(path)
+    ds = _dcmread(path)
+    _check_image_dataset(ds, path)
+    data = _pixels(ds, path)
+    frames = _frame_count(ds)
+    planes = [_plane(ds, f) for f in range(frames)]
+    position, orientation, pixel_spacing, thickness = planes[0]
+    affine, extra = None, {}
+    if orientation is not None and pixel_spacing is not None and all(p[0] is not None for p in planes):
+        positions = [p[0] for p in planes]
+        if all(p[1] is not None and np.allclose(p[1], orientation, atol=1e-4) for p in planes):
+            if frames == 1:
+                affine = np.eye(4)
+                down, right = _in_plane_columns(orientation, pixel_spacing)
+                normal = np.cross(orientation[:3], orientation[3:])
+                affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = down, right, normal * (thickness or 1.0), position
+            else:
+                try:
+                    affine, _ = _stack_geometry(positions, orientation, pixel_spacing, thickness,
+                                                [f"frame {f + 1}" for f in range(frames)], path)
+                except InputError as exc:
+                    extra["geometry_problem"] = exc.problem  # frames stay readable; no single affine fits them
+        extra["frame_positions"] = [[float(v) for v in p] for p in positions]
+    if frames == 1:
+        spacing = tuple(pixel_spacing) if pixel_spacing else None
+    else:
+        step = float(np.linalg.norm(affine[:3, 0])) if affine is not None else (thickness or 1.0)
+        spacing = (step, *pixel_spacing) if pixel_spacing else None
+    meta = ImageMeta(source=path, format="dicom", modality=str(ds.get("Modality", "")) or None,
+                     spacing=spacing, affine=affine, space="LPS" if affine is not None else None,
+                     slice_axis=0 if data.ndim == 3 else None, datasets=[_strip_pixels(ds)],
+                     dtype=_stored_dtype(ds), extra=extra)
+    return data, meta
+
+
+def _series_label(uid: str, headers: list) -> str:
+    description = str(headers[0].get("SeriesDescription", "")).strip()
+    return f"{uid or '(no SeriesInstanceUID)'} ({len(headers)} file(s){', ' + repr(description) if description else ''})"
+
+
+def list_dicom_series(folder: str | os.PathLike) -> dict[str, list[Path]]:
+    """The image series in a folder (not recursive): SeriesInstanceUID -> its files.
+
+    DICOMDIR files and non-image objects (RT structures, dose, SEG, reports) are left out.
+    """
+    return {uid: [p for p, _ in items] for uid, items in _series_headers(Path(folder))[0].items()}
+
+
+def _series_headers(folder: Path) -> tuple[dict[str, list], list[str]]:
+    if not folder.is_dir():
+        raise InputError(folder, "not a folder")
+    series: dict[str, list] = {}
+    ignored: list[str] = []
+    for p in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if p.suffix.lower() not in DICOM_SUFFIXES and not looks_like_dicom(p) and p.name.upper() != "DICOMDIR":
+            continue
+        ds = _dcmread(p, stop_before_pixels=True)
+        reason = _non_image_reason(ds)
+        if reason:
+            ignored.append(f"{p.name}: {reason}")
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
+    return series, ignored
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """A folder of single-frame DICOM images of one series, as a (slice, row, column) volume.
+
+    Slices are ordered by position along the slice normal (ImagePositionPatient projected on
+    the cross product of ImageOrientationPatient), not by file name. Refused with an
+    InputError: several series without ``series_uid``, slices that share a position, slices not
+    evenly spaced (a missing file), one slice without a position while others have one, mixed
+    orientations or sizes. A series with no geometry at all is ordered by InstanceNumber and
+    gets no affine. DICOMDIR files and non-image objects in the folder are ignored.
+    """
+    folder = Path(folder)
+    series, ignored = _series_headers(folder)
+    if not series:
+        raise InputError(folder, "no DICOM image files in this folder" + (f" ({'; '.join(ignored)})" if ignored else ""))
+    if series_uid is not None:
+        if series_uid not in series:
+            raise InputError(folder, f"no DICOM image of series {series_uid}; it holds {', '.join(sorted(series))}")
+        headers = series[series_uid]
+    elif len(series) > 1:
+        labels = "; ".join(_series_label(uid, [ds for _, ds in items]) for uid, items in sorted(series.items()))
+        raise InputError(folder, f"holds {len(series)} DICOM series ({labels}); pick one with series_uid")
+    else:
+        headers = next(iter(series.values()))
+
+    planes = [_plane(ds) for _, ds in headers]
+    has_position = [pl[0] is not None and pl[1] is not None for pl in planes]
+    affine, along = None, None
+    if all(has_position):
+        orientation = planes[0][1]
+        for (p, _), pl in zip(headers, planes):
+            if not np.allclose(pl[1], orientation, atol=1e-4):
+                raise InputError(p, "slice orientation differs from the rest of its series")
+        normal = np.cross(orientation[:3], orientation[3:])
+        order = np.argsort([float(np.dot(pl[0], normal)) for pl in planes], kind="stable")
+    elif any(has_position):
+        missing = next(p for (p, _), ok in zip(headers, has_position) if not ok)
+        raise InputError(missing, "has no ImagePositionPatient/ImageOrientationPatient while the other "
+                                  "slices of its series do; cannot place it")
+    else:
+        order = np.argsort([int(ds.get("InstanceNumber", i) or i) for i, (_, ds) in enumerate(headers)], kind="stable")
+    headers = [headers[i] for i in order]
+    planes = [planes[i] for i in order]
+    pixel_spacing = planes[0][2] or [1.0, 1.0]
+    if all(has_position):
+        affine, along = _stack_geometry([pl[0] for pl in planes], planes[0][1], pixel_spacing, planes[0][3],
+                                        [p.name for p, _ in headers], folder)
+
+    slices, datasets = [], []
+    for p, _ in headers:
+        ds = _dcmread(p)
+        _check_image_dataset(ds, p)
+        pixels = _pixels(ds, p)
+        if pixels.ndim != 2:
+            raise InputError(p, f"expected one 2-D slice per file in a series, got shape {pixels.shape}")
+        if slices and pixels.shape != slices[0].shape:
+            raise InputError(p, f"slice of shape {pixels.shape} in a series of {slices[0].shape}")
+        slices.append(pixels)
+        datasets.append(_strip_pixels(ds))
+    volume = np.stack(slices)
+    first = datasets[0]
+    step = float(np.linalg.norm(affine[:3, 0])) if affine is not None else planes[0][3]
+    meta = ImageMeta(source=folder, format="dicom-series", modality=str(first.get("Modality", "")) or None,
+                     spacing=None if step is None else (step, *pixel_spacing), affine=affine,
+                     space="LPS" if affine is not None else None, slice_axis=0, datasets=datasets,
+                     dtype=_stored_dtype(first))
+    meta.extra["files"] = [p for p, _ in headers]
+    # along the slice normal, mm, ascending; None for a series without geometry
+    meta.extra["positions"] = None if along is None else [float(x) for x in along]
+    meta.extra["ignored"] = ignored
+    return volume, meta
+
+
+# ----------------------------------------------------------------------------- writing
+def _stored_values(values: np.ndarray, slope: float | None, intercept: float | None
+                   ) -> tuple[np.ndarray, float, float, bool]:
+    """16-bit integers for ``values`` and the rescale (slope, intercept) that maps them back.
+
+    The given rescale is kept when it covers the values (signed or unsigned storage); with
+    none given, integral values that fit int16 are stored as they are; otherwise the range is
+    spread over 0..65535.
+    """
+    lo, hi = float(values.min()), float(values.max())
+    if slope is None:
+        slope, intercept = 1.0, 0.0
+        if not np.array_equal(values, np.rint(values)):
+            slope, intercept = max((hi - lo) / 65535.0, 1e-12), lo
+    for signed, (smin, smax) in ((True, (-32768, 32767)), (False, (0, 65535))):
+        if (lo - intercept) / slope >= smin - 0.5 and (hi - intercept) / slope <= smax + 0.5:
+            break
+    else:
+        signed, (smin, smax) = False, (0, 65535)
+        intercept = lo
+        slope = max((hi - lo) / 65535.0, 1e-12)
+    stored = np.clip(np.rint((values - intercept) / slope), smin, smax)
+    return stored.astype(np.int16 if signed else np.uint16), slope, intercept, signed
+
+
+def _convert_padding(ds, old: tuple[float, float], new: tuple[float, float], signed: bool) -> None:
+    """Keep PixelPaddingValue (and its range limit) meaning the same physical value under the new rescale."""
+    from pydicom.dataelem import DataElement
+
+    smin, smax = (-32768, 32767) if signed else (0, 65535)
+    for keyword, tag in (("PixelPaddingValue", 0x00280120), ("PixelPaddingRangeLimit", 0x00280121)):
+        if keyword not in ds:
+            continue
+        physical = float(ds[keyword].value) * old[0] + old[1]
+        stored = (physical - new[1]) / new[0]
+        del ds[keyword]
+        if abs(stored - round(stored)) < 1e-6 and smin <= round(stored) <= smax:
+            ds[tag] = DataElement(tag, "SS" if signed else "US", int(round(stored)))
+        elif keyword == "PixelPaddingValue":
+            ds.pop(0x00280121, None)  # a range limit without its padding value is meaningless
+            break
+
+
+def _set_pixels(ds, values: np.ndarray, old_rescale: tuple[float, float] | None) -> None:
+    """Store physical ``values`` (one frame or frames) in ``ds`` with a 16-bit rescale; tags made consistent."""
+    slope0, intercept0 = old_rescale if old_rescale is not None else (None, None)
+    stored, slope, intercept, signed = _stored_values(values, slope0, intercept0)
+    enhanced = "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
+    _convert_padding(ds, old_rescale or (1.0, 0.0), (slope, intercept), signed)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if signed else 0
+    if enhanced:
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence
+
+        for item in ds.get("PerFrameFunctionalGroupsSequence", []):
+            if "PixelValueTransformationSequence" in item:
+                del item.PixelValueTransformationSequence
+        if "SharedFunctionalGroupsSequence" not in ds or not len(ds.SharedFunctionalGroupsSequence):
+            ds.SharedFunctionalGroupsSequence = Sequence([Dataset()])
+        transform = Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept = f"{slope:.10g}", f"{intercept:.10g}"
+        transform.RescaleType = "HU" if str(ds.get("Modality", "")).upper() == "CT" else "US"
+        ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = Sequence([transform])
+        for keyword in ("RescaleSlope", "RescaleIntercept"):
+            ds.pop(keyword, None)
+    else:
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{intercept:.10g}"
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
+                    "LargestPixelValueInSeries", "LossyImageCompression", "LossyImageCompressionRatio",
+                    "LossyImageCompressionMethod"):
+        ds.pop(keyword, None)
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW"
+
+
+def _derive(header, values: np.ndarray, series_uid: str, description: str):
+    """A new DICOM object from ``header`` holding ``values`` (physical units): new UIDs, DERIVED."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = copy.deepcopy(header)  # Dataset.copy() is shallow: it would change the caller's headers
+    frames = _frame_count(ds)
+    expected = (int(ds.Rows), int(ds.Columns)) if frames == 1 else (frames, int(ds.Rows), int(ds.Columns))
+    if values.shape != expected:
+        raise InputError(None, f"image of shape {values.shape} where its DICOM header says {expected}")
+    has_rescale = "RescaleSlope" in ds or _group_item(ds, 0, "PixelValueTransformationSequence") is not None
+    old = _rescale(ds, 0) if has_rescale or "PixelData" in header or header.get("BitsAllocated") else None
+    _set_pixels(ds, values, old)
+    sop_uid = generate_uid()
+    ds.SeriesInstanceUID = series_uid
+    ds.SOPInstanceUID = sop_uid
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    original = str(ds.get("SeriesDescription", "")).strip()
+    ds.SeriesDescription = (f"{original} ({description})" if original else description)[:64]
+    ds.DerivationDescription = description[:1024]
+    ds.file_meta = pydicom.dataset.FileMetaDataset(ds.file_meta) if hasattr(ds, "file_meta") else \
+        pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    return ds
+
+
+def _check_writable(target: Path, values: np.ndarray, meta: ImageMeta | None) -> None:
+    if not np.isfinite(values).all():
+        raise InputError(target, "refusing to write NaN or infinite values to DICOM")
+    refuse_input_target(target, None if meta is None else meta.source)
+
+
+def write_dicom(path: str | os.PathLike, array: np.ndarray, meta: ImageMeta,
+                description: str = "restored by restore-rwkv") -> Path:
+    """Write ``array`` (physical units) as one DICOM file derived from the file ``meta`` was read from.
+
+    Single-frame (rows, columns) or multi-frame (frames, rows, columns, e.g. enhanced CT: the
+    rescale goes into the shared functional group); new Series and SOP Instance UIDs,
+    ImageType DERIVED; patient, study, geometry and per-frame groups kept.
+    """
+    path = Path(path)
+    values = np.asarray(array, dtype=np.float64)
+    if meta is None or not meta.datasets or len(meta.datasets) != 1:
+        raise InputError(path, "writing a DICOM file needs the header of the single DICOM file it derives from "
+                               "(use write_dicom_series for a series)")
+    _check_writable(path, values, meta)
+    from pydicom.uid import generate_uid
+
+    try:
+        ds = _derive(meta.datasets[0], values, generate_uid(), description)
+    except InputError as exc:
+        raise InputError(path, exc.problem) from None
+    with atomic_file(path) as tmp:
+        ds.save_as(str(tmp), enforce_file_format=True)
+    return path
+
+
+def _headers_from_geometry(volume: np.ndarray, meta: ImageMeta, modality: str | None, where: Path
+                           ) -> tuple[np.ndarray, list]:
+    """(slice, row, column) volume and fresh per-slice DICOM headers that carry ``meta``'s geometry."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    affine = meta.affine_in("LPS")
+    if affine is None or volume.ndim != 3:
+        raise InputError(where, "a new DICOM series needs a 3-D volume with a known affine (or DICOM headers)")
+    axis = meta.slice_axis if meta.slice_axis is not None else 2
+    rows_axis, cols_axis = [a for a in range(3) if a != axis]
+    volume = np.transpose(volume, (axis, rows_axis, cols_axis))
+    down, right, through = affine[:3, rows_axis], affine[:3, cols_axis], affine[:3, axis]
+    spacing = [float(np.linalg.norm(down)), float(np.linalg.norm(right))]
+    row_cosine, column_cosine = right / spacing[1], down / spacing[0]
+    if abs(float(np.dot(row_cosine, column_cosine))) > 1e-4:
+        raise InputError(where, "the image's in-plane axes are not perpendicular (sheared affine); "
+                                "DICOM cannot store that geometry")
+    modality = (modality or meta.modality or "OT").upper()
+    study, frame_of_reference = generate_uid(), generate_uid()
+    headers = []
+    for k in range(volume.shape[0]):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.SOPClassUID = STORAGE_CLASSES.get(modality, STORAGE_CLASSES["OT"])
+        ds.Modality = modality
+        ds.PatientName, ds.PatientID = "Anonymous", "restore-rwkv"
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame_of_reference
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in affine[:3, 3] + k * through]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_cosine, *column_cosine)]
+        ds.PixelSpacing = [f"{s:.8g}" for s in spacing]
+        ds.SliceThickness = f"{float(np.linalg.norm(through)):.8g}"
+        ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[2])
+        if meta.source is not None:
+            ds.SeriesDescription = f"from {Path(meta.source).name}"[:64]
+        headers.append(ds)
+    return volume, headers
+
+
+def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: ImageMeta,
+                       description: str = "restored by restore-rwkv", modality: str | None = None) -> Path:
+    """Write ``volume`` (physical units) as a DICOM series folder, whole or not at all.
+
+    With ``meta`` of a DICOM series, ``volume`` is (slice, row, column) and each file is derived
+    from the header of the slice it replaces: patient, study and geometry kept, new Series and
+    SOP Instance UIDs, ImageType DERIVED\\SECONDARY, a SeriesDescription that says it was
+    restored, the input's rescale when it covers the output range (else a new one), pixel
+    padding converted to the new rescale. With ``meta`` of another format (NIfTI, ITK) the
+    headers are made from its affine (converted to LPS) and slices are taken along
+    ``meta.slice_axis``; ``modality`` (default ``meta.modality``, else ``OT``) names the storage class.
+    Pixels are stored uncompressed as 16-bit integers.
+    """
+    from pydicom.uid import generate_uid
+
+    folder = Path(folder)
+    volume = np.asarray(volume, dtype=np.float64)
+    if volume.ndim == 2:
+        volume = volume[None]
+    _check_writable(folder, volume, meta)
+    if meta is not None and meta.format == "dicom-series" and meta.datasets:
+        if len(meta.datasets) != volume.shape[0]:
+            raise InputError(folder, f"{volume.shape[0]} slice(s) to write but {len(meta.datasets)} DICOM header(s) "
+                                     "to derive them from")
+        headers = meta.datasets
+    else:
+        volume, headers = _headers_from_geometry(volume, meta or ImageMeta(), modality, folder)
+    series_uid = generate_uid()
+    with atomic_folder(folder) as stage:
+        for index, (header, values) in enumerate(zip(headers, volume)):
+            try:
+                ds = _derive(header, values, series_uid, description)
+            except InputError as exc:
+                raise InputError(folder, f"slice {index}: {exc.problem}") from None
+            ds.save_as(str(stage / f"IM{index + 1:05d}.dcm"), enforce_file_format=True)
+    return folder

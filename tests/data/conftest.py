@@ -8,10 +8,14 @@ import pytest
 
 def make_ct_series(folder, slices: int = 3, rows: int = 8, cols: int = 10, patient: str = "ANON001",
                    z0: float = -50.0, dz: float = 2.5, seed: int = 0, shuffle: bool = True,
-                   description: str = "full dose", series_uid: str | None = None):
+                   description: str = "full dose", series_uid: str | None = None, unique: bool = False,
+                   orientation=None, positions=None, pixel_spacing=(0.7, 0.8), edit=None):
     """Write a small CT series (int16 stored values, slope 1, intercept -1024) in shuffled file order.
 
-    Returns the HU volume in spatial (ascending z) order.
+    ``unique`` gives every voxel its own HU value; ``orientation`` (6 direction cosines) and
+    ``positions`` (one ImagePositionPatient per slice, in slice order) override the axial
+    geometry; ``edit(ds, k)`` may change each dataset before it is saved. Returns the HU volume
+    in slice order (ascending z for the default geometry).
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -21,6 +25,8 @@ def make_ct_series(folder, slices: int = 3, rows: int = 8, cols: int = 10, patie
     rng = np.random.default_rng(seed)
     study, series = generate_uid(), series_uid or generate_uid()
     hu = rng.integers(-1000, 1500, size=(slices, rows, cols)).astype(np.float32)
+    if unique:
+        hu = (np.arange(slices * rows * cols) - 1000).reshape(slices, rows, cols).astype(np.float32)
     order = rng.permutation(slices) if shuffle else np.arange(slices)
     for file_index, k in enumerate(order):
         ds = pydicom.Dataset()
@@ -35,9 +41,9 @@ def make_ct_series(folder, slices: int = 3, rows: int = 8, cols: int = 10, patie
         ds.Modality, ds.SeriesDescription = "CT", description
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.InstanceNumber = int(slices - k)  # deliberately not the spatial order
-        ds.ImagePositionPatient = [-100.0, -120.0, z0 + dz * float(k)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.7, 0.8]
+        ds.ImagePositionPatient = list(positions[k]) if positions is not None else [-100.0, -120.0, z0 + dz * float(k)]
+        ds.ImageOrientationPatient = list(orientation) if orientation is not None else [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = list(pixel_spacing)
         ds.SliceThickness = dz
         ds.Rows, ds.Columns = rows, cols
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -45,6 +51,8 @@ def make_ct_series(folder, slices: int = 3, rows: int = 8, cols: int = 10, patie
         ds.HighBit, ds.PixelRepresentation = 15, 1
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
         ds.PixelData = (hu[k] + 1024).astype(np.int16).tobytes()
+        if edit is not None:
+            edit(ds, k)
         ds.save_as(str(folder / f"file{file_index:03d}.dcm"), enforce_file_format=True)
     return hu
 
@@ -60,3 +68,33 @@ def ct_series(tmp_path):
 def series_factory():
     """``make_ct_series`` for tests that need several series."""
     return make_ct_series
+
+
+def oblique_rotation() -> np.ndarray:
+    """A rotation about two axes (neither axis-aligned nor a flip), for oblique geometry tests."""
+    a, b = np.deg2rad(20.0), np.deg2rad(-35.0)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+def world_by_value(values: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted values, world coordinates of their voxel centres) for an image with unique values."""
+    from restore_rwkv.data.io import voxel_centres
+
+    world = voxel_centres(affine, values.shape).reshape(-1, 3)
+    order = np.argsort(values.ravel(), kind="stable")
+    return values.ravel()[order], world[order]
+
+
+def sitk_world_by_value(image) -> tuple[np.ndarray, np.ndarray]:
+    """The same, as SimpleITK places every voxel (TransformIndexToPhysicalPoint, LPS)."""
+    import SimpleITK as sitk
+
+    values = sitk.GetArrayFromImage(image)  # (z, y, x)
+    points = []
+    for index in np.ndindex(values.shape):
+        points.append(image.TransformIndexToPhysicalPoint([int(i) for i in reversed(index)]))
+    points = np.asarray(points)
+    order = np.argsort(values.ravel(), kind="stable")
+    return values.ravel()[order], points[order]

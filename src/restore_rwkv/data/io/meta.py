@@ -63,5 +63,5 @@ class ImageMeta:
 def voxel_centres(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """World coordinates (..., 3) of every voxel centre of an array of ``shape`` (2-D or 3-D)."""
     grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
-    index = np.stack(grids + [np.zeros(shape)] * (3 - len(shape)) + [np.ones(shape)], axis=-1)
+    index = np.stack(list(grids) + [np.zeros(shape)] * (3 - len(shape)) + [np.ones(shape)], axis=-1)
     return (index @ np.asarray(affine, dtype=np.float64).T)[..., :3]

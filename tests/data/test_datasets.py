@@ -155,3 +155,57 @@ def test_reference_layout_reads_npy_and_opt_in_pickles(tmp_path):
     assert float(item["hq"][0, 0, 0]) == pytest.approx((-1000 + 1024) / 4096)
     with pytest.raises(InputError, match="no validation"):
         reference_layout(tmp_path, "validation")
+
+
+def _volume_records(tmp_path, suffix):
+    import nibabel as nib
+
+    rng = np.random.default_rng(3)
+    hq = (rng.random((12, 14, 5)) * 1000).astype(np.float32)
+    paths = {}
+    for kind, data in (("lq", hq + 7), ("hq", hq)):
+        path = tmp_path / f"{kind}{suffix}"
+        if suffix == ".npy":
+            np.save(path, np.moveaxis(data, 2, 0))  # (slice, row, column): slice axis 0
+        else:
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+        paths[kind] = str(path)
+    records = [PairRecord(paths["lq"], paths["hq"], "mri", "mri_sr", "train", k, k) for k in range(5)]
+    return records, hq
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".npy"])
+def test_slices_of_a_volume_read_the_file_once_and_are_named_by_slice(tmp_path, monkeypatch, suffix):
+    import restore_rwkv.data.datasets as datasets
+
+    records, hq = _volume_records(tmp_path, suffix)
+    opened = []
+    real_read_image, real_read_array = datasets.read_image, getattr(datasets, "read_array", None)
+    monkeypatch.setattr(datasets, "read_image", lambda p, **kw: (opened.append(p), real_read_image(p, **kw))[1])
+    monkeypatch.setattr(datasets, "read_array", lambda p, **kw: (opened.append(p), real_read_array(p, **kw))[1],
+                        raising=False)
+    dataset = PairedSliceDataset(records)
+    items = [dataset[k] for k in (3, 0, 4, 1, 2, 3)]
+    assert sorted(map(str, opened)) == sorted([records[0].lq, records[0].hq])  # each volume once
+    name = records[0].hq.split("/")[-1]
+    assert [i["name"] for i in items] == [f"{name}#{k}" for k in (3, 0, 4, 1, 2, 3)]
+    convention = get_convention("mri")
+    for k, item in zip((3, 0, 4, 1, 2, 3), items):
+        assert torch.allclose(item["hq"][0], torch.from_numpy(convention.normalize(hq[:, :, k])), atol=1e-6)
+    # a slice index outside the volume names the file and the index
+    bad = PairedSliceDataset([PairRecord(records[0].lq, records[0].hq, "mri", "mri_sr", "train", 9, 9)])
+    with pytest.raises(InputError, match="slice 9 out of range"):
+        bad[0]
+
+
+def test_the_volume_cache_keeps_within_its_budget(tmp_path):
+    from restore_rwkv.data.datasets import VolumeCache
+
+    for i in range(3):
+        np.savez(tmp_path / f"v{i}.npz", image=np.full((4, 8, 8), i, np.float32))  # 1 KiB each
+    cache = VolumeCache(max_bytes=2500)
+    for i in (0, 1, 2, 0):
+        assert cache.slice(str(tmp_path / f"v{i}.npz"), 1)[0, 0] == i
+    assert cache.reads == 4  # v0 was dropped when v2 came in (2 KiB fit, 3 do not)
+    cache.slice(str(tmp_path / "v2.npz"), 0)
+    assert cache.reads == 4

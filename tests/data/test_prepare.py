@@ -151,3 +151,54 @@ def test_prepare_never_writes_into_or_over_its_input(tmp_path, capsys):
         assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--overwrite", "--quiet"]) == 2
         assert "apart from the input" in capsys.readouterr().err
     assert sorted(p.name for p in src.iterdir()) == before
+
+
+def test_prepare_aapm_pairs_within_a_tolerance_and_never_across_slices(tmp_path, series_factory, capsys):
+    src = tmp_path / "AAPM"
+    full = series_factory(src / "L001" / "full_1mm", slices=4, seed=1)
+    # the scanner wrote the quarter-dose positions 0.1 mm off, and one extra slice beyond the full series
+    quarter = series_factory(src / "L001" / "quarter_1mm", slices=5, seed=2, z0=-50.0 + 0.1)
+    series_factory(src / "L002" / "full_1mm", slices=4, seed=3)
+    series_factory(src / "L002" / "quarter_1mm", slices=4, seed=4, z0=-50.0 + 1.25)  # half a slice off
+    series_factory(src / "L003" / "full_1mm", slices=3, seed=5)
+    series_factory(src / "L003" / "quarter_1mm", slices=3, seed=6)
+    out = tmp_path / "ct"
+    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 0
+    rows = _rows(out)
+    mine = sorted((r for r in rows if "L001_" in r["hq"]), key=lambda r: r["hq"])
+    assert len(mine) == 4
+    for k, r in enumerate(mine):
+        assert np.array_equal(np.load(out / r["hq"]), full[k]) and np.array_equal(np.load(out / r["lq"]), quarter[k])
+    assert not [r for r in rows if "L002_" in r["hq"]]
+    summary = json.loads((out / "summary.json").read_text())
+    assert any("L002" in f and "partner" in f for f in summary["failures"])
+
+
+def test_prepare_ixi_reorients_every_storage_order_to_the_same_axial_slices(tmp_path):
+    import nibabel as nib
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    rng = np.random.default_rng(1)
+    canonical = np.zeros((16, 18, 8), np.float32)
+    canonical[3:-3, 3:-3, 1:-1] = rng.random((10, 12, 6)) * 800 + 200
+    affine = np.diag([1.0, 1.0, 1.2, 1.0])
+    src = tmp_path / "IXI"
+    src.mkdir()
+    codes = {"IXI002-Guys-0001-T2": ("R", "A", "S"), "IXI003-HH-0002-T2": ("L", "P", "S"),
+             "IXI004-IOP-0003-T2": ("P", "I", "R")}
+    for name, target in codes.items():
+        transform = ornt_transform(axcodes2ornt(("R", "A", "S")), axcodes2ornt(target))
+        data = apply_orientation(canonical, transform)
+        nib.save(nib.Nifti1Image(data, affine @ inv_ornt_aff(transform, canonical.shape)), src / f"{name}.nii.gz")
+    out = tmp_path / "mri"
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "8", "--quiet"]) == 0
+    rows = _rows(out)
+    by_subject: dict = {}
+    for r in rows:
+        subject, index = r["hq"].split("/")[-1][:-4].split("_")
+        by_subject.setdefault(subject, {})[int(index)] = np.load(out / r["hq"])
+    assert set(by_subject) == {"IXI002", "IXI003", "IXI004"}
+    for subject, slices in by_subject.items():
+        assert sorted(slices) == list(range(1, 7)), subject  # slices 0 and 7 are air
+        for index, image in slices.items():
+            assert np.array_equal(image, canonical[:, :, index]), (subject, index)

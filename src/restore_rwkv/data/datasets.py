@@ -167,9 +167,9 @@ class VolumeCache:
         else:
             data, meta = read_image(path, allow_pickle=self.allow_pickle)
         entry = (data, meta.slice_axis)
-        if not isinstance(data, np.memmap) and data.nbytes <= self.max_bytes:
+        if _resident_bytes(data) <= self.max_bytes:
             self._arrays[path] = entry
-            while sum(a.nbytes for a, _ in self._arrays.values()) > self.max_bytes:
+            while sum(_resident_bytes(a) for a, _ in self._arrays.values()) > self.max_bytes:
                 self._arrays.popitem(last=False)
         return entry
 
@@ -192,6 +192,11 @@ class VolumeCache:
     def __getstate__(self) -> dict:
         # workers start with an empty cache instead of a pickled copy of the parent's arrays
         return {**self.__dict__, "_arrays": OrderedDict()}
+
+
+def _resident_bytes(array: np.ndarray) -> int:
+    """Memory an array holds (0 for a memory map: the page cache holds its pages)."""
+    return 0 if isinstance(array, np.memmap) else int(array.nbytes)
 
 
 def item_name(path: str, index: int | None) -> str:

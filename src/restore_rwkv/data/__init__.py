@@ -6,25 +6,46 @@ from restore_rwkv.data.datasets import (
     RandomPatchPairs,
     SimulatedPairDataset,
     TaskBalancedSampler,
+    VolumeCache,
     central_slices,
     pair_folders,
     read_manifest,
     reference_layout,
     write_manifest,
 )
+from restore_rwkv.data.demo import prepare_demo
 from restore_rwkv.data.io import (
+    IMAGE_SUFFIXES,
     ImageMeta,
+    is_image_file,
+    list_dicom_series,
+    read_array,
+    read_dicom,
+    read_dicom_series,
     read_image,
+    read_itk,
+    read_nifti,
+    read_nifti_canonical,
+    read_picture,
+    read_reference_bin,
+    write_array,
+    write_dicom,
     write_dicom_series,
     write_image,
+    write_itk,
     write_nifti,
+    write_picture,
     write_preview,
 )
 from restore_rwkv.data.modality import CONVENTIONS, TASKS, ModalityConvention, get_convention
+from restore_rwkv.data.prepare import PreparationReport, prepare_aapm, prepare_ixi, prepare_simulated
 
 __all__ = [
-    "CONVENTIONS", "ImageMeta", "ModalityConvention", "PairRecord", "PairedSliceDataset", "RandomPatchPairs",
-    "SimulatedPairDataset", "TASKS", "TaskBalancedSampler", "central_slices", "get_convention", "pair_folders",
-    "read_image", "read_manifest", "reference_layout", "write_dicom_series", "write_image", "write_manifest",
-    "write_nifti", "write_preview",
+    "CONVENTIONS", "IMAGE_SUFFIXES", "ImageMeta", "ModalityConvention", "PairRecord", "PairedSliceDataset",
+    "PreparationReport", "RandomPatchPairs", "SimulatedPairDataset", "TASKS", "TaskBalancedSampler", "VolumeCache",
+    "central_slices", "get_convention", "is_image_file", "list_dicom_series", "pair_folders", "prepare_aapm",
+    "prepare_demo", "prepare_ixi", "prepare_simulated", "read_array", "read_dicom", "read_dicom_series",
+    "read_image", "read_itk", "read_manifest", "read_nifti", "read_nifti_canonical", "read_picture",
+    "read_reference_bin", "reference_layout", "write_array", "write_dicom", "write_dicom_series", "write_image",
+    "write_itk", "write_manifest", "write_nifti", "write_picture", "write_preview",
 ]

@@ -204,3 +204,24 @@ def test_reference_bin_needs_explicit_opt_in(tmp_path):
         io.read_image(path)
     array, meta = io.read_image(path, allow_pickle=True)
     assert np.array_equal(array, np.eye(3)) and meta.format == "bin"
+
+
+def test_one_registry_reads_and_writes_every_suffix(tmp_path):
+    pytest.importorskip("SimpleITK")
+    data = (np.arange(4 * 5 * 6) % 251).reshape(4, 5, 6).astype(np.uint16)
+    written = []
+    for fmt in io.FORMATS:
+        for suffix in fmt.suffixes:
+            assert io.is_image_file(f"x{suffix.upper()}") == (fmt.name != "reference-bin")
+            assert io.format_of(f"scan{suffix}") is fmt
+            if fmt.writer is None or fmt.name == "dicom" or suffix == ".png":
+                continue  # DICOM files derive from a DICOM header (tested elsewhere); PNG is 2-D
+            path = io.write_image(tmp_path / f"image{suffix}", data)
+            again, meta = io.read_image(path)
+            assert np.array_equal(np.asarray(again, dtype=np.uint16), data), suffix
+            written.append(suffix)
+    assert sorted(written) == sorted([".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff",
+                                      ".npy", ".npz"])
+    # pair_folders and preparers scan with the same table: MetaImage headers and .dicom files count
+    assert io.is_image_file("a.mhd") and io.is_image_file("b.nhdr") and io.is_image_file("c.dicom")
+    assert not io.is_image_file("notes.txt") and not io.is_image_file("slice.bin")

@@ -202,3 +202,22 @@ def test_prepare_ixi_reorients_every_storage_order_to_the_same_axial_slices(tmp_
         assert sorted(slices) == list(range(1, 7)), subject  # slices 0 and 7 are air
         for index, image in slices.items():
             assert np.array_equal(image, canonical[:, :, index]), (subject, index)
+
+
+def test_prepare_ixi_nifti_slices_sit_where_they_were_in_the_volume(tmp_path):
+    import nibabel as nib
+
+    src = tmp_path / "IXI"
+    _ixi_like(src, 3)
+    out = tmp_path / "nifti"
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "4", "--format", "nifti",
+                 "--quiet"]) == 0
+    volume = nib.load(str(src / "IXI002-Guys-0800-T2.nii.gz"))
+    for r in _rows(out):
+        if "IXI002_" not in r["hq"]:
+            continue
+        index = int(r["hq"].split("_")[-1].split(".")[0])
+        image = nib.load(str(out / r["hq"]))
+        assert np.array_equal(np.asarray(image.dataobj), np.asarray(volume.dataobj)[:, :, index])
+        for i, j in ((0, 0), (5, 7)):  # voxel (i, j) of the slice is voxel (i, j, index) of the volume
+            assert np.allclose(image.affine @ [i, j, 0, 1], volume.affine @ [i, j, index, 1])

@@ -147,7 +147,8 @@ class PairWriter:
         self.stage, self.report, self.fmt = stage, PreparationReport(final_root), fmt
 
     def write(self, task: str, split: str, name: str, lq: np.ndarray, hq: np.ndarray,
-              meta: ImageMeta | None = None) -> PairRecord:
+              meta: ImageMeta | None = None, slice_index: int | None = None) -> PairRecord:
+        """Write one pair; with NIfTI output, ``meta`` and ``slice_index`` place the 2-D slice in the volume's world."""
         modality = TASKS[task]
         lq, hq = np.asarray(lq, np.float32), np.asarray(hq, np.float32)
         suffix = ".npy" if self.fmt == "npy" else ".nii.gz"
@@ -157,7 +158,7 @@ class PairWriter:
             if self.fmt == "npy":
                 write_array(path, array)
             else:
-                write_nifti(path, array, _slice_meta(meta))
+                write_nifti(path, array, _slice_meta(meta, slice_index))
             paths.append(str(self.report.root / path.relative_to(self.stage)))
         record = PairRecord(paths[0], paths[1], modality, task, split)
         self.report.add(record, lq, hq)
@@ -175,11 +176,16 @@ class PairWriter:
         return report
 
 
-def _slice_meta(meta: ImageMeta | None) -> ImageMeta | None:
-    """2-D NIfTI slices keep the volume's in-plane voxel size (header dims are reset by nibabel)."""
-    if meta is None or meta.affine is None:
+def _slice_meta(meta: ImageMeta | None, index: int | None) -> ImageMeta | None:
+    """Geometry of slice ``index`` of the volume ``meta`` describes: its in-plane axes, moved to the slice."""
+    if meta is None or meta.affine is None or index is None or meta.slice_axis is None:
         return None
-    return ImageMeta(affine=meta.affine.copy(), format="nifti")
+    axis = meta.slice_axis
+    affine = np.asarray(meta.affine, dtype=np.float64)
+    columns = [a for a in range(3) if a != axis] + [axis, 3]
+    sliced = affine[:, columns].copy()
+    sliced[:3, 3] = affine[:3, 3] + index * affine[:3, axis]
+    return ImageMeta(affine=sliced, space=meta.space, format="nifti")
 
 
 def _write_pairs(src: Path, out: str | Path, fmt: str, overwrite: bool, quiet: bool, inputs: Sequence,
@@ -223,7 +229,7 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
             hq = volume[:, :, index].astype(np.float32)
             check_finite(hq, path, f"slice {index}")
             lq = degrade(torch.from_numpy(hq)).numpy()
-            writer.write("mri_sr", split_of[subjects[path]], f"{subjects[path]}_{index:03d}", lq, hq, meta)
+            writer.write("mri_sr", split_of[subjects[path]], f"{subjects[path]}_{index:03d}", lq, hq, meta, index)
 
     return _write_pairs(src, out, fmt, overwrite, quiet, files, "IXI volumes", write_volume)
 

@@ -54,7 +54,7 @@ def write_picture(path: str | os.PathLike, array: np.ndarray, meta: ImageMeta | 
         else:
             import tifffile
 
-            tifffile.imwrite(tmp, array)
+            tifffile.imwrite(tmp, array, photometric="minisblack")  # grey slices, never RGB planes
     return path
 
 

@@ -487,6 +487,10 @@ def _headers_from_geometry(volume: np.ndarray, meta: ImageMeta, modality: str | 
         raise InputError(where, "a new DICOM series needs a 3-D volume with a known affine (or DICOM headers)")
     axis = meta.slice_axis if meta.slice_axis is not None else 2
     rows_axis, cols_axis = [a for a in range(3) if a != axis]
+    if float(np.dot(np.cross(affine[:3, cols_axis], affine[:3, rows_axis]), affine[:3, axis])) < 0:
+        # swap the in-plane axes so the slice normal points along increasing slice index: the
+        # series then reads back in the volume's slice order
+        rows_axis, cols_axis = cols_axis, rows_axis
     volume = np.transpose(volume, (axis, rows_axis, cols_axis))
     down, right, through = affine[:3, rows_axis], affine[:3, cols_axis], affine[:3, axis]
     spacing = [float(np.linalg.norm(down)), float(np.linalg.norm(right))]

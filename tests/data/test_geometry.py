@@ -83,6 +83,8 @@ def test_nifti_to_dicom_series_to_nifti_keeps_world_positions(tmp_path):
     _assert_same_world(sitk_world_by_value(_sitk_series(series)), expected)  # SimpleITK reads our DICOM
     back, back_meta = io.read_image(series)
     _assert_same_world(world_by_value(back, back_meta.affine), expected)
+    for k in range(data.shape[2]):  # the series reads back in the volume's slice order
+        assert np.array_equal(np.unique(back[k]), np.unique(data[:, :, k]))
     nifti = io.write_image(tmp_path / "back.nii.gz", back, back_meta)
     _assert_same_world(world_by_value(*_nibabel_lps(nifti)), expected)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from restore_rwkv.data.io.meta import ImageMeta
+from restore_rwkv.data.io.meta import ImageMeta, writer_inputs
 from restore_rwkv.utils.errors import InputError
-from restore_rwkv.utils.files import atomic_file, refuse_input_target
+from restore_rwkv.utils.files import atomic_file
 
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 
@@ -72,12 +72,7 @@ def write_itk(path: str | os.PathLike, array: np.ndarray, meta: ImageMeta | None
     one-slice 3-D image, as ITK itself reads such a slice.
     """
     sitk = _simpleitk(path)
-    path = Path(path)
-    refuse_input_target(path, None if meta is None else meta.source)
-    array = np.asarray(array)
-    if array.dtype == np.float16:
-        array = array.astype(np.float32)
-    affine = meta.affine_in("LPS") if meta is not None else None
+    path, array, affine = writer_inputs(path, array, meta, "LPS")
     if affine is not None and array.ndim == 2:
         off_plane = np.abs(affine[2, :2]).max() > 1e-9 or abs(affine[2, 3]) > 1e-9 or np.abs(affine[:2, 2]).max() > 1e-9
         if off_plane:

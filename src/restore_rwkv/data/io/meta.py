@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from restore_rwkv.utils.files import refuse_input_target
+
 # RAS (NIfTI: +x right, +y anterior, +z superior) and LPS (DICOM, ITK: +x left, +y posterior,
 # +z superior) differ by the sign of x and y.
 FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -65,3 +67,14 @@ def voxel_centres(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
     index = np.stack(list(grids) + [np.zeros(shape)] * (3 - len(shape)) + [np.ones(shape)], axis=-1)
     return (index @ np.asarray(affine, dtype=np.float64).T)[..., :3]
+
+
+def writer_inputs(path, array, meta: ImageMeta | None, space: str) -> tuple[Path, np.ndarray, np.ndarray | None]:
+    """What a geometry-aware writer starts from: the target path (checked not to be the input), the
+    array (float16 widened to float32, which NIfTI and ITK lack) and ``meta``'s affine in ``space``."""
+    path = Path(path)
+    refuse_input_target(path, None if meta is None else meta.source)
+    array = np.asarray(array)
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    return path, array, (meta.affine_in(space) if meta is not None else None)

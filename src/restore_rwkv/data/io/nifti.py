@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from restore_rwkv.data.io.meta import ImageMeta
+from restore_rwkv.data.io.meta import ImageMeta, writer_inputs
 from restore_rwkv.utils.errors import InputError
-from restore_rwkv.utils.files import atomic_file, refuse_input_target
+from restore_rwkv.utils.files import atomic_file
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
@@ -61,12 +61,7 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, meta: ImageMeta | No
     """
     import nibabel as nib
 
-    path = Path(path)
-    refuse_input_target(path, None if meta is None else meta.source)
-    array = np.asarray(array)
-    if array.dtype == np.float16:
-        array = array.astype(np.float32)
-    affine = meta.affine_in("RAS") if meta is not None else None
+    path, array, affine = writer_inputs(path, array, meta, "RAS")
     header = meta.header.copy() if meta is not None and meta.header is not None else None
     image = nib.Nifti1Image(array, np.eye(4) if affine is None else affine, header)
     image.header.set_data_dtype(array.dtype)

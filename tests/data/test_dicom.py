@@ -176,3 +176,15 @@ def test_enhanced_multiframe_ct_reads_in_hu_and_writes_back(tmp_path):
     raw = pydicom.dcmread(out)
     transform = raw.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
     assert np.allclose(raw.pixel_array * float(transform.RescaleSlope) + float(transform.RescaleIntercept), again)
+
+
+def test_enhanced_multiframe_ct_written_as_a_series_keeps_patient_and_positions(tmp_path):
+    make_ct_series(tmp_path / "series", slices=3)
+    series_volume, series_meta = io.read_image(tmp_path / "series")
+    _enhanced_ct(tmp_path / "series", tmp_path / "enhanced.dcm")
+    volume, meta = io.read_image(tmp_path / "enhanced.dcm")
+    again, meta2 = io.read_image(io.write_dicom_series(tmp_path / "as_series", volume, meta))
+    assert np.array_equal(again, series_volume) and np.allclose(meta2.affine, series_meta.affine)
+    for ds in meta2.datasets:
+        assert ds.PatientID == "ANON001" and ds.StudyInstanceUID == meta.datasets[0].StudyInstanceUID
+        assert ds.Modality == "CT" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"

@@ -26,6 +26,10 @@ NON_IMAGE_MODALITIES = frozenset({"RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "R
                                   "REG", "DOC"})
 STORAGE_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4",
                    "PT": "1.2.840.10008.5.1.4.1.1.128", "OT": "1.2.840.10008.5.1.4.1.1.7"}
+# kept from a source header when a series is made from geometry (a multi-frame file split into slices)
+_PATIENT_AND_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+                      "StudyDate", "StudyTime", "StudyID", "StudyDescription", "AccessionNumber",
+                      "ReferringPhysicianName", "FrameOfReferenceUID")
 _POSITION_TOLERANCE = 0.1  # fraction of the slice step by which a slice may sit off its regular place
 
 
@@ -499,6 +503,7 @@ def _headers_from_geometry(volume: np.ndarray, meta: ImageMeta, modality: str | 
         raise InputError(where, "the image's in-plane axes are not perpendicular (sheared affine); "
                                 "DICOM cannot store that geometry")
     modality = (modality or meta.modality or "OT").upper()
+    source = meta.datasets[0] if meta.datasets else None  # e.g. the header of a multi-frame file
     study, frame_of_reference = generate_uid(), generate_uid()
     headers = []
     for k in range(volume.shape[0]):
@@ -508,6 +513,9 @@ def _headers_from_geometry(volume: np.ndarray, meta: ImageMeta, modality: str | 
         ds.Modality = modality
         ds.PatientName, ds.PatientID = "Anonymous", "restore-rwkv"
         ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame_of_reference
+        for keyword in _PATIENT_AND_STUDY if source is not None else ():
+            if keyword in source:
+                setattr(ds, keyword, source[keyword].value)
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [f"{v:.6f}" for v in affine[:3, 3] + k * through]
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row_cosine, *column_cosine)]

@@ -1,0 +1,197 @@
+"""Each physics option against its definition, and the simulators' bias at vanishing noise.
+
+Expectations are computed independently: numpy/scipy window definitions, the Poisson and
+binomial laws, the Kak-Slaney ramp written out in numpy, FWHM measured on impulse responses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import windows
+
+from restore_rwkv.physics import KSpaceTruncation, LowCountPET, LowDoseCT, ParallelBeamProjector, gaussian_filter
+from restore_rwkv.physics.mri import kept_extent
+
+
+def _radius(size: int) -> np.ndarray:
+    c = np.arange(size) - (size - 1) / 2
+    return np.hypot(c[:, None], c[None, :])
+
+
+# ----------------------------------------------------------------------------- CT
+def _ct_phantom(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Water disk (0 HU) holding a 40 HU disk, in air (-1000 HU); and the radius map."""
+    r = _radius(size)
+    hq = np.where(r <= 26, 0.0, -1000.0)
+    hq[r <= 9] = 40.0
+    return hq, r
+
+
+@pytest.mark.parametrize("window", ["ramp", "shepp-logan", "cosine", "hann"])
+def test_ct_without_photon_noise_returns_the_hu_values(window):
+    """At vanishing noise LQ equals HQ in HU in uniform regions away from edges (air, water, 40 HU)."""
+    hq, r = _ct_phantom()
+    op = LowDoseCT(dose_fraction=0.25, incident_flux=1e12, pixel_size_mm=1.0, fbp_window=window)
+    lq = op(hq, seed=0)
+    assert float(lq[r < 6].mean()) == pytest.approx(40.0, abs=3.0)
+    assert float(lq[(r > 13) & (r < 22)].mean()) == pytest.approx(0.0, abs=3.0)
+    assert float(lq[r > 30].mean()) == pytest.approx(-1000.0, abs=3.0)
+    # the window is the one asked for: noiseless LQ is the windowed FBP of the same phantom
+    np.testing.assert_allclose(lq, op.reconstruct_noiseless(hq), atol=0.5)
+
+
+@pytest.mark.parametrize("electronic", [0.0, 20.0])
+def test_ct_count_statistics_in_the_projection_domain(electronic):
+    """Counts behind air: mean I0 d, variance I0 d (Poisson) + sigma_e^2 (electronic)."""
+    op = LowDoseCT(dose_fraction=0.25, incident_flux=1600.0, electronic_noise_std=electronic, pixel_size_mm=1.0)
+    air = np.full((8, 32, 32), -1000.0)
+    flux = 400.0
+    integrals = op.noisy_line_integrals(torch.from_numpy(air), seed=2).numpy()
+    counts = flux * np.exp(-integrals)  # -log(counts / flux) inverted (no count is near the 0.5 clamp)
+    n = counts.size
+    variance = flux + electronic**2
+    assert abs(counts.mean() - flux) < 5 * math.sqrt(variance / n)
+    assert counts.var() == pytest.approx(variance, rel=5 * math.sqrt(2 / n))
+    # the line integrals of air are 0 on average (to second order, var / (2 flux^2))
+    assert abs(integrals.mean() - variance / (2 * flux**2)) < 5 * math.sqrt(variance / n) / flux
+
+
+def _kak_slaney_response(n: int) -> np.ndarray:
+    """DFT (length n, rfft half) of the band-limited ramp h(0)=1/4, h(odd k)=-1/(pi k)^2, else 0."""
+    k = np.minimum(np.arange(n), n - np.arange(n))
+    h = np.where(k % 2 == 1, -1.0 / (np.pi * np.maximum(k, 1)) ** 2, 0.0)
+    h[0] = 0.25
+    return np.fft.rfft(h).real
+
+
+def _textbook_window(window: str, f: np.ndarray) -> np.ndarray:
+    """Apodisation windows in units of the Nyquist frequency w = f / 0.5 (cycles per bin)."""
+    w = f / 0.5
+    return {
+        "ramp": np.ones_like(w),
+        "shepp-logan": np.sin(np.pi * w / 2) / np.where(w == 0, 1, np.pi * w / 2) + (w == 0),
+        "cosine": np.cos(np.pi * w / 2),
+        "hann": 0.5 * (1 + np.cos(np.pi * w)),
+    }[window]
+
+
+@pytest.mark.parametrize("window", ["ramp", "shepp-logan", "cosine", "hann"])
+def test_fbp_filter_frequency_response(window):
+    d = 40
+    n = 128  # the next power of two >= 2 d, as the projector pads
+    f = np.fft.rfftfreq(n)
+    response = _kak_slaney_response(n)
+    # the band-limited ramp is |f| away from DC
+    np.testing.assert_allclose(response[8:], f[8:], rtol=0.02)
+    p = ParallelBeamProjector(8, 4)
+    impulse = torch.zeros(1, 1, d, dtype=torch.float64)
+    impulse[..., 0] = 1.0
+    filtered = p.ramp_filter(impulse, window)[0, 0].numpy()
+    expected = np.fft.irfft(response * _textbook_window(window, f), n=n)[:d]  # the causal taps that fit
+    np.testing.assert_allclose(filtered, expected, atol=1e-12)
+    if window != "ramp":  # the windows differ from each other where it matters: at Nyquist
+        nyquist = {"shepp-logan": 2 / np.pi, "cosine": 0.0, "hann": 0.0}[window]
+        assert _textbook_window(window, np.array([0.5]))[0] == pytest.approx(nyquist, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- MRI
+def test_mri_scale_one_returns_the_image():
+    x = np.random.default_rng(0).random((2, 30, 34)) + 0.5
+    np.testing.assert_allclose(KSpaceTruncation(1)(x), x, rtol=0, atol=1e-12)
+
+
+def _numpy_truncation(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    spectrum = np.fft.fftshift(np.fft.fft2(x, norm="ortho"), axes=(-2, -1)) * weights
+    return np.abs(np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(-2, -1)), norm="ortho"))
+
+
+@pytest.mark.parametrize("window", ["hamming", "tukey"])
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80)])
+def test_mri_window_is_the_scipy_window_over_the_kept_block(window, shape):
+    scale, alpha = 4, 0.4
+    op = KSpaceTruncation(scale, window=window, tukey_alpha=alpha)
+    (r0, r1), (c0, c1) = kept_extent(shape[0], scale), kept_extent(shape[1], scale)
+    make = (lambda n: windows.hamming(n, sym=True)) if window == "hamming" else (lambda n: windows.tukey(n, alpha, sym=True))
+    expected = np.zeros(shape)
+    expected[r0:r1, c0:c1] = np.outer(make(r1 - r0), make(c1 - c0))
+    np.testing.assert_allclose(op.kspace_filter(*shape, dtype=torch.float64).numpy(), expected, atol=1e-12)
+    x = np.random.default_rng(1).random((2, *shape))
+    np.testing.assert_allclose(op(x), _numpy_truncation(x, expected), atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1, 4])
+def test_mri_noise_only_in_the_kept_block_with_the_stated_std(scale):
+    noise_std, shape = 2.0, (16, 64, 64)
+    op = KSpaceTruncation(scale, noise_std=noise_std)
+    zeros = torch.zeros(shape, dtype=torch.float64)
+    kspace = op.sampled_kspace(zeros, seed=0)
+    (r0, r1), (c0, c1) = kept_extent(64, scale), kept_extent(64, scale)
+    inside = torch.zeros(64, 64, dtype=torch.bool)
+    inside[r0:r1, c0:c1] = True
+    assert bool((kspace[:, ~inside] == 0).all())
+    kept = kspace[:, inside]
+    per_part = noise_std**2 * (64 * 64) / inside.sum().item() / 2  # each of real and imaginary
+    n = kept.numel()
+    assert float(kept.real.var()) == pytest.approx(per_part, rel=5 * math.sqrt(2 / n))
+    assert float(kept.imag.var()) == pytest.approx(per_part, rel=5 * math.sqrt(2 / n))
+    # in the image, E|noise|^2 = noise_std^2 per pixel, whatever the scale
+    lq = op(zeros, seed=0)
+    assert float(lq.pow(2).mean()) == pytest.approx(noise_std**2, rel=0.05)
+
+
+# ----------------------------------------------------------------------------- PET
+def _fwhm(profile: np.ndarray) -> float:
+    """Full width at half maximum of a single peak, by linear interpolation between samples."""
+    half = profile.max() / 2
+    above = np.nonzero(profile >= half)[0]
+    left, right = above[0], above[-1]
+    x_left = left - 1 + (half - profile[left - 1]) / (profile[left] - profile[left - 1])
+    x_right = right + (profile[right] - half) / (profile[right] - profile[right + 1])
+    return float(x_right - x_left)
+
+
+@pytest.mark.parametrize("fwhm", [3.0, 6.0, 10.0])
+def test_gaussian_filter_fwhm_on_an_impulse(fwhm):
+    impulse = torch.zeros(1, 61, 61, dtype=torch.float64)
+    impulse[0, 30, 30] = 1.0
+    blurred = gaussian_filter(impulse, fwhm)[0].numpy()
+    assert blurred.sum() == pytest.approx(1.0, abs=1e-9)  # mass kept away from the borders
+    assert _fwhm(blurred[30]) == pytest.approx(fwhm, rel=0.03)
+    assert _fwhm(blurred[:, 30]) == pytest.approx(fwhm, rel=0.03)
+
+
+def test_pet_poisson_and_thinning_statistics():
+    op = LowCountPET(dose_reduction=4, total_counts=2e6, n_views=48, subsets=2)
+    activity = torch.from_numpy(np.where(_radius(32) < 13, 3.0, 0.0) + np.where(_radius(32) < 5, 3.0, 0.0))
+    expected = torch.cat([s.flatten() for s in op.expected_counts(activity)[0]]).numpy()
+    full, thinned = [], []
+    for seed in range(3):
+        f, t, _ = op.sample_counts(activity, seed=seed)
+        full.append(torch.cat([s.flatten() for s in f]).numpy())
+        thinned.append(torch.cat([s.flatten() for s in t]).numpy())
+    full, thinned = np.stack(full), np.stack(thinned)
+    used = expected > 50
+    p = 1 / 4
+    z_full = (full[:, used] - expected[used]) / np.sqrt(expected[used])  # Poisson: mean = variance
+    z_thin = (thinned[:, used] - p * expected[used]) / np.sqrt(p * expected[used])  # thinned Poisson: p * mean
+    z_cond = (thinned[:, used] - p * full[:, used]) / np.sqrt(p * (1 - p) * full[:, used])  # binomial given full
+    n = z_full.size
+    for z in (z_full, z_thin, z_cond):
+        assert abs(z.mean()) < 5 / math.sqrt(n)
+        assert z.var() == pytest.approx(1.0, rel=5 * math.sqrt(2 / n))
+
+
+def test_pet_high_counts_reproduce_the_activity():
+    """Very high counts and converged OSEM: LQ (and the pair's HQ) equal the activity in uniform regions."""
+    r = _radius(32)
+    activity = np.where(r < 13, 4.0, 0.0) + np.where(r < 5, 4.0, 0.0)
+    op = LowCountPET(dose_reduction=12, total_counts=1e10, iterations=15, subsets=6, n_views=48)
+    hq, lq = op.simulate_pair(activity, seed=0)
+    for image in (lq, hq):
+        assert float(image[r < 3].mean()) == pytest.approx(8.0, rel=0.03)
+        assert float(image[(r > 7) & (r < 11)].mean()) == pytest.approx(4.0, rel=0.03)
+        assert float(np.abs(image[r > 15]).mean()) < 0.05 * 4.0

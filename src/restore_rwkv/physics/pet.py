@@ -32,7 +32,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from restore_rwkv.physics._common import Degradation, Image, Seed, apply_batched, as_batch, check_seed, like_input, make_rng, restore_shape
+from restore_rwkv.physics._common import (
+    Degradation,
+    Image,
+    Seed,
+    apply_batched,
+    as_batch,
+    check_seed,
+    like_input,
+    make_rng,
+    restore_shape,
+)
 from restore_rwkv.physics.projector import ParallelBeamProjector
 
 

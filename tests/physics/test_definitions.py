@@ -195,3 +195,18 @@ def test_pet_high_counts_reproduce_the_activity():
         assert float(image[r < 3].mean()) == pytest.approx(8.0, rel=0.03)
         assert float(image[(r > 7) & (r < 11)].mean()) == pytest.approx(4.0, rel=0.03)
         assert float(np.abs(image[r > 15]).mean()) < 0.05 * 4.0
+
+
+def test_ct_line_integrals_follow_beer_lambert_for_water():
+    """Noiseless -log(I / I0) through a water disk is mu_water (0.0192 /mm) times the chord in mm."""
+    size, radius, pixel_mm = 64, 24.0, 0.5
+    r = _radius(size)
+    hq = np.where(r <= radius, 0.0, -1000.0)
+    op = LowDoseCT(dose_fraction=0.5, incident_flux=1e13, pixel_size_mm=pixel_mm, n_views=8)
+    integrals = op.noisy_line_integrals(torch.from_numpy(hq), seed=0)[0].numpy()
+    detectors = integrals.shape[-1]
+    s = np.arange(detectors) - (detectors - 1) / 2  # detector offsets in pixels
+    chord_mm = 2 * np.sqrt(np.clip(radius**2 - s**2, 0, None)) * pixel_mm
+    inner = np.abs(s) < radius - 3
+    expected = np.broadcast_to(0.0192 * chord_mm[inner], (8, inner.sum()))
+    np.testing.assert_allclose(integrals[:, inner], expected, rtol=0.02, atol=0.0192 * pixel_mm)  # 1 pixel of water

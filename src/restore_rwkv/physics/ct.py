@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from restore_rwkv.physics._common import Degradation, Image, apply_batched, as_batch, make_generator
-from restore_rwkv.physics.projector import ParallelBeamProjector
+from restore_rwkv.physics.projector import FBP_WINDOWS, ParallelBeamProjector
 
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at about 70 keV effective energy
 
@@ -50,6 +50,8 @@ class LowDoseCT(Degradation):
             raise ValueError(f"dose_fraction must be in (0, 1], got {dose_fraction}")
         if incident_flux <= 0:
             raise ValueError(f"incident_flux must be positive, got {incident_flux}")
+        if fbp_window not in FBP_WINDOWS:
+            raise ValueError(f"unknown FBP window {fbp_window!r}; use one of {FBP_WINDOWS}")
         self.dose_fraction, self.incident_flux = float(dose_fraction), float(incident_flux)
         self.electronic_noise_std, self.pixel_size_mm = float(electronic_noise_std), float(pixel_size_mm)
         self.n_views, self.fbp_window, self.mu_water = n_views, fbp_window, float(mu_water)

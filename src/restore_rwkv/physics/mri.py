@@ -36,18 +36,21 @@ def kspace_mask(height: int, width: int, scale: float, device: torch.device | No
 
 
 def _window_1d(n: int, kind: str, alpha: float, device, dtype) -> torch.Tensor:
+    """Symmetric window of ``n`` points as scipy.signal.windows defines it (1 for a single point)."""
+    if kind not in ("hamming", "tukey"):
+        raise ValueError(f"unknown window {kind!r}; use None, 'hamming' or 'tukey'")
+    if n == 1:
+        return torch.ones(1, device=device, dtype=dtype)
     if kind == "hamming":
-        return torch.hamming_window(n, periodic=False, device=device, dtype=dtype) if n > 1 else torch.ones(1, device=device, dtype=dtype)
-    if kind == "tukey":
-        x = torch.linspace(0.0, 1.0, n, device=device, dtype=dtype)
-        w = torch.ones(n, device=device, dtype=dtype)
-        if alpha > 0:
-            edge = x < alpha / 2
-            w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 1)))
-            edge = x > 1 - alpha / 2
-            w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 2 / alpha + 1)))
-        return w
-    raise ValueError(f"unknown window {kind!r}; use None, 'hamming' or 'tukey'")
+        return torch.hamming_window(n, periodic=False, device=device, dtype=dtype)
+    x = torch.linspace(0.0, 1.0, n, device=device, dtype=dtype)
+    w = torch.ones(n, device=device, dtype=dtype)
+    if alpha > 0:
+        edge = x < alpha / 2
+        w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 1)))
+        edge = x > 1 - alpha / 2
+        w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 2 / alpha + 1)))
+    return w
 
 
 class KSpaceTruncation(Degradation):
@@ -68,6 +71,8 @@ class KSpaceTruncation(Degradation):
             raise ValueError(f"scale must be >= 1, got {scale}")
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if window not in (None, "hamming", "tukey"):
+            raise ValueError(f"unknown window {window!r}; use None, 'hamming' or 'tukey'")
         self.scale, self.window, self.tukey_alpha, self.noise_std = float(scale), window, tukey_alpha, noise_std
 
     def kspace_filter(self, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -13,7 +13,16 @@ import pytest
 import torch
 from scipy.signal import windows
 
-from restore_rwkv.physics import KSpaceTruncation, LowCountPET, LowDoseCT, ParallelBeamProjector, gaussian_filter
+from restore_rwkv.physics import (
+    KSpaceTruncation,
+    LowCountPET,
+    LowDoseCT,
+    ParallelBeamProjector,
+    gaussian_filter,
+    hu_to_mu,
+    kspace_mask,
+    mu_to_hu,
+)
 from restore_rwkv.physics.mri import kept_extent
 
 
@@ -58,6 +67,26 @@ def test_ct_count_statistics_in_the_projection_domain(electronic):
     assert counts.var() == pytest.approx(variance, rel=5 * math.sqrt(2 / n))
     # the line integrals of air are 0 on average (to second order, var / (2 flux^2))
     assert abs(integrals.mean() - variance / (2 * flux**2)) < 5 * math.sqrt(variance / n) / flux
+
+
+def test_hu_and_mu_by_definition():
+    hu = torch.tensor([-1000.0, 0.0, 40.0, 1000.0, -1200.0], dtype=torch.float64)
+    np.testing.assert_allclose(hu_to_mu(hu).numpy(), [0.0, 0.0192, 0.0192 * 1.04, 0.0384, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(mu_to_hu(torch.tensor([0.0, 0.0192, 0.0384], dtype=torch.float64)).numpy(),
+                               [-1000.0, 0.0, 1000.0], rtol=1e-12, atol=1e-9)
+
+
+def test_ct_photon_starvation_and_small_electronic_noise():
+    """A bin with no photons gives the capped integral log(I0 d / 0.5); electronic noise of 0.5 is applied."""
+    bone = np.full((1, 32, 32), 3000.0)  # about 3 cm of bone-like attenuation per ray: exp(-110) photons
+    op = LowDoseCT(dose_fraction=1.0, incident_flux=10.0, pixel_size_mm=10.0, n_views=4)
+    integrals = op.noisy_line_integrals(torch.from_numpy(bone), seed=0).numpy()
+    centre = integrals[0, :, integrals.shape[-1] // 2]
+    np.testing.assert_allclose(centre, math.log(10.0 / 0.5), rtol=1e-12)
+    air = torch.full((1, 16, 16), -1000.0, dtype=torch.float64)
+    quiet = LowDoseCT(incident_flux=1e4, pixel_size_mm=1.0)
+    noisy = LowDoseCT(incident_flux=1e4, pixel_size_mm=1.0, electronic_noise_std=0.5)
+    assert not torch.equal(quiet.noisy_line_integrals(air, seed=1), noisy.noisy_line_integrals(air, seed=1))
 
 
 def _kak_slaney_response(n: int) -> np.ndarray:
@@ -123,6 +152,17 @@ def test_mri_window_is_the_scipy_window_over_the_kept_block(window, shape):
     np.testing.assert_allclose(op(x), _numpy_truncation(x, expected), atol=1e-12)
 
 
+@pytest.mark.parametrize("scale, kept", [(32, 1), (16, 2), (8, 4)])
+def test_mri_tiny_kept_blocks(scale, kept):
+    """Blocks of 1 and 2 points: the mask keeps round(N/s) points and the windows are scipy's."""
+    assert int(kspace_mask(32, 32, scale).sum()) == kept**2
+    for window, make in (("hamming", lambda n: windows.hamming(n, sym=True)), ("tukey", lambda n: windows.tukey(n, 0.5))):
+        weights = KSpaceTruncation(scale, window=window).kspace_filter(32, 32, dtype=torch.float64)
+        (r0, r1) = kept_extent(32, scale)
+        np.testing.assert_allclose(weights[r0:r1, r0:r1].numpy(), np.outer(make(kept), make(kept)), atol=1e-12)
+        assert float(weights.sum()) == pytest.approx(make(kept).sum() ** 2, abs=1e-9)
+
+
 @pytest.mark.parametrize("scale", [1, 4])
 def test_mri_noise_only_in_the_kept_block_with_the_stated_std(scale):
     noise_std, shape = 2.0, (16, 64, 64)
@@ -164,13 +204,33 @@ def test_gaussian_filter_fwhm_on_an_impulse(fwhm):
     assert _fwhm(blurred[:, 30]) == pytest.approx(fwhm, rel=0.03)
 
 
+@pytest.mark.parametrize("fwhm", [1.0, 6.0])
+def test_gaussian_filter_is_the_normalised_sampled_gaussian(fwhm):
+    impulse = torch.zeros(1, 41, 41, dtype=torch.float64)
+    impulse[0, 20, 20] = 1.0
+    blurred = gaussian_filter(impulse, fwhm)[0].numpy()
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    g = np.exp(-0.5 * (np.arange(-20, 21) / sigma) ** 2)
+    np.testing.assert_allclose(blurred, np.outer(g, g) / g.sum() ** 2, atol=2e-3 * blurred.max())
+
+
+def test_gaussian_filter_keeps_shapes_and_constants_to_the_border():
+    """Replicate padding: a constant image stays constant everywhere, including the borders."""
+    constant = torch.full((2, 20, 30), 3.5, dtype=torch.float64)
+    out = gaussian_filter(constant, 5.0)
+    assert out.shape == constant.shape
+    assert torch.allclose(out, constant, rtol=1e-12)
+    assert torch.equal(gaussian_filter(constant, 0.0), constant)
+
+
 def test_pet_poisson_and_thinning_statistics():
     op = LowCountPET(dose_reduction=4, total_counts=2e6, n_views=48, subsets=2)
     activity = torch.from_numpy(np.where(_radius(32) < 13, 3.0, 0.0) + np.where(_radius(32) < 5, 3.0, 0.0))
-    expected = torch.cat([s.flatten() for s in op.expected_counts(activity)[0]]).numpy()
+    mu = torch.from_numpy(np.where(_radius(32) < 15, 0.0096 * 4, 0.0))  # water at 511 keV, 4 mm pixels
+    expected = torch.cat([s.flatten() for s in op.expected_counts(activity, mu)[0]]).numpy()
     full, thinned = [], []
     for seed in range(3):
-        f, t, _ = op.sample_counts(activity, seed=seed)
+        f, t, _ = op.sample_counts(activity, seed=seed, mu=mu)
         full.append(torch.cat([s.flatten() for s in f]).numpy())
         thinned.append(torch.cat([s.flatten() for s in t]).numpy())
     full, thinned = np.stack(full), np.stack(thinned)
@@ -210,3 +270,57 @@ def test_ct_line_integrals_follow_beer_lambert_for_water():
     inner = np.abs(s) < radius - 3
     expected = np.broadcast_to(0.0192 * chord_mm[inner], (8, inner.sum()))
     np.testing.assert_allclose(integrals[:, inner], expected, rtol=0.02, atol=0.0192 * pixel_mm)  # 1 pixel of water
+
+
+def test_pet_attenuation_follows_beer_lambert():
+    """With a uniform attenuating disk, each line's counts are multiplied by exp(-mu * chord)."""
+    size, radius, mu_pixel = 48, 20.0, 0.0096 * 3  # water at 511 keV, 3 mm pixels
+    r = _radius(size)
+    activity = torch.from_numpy(np.where(r < 10, 1.0, 0.0))
+    mu = torch.from_numpy(np.where(r <= radius, mu_pixel, 0.0))
+    op = LowCountPET(n_views=6)
+    plain, scale_plain = op.expected_counts(activity)
+    attenuated, scale_mu = op.expected_counts(activity, mu)
+    ratio = ((attenuated[0] / scale_mu[:, None, None]) / (plain[0] / scale_plain[:, None, None]))[0].numpy()
+    s = np.arange(ratio.shape[-1]) - (ratio.shape[-1] - 1) / 2
+    inner = np.abs(s) < 6  # lines through the source, far from the attenuator's rim
+    chord = 2 * np.sqrt(radius**2 - s[inner] ** 2)  # pixels
+    measured = -np.log(ratio[:, inner]) / mu_pixel
+    np.testing.assert_allclose(measured, np.broadcast_to(chord, measured.shape), atol=1.5)  # pixelised rim
+
+
+def test_pet_output_is_proportional_to_the_activity():
+    """Counts are normalised to total_counts, so scaling the activity scales LQ and HQ alike (same seed)."""
+    activity = np.where(_radius(24) < 9, 2.0, 0.1)
+    op = LowCountPET(total_counts=1e4, iterations=3, subsets=2, n_views=24)
+    hq, lq = op.simulate_pair(activity, seed=3)
+    for c in (1e-7, 1e3):
+        hq_c, lq_c = op.simulate_pair(activity * c, seed=3)
+        np.testing.assert_allclose(lq_c, c * lq, rtol=1e-5, atol=1e-9 * c)
+        np.testing.assert_allclose(hq_c, c * hq, rtol=1e-5, atol=1e-9 * c)
+
+
+def test_mlem_is_scale_equivariant_at_low_counts():
+    """MLEM(c y) = c MLEM(y): true for any c, so also where bins hold fewer than one count."""
+    activity = torch.from_numpy(np.where(_radius(24) < 9, 2.0, 0.0))
+    op = LowCountPET(total_counts=1e6, iterations=4, subsets=2, n_views=24)
+    expected, _ = op.expected_counts(activity)
+    reference = op.reconstruct(expected, 24)
+    low = op.reconstruct([e * 1e-4 for e in expected], 24)  # about 0.05 counts per bin
+    torch.testing.assert_close(low * 1e4, reference, rtol=1e-6, atol=1e-9 * float(reference.max()))
+
+
+def test_pet_attenuation_map_reaches_call_and_pair():
+    r = _radius(32)
+    activity = np.where(r < 13, 4.0, 0.0)
+    mu = np.where(r < 15, 0.0096 * 4, 0.0)
+    op = LowCountPET(dose_reduction=12, total_counts=1e10, iterations=15, subsets=6, n_views=48)
+    lq = op(activity, seed=0, mu=mu)
+    hq_pair, lq_pair = op.simulate_pair(activity, seed=0, mu=mu)
+    np.testing.assert_array_equal(lq, lq_pair)
+    for image in (lq, hq_pair):  # attenuation modelled in both sampling and reconstruction: activity recovered
+        assert float(image[r < 9].mean()) == pytest.approx(4.0, rel=0.03)
+    # sampled with attenuation but reconstructed without it, the centre comes out too low
+    full, thinned, scale = op.sample_counts(torch.from_numpy(activity), seed=0, mu=torch.from_numpy(mu))
+    uncorrected = (op.reconstruct(thinned, 32) * (12 / scale[:, None, None]))[0].numpy()
+    assert float(uncorrected[r < 3].mean()) < 0.9 * float(uncorrected[(r > 8) & (r < 11)].mean())

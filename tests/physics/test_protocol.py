@@ -51,7 +51,8 @@ def test_numpy_in_numpy_out_equal_to_torch(kind):
     batch = np.stack([hq, hq[::-1].copy()]).astype(np.float64)
     out = op(batch[:, None], seed=7)
     assert out.dtype == np.float64 and out.shape == (2, 1, 24, 24)
-    assert torch.equal(torch.from_numpy(out), op(torch.from_numpy(batch[:, None]), seed=7))
+    out_t = op(torch.from_numpy(batch[:, None]), seed=7)
+    assert out_t.dtype == torch.float64 and torch.equal(torch.from_numpy(out), out_t)
 
 
 @pytest.mark.parametrize("kind", sorted(SIMULATORS))
@@ -94,6 +95,44 @@ def test_pet_call_is_the_lq_of_the_pair():
     assert not np.array_equal(hq, activity)  # the pair's HQ is a reconstruction, not the input
 
 
+@pytest.mark.parametrize("kind", ["ct", "pet"])
+def test_projection_simulators_need_square_slices(kind):
+    op = SIMULATORS[kind]()
+    for shape in ((24, 20), (20, 24)):
+        with pytest.raises(ValueError, match="square"):
+            op(np.zeros(shape, dtype=np.float32), seed=0)
+
+
+def test_constructor_defaults_are_the_documented_ones():
+    ct = LowDoseCT()
+    assert (ct.dose_fraction, ct.incident_flux, ct.electronic_noise_std, ct.pixel_size_mm, ct.n_views,
+            ct.fbp_window, ct.mu_water) == (0.25, 1e5, 0.0, 0.7, None, "ramp", 0.0192)
+    pet = LowCountPET()
+    assert (pet.dose_reduction, pet.total_counts, pet.iterations, pet.subsets, pet.n_views,
+            pet.post_filter_fwhm) == (12.0, 1e6, 10, 1, None, 0.0)
+    mri = KSpaceTruncation()
+    assert (mri.scale, mri.window, mri.tukey_alpha, mri.noise_std) == (4.0, None, 0.5, 0.0)
+
+
+def test_argument_ranges_at_their_boundaries():
+    LowDoseCT(dose_fraction=1.0, incident_flux=0.5)  # the edges that are allowed
+    for bad in ({"dose_fraction": 0.0}, {"dose_fraction": 1.01}, {"incident_flux": 0.0}):
+        with pytest.raises(ValueError):
+            LowDoseCT(**bad)
+    LowCountPET(dose_reduction=1.0, total_counts=0.5, iterations=1, subsets=1)
+    for bad in ({"dose_reduction": 0.99}, {"total_counts": 0.0}, {"iterations": 0}, {"subsets": 0}):
+        with pytest.raises(ValueError):
+            LowCountPET(**bad)
+    KSpaceTruncation(scale=1.0, noise_std=0.0)
+    for window in (None, "hamming", "tukey"):
+        KSpaceTruncation(window=window)
+    with pytest.raises(ValueError, match="window"):
+        LowDoseCT(fbp_window="hamming")
+    for bad in ({"scale": 0.99}, {"noise_std": -0.1}, {"window": "hann"}):
+        with pytest.raises(ValueError):
+            KSpaceTruncation(**bad)
+
+
 def test_default_degradation_options():
     mri = default_degradation("mri_sr", scale=3.0, dose_fraction=0.5)  # another task's option is ignored
     assert isinstance(mri, KSpaceTruncation) and mri.scale == 3.0
@@ -103,6 +142,8 @@ def test_default_degradation_options():
     pet = default_degradation("pet", iterations=2)
     assert isinstance(pet, LowCountPET)
     assert (pet.dose_reduction, pet.total_counts, pet.iterations, pet.subsets) == (12.0, 1e6, 2, 4)
+    pet = default_degradation("pet", dose_reduction=4.0, total_counts=5e5, subsets=2)
+    assert (pet.dose_reduction, pet.total_counts, pet.iterations, pet.subsets) == (4.0, 5e5, 4, 2)
     defaults = default_degradation("ct_denoise")
     assert (defaults.dose_fraction, defaults.incident_flux, defaults.pixel_size_mm) == (0.25, 1e5, 0.7)
     assert default_degradation("mri_sr").scale == DEGRADATION_OPTIONS["mri_sr"]["scale"] == 4.0

@@ -69,6 +69,27 @@ def test_ct_count_statistics_in_the_projection_domain(electronic):
     assert abs(integrals.mean() - variance / (2 * flux**2)) < 5 * math.sqrt(variance / n) / flux
 
 
+def test_views_default_to_pi_over_two_n_over_180_degrees_and_options_reach_the_projectors():
+    angles = ParallelBeamProjector(40).angles.numpy()
+    assert len(angles) == math.ceil(math.pi / 2 * 40)
+    np.testing.assert_allclose(angles, np.arange(len(angles)) * np.pi / len(angles), rtol=0, atol=1e-15)
+    assert len(LowDoseCT(n_views=10).projector(32).angles) == 10
+    subsets = LowCountPET(n_views=24, subsets=3).projectors(32)
+    assert [len(p.angles) for p in subsets] == [8, 8, 8]
+    union = np.sort(np.concatenate([p.angles.numpy() for p in subsets]))
+    np.testing.assert_allclose(union, np.arange(24) * np.pi / 24, atol=1e-15)  # interleaved, all views once
+    assert subsets[0].angles[1] - subsets[0].angles[0] == pytest.approx(3 * np.pi / 24)
+
+
+@pytest.mark.parametrize("size", [32, 33])
+def test_projection_keeps_the_corners_in_every_view(size):
+    """The padded square holds the rotated image's corners: their mass is in every view (bilinear error aside)."""
+    corners = torch.zeros(1, size, size, dtype=torch.float64)
+    corners[0, 0, 0] = corners[0, 0, -1] = corners[0, -1, 0] = corners[0, -1, -1] = 1.0
+    sums = ParallelBeamProjector(size, 16)(corners).sum(dim=-1)
+    assert float(sums.min()) > 0.85 * 4 and float(sums.max()) < 1.15 * 4
+
+
 def test_hu_and_mu_by_definition():
     hu = torch.tensor([-1000.0, 0.0, 40.0, 1000.0, -1200.0], dtype=torch.float64)
     np.testing.assert_allclose(hu_to_mu(hu).numpy(), [0.0, 0.0192, 0.0192 * 1.04, 0.0384, 0.0], rtol=1e-12)

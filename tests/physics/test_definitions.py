@@ -345,3 +345,37 @@ def test_pet_attenuation_map_reaches_call_and_pair():
     full, thinned, scale = op.sample_counts(torch.from_numpy(activity), seed=0, mu=torch.from_numpy(mu))
     uncorrected = (op.reconstruct(thinned, 32) * (12 / scale[:, None, None]))[0].numpy()
     assert float(uncorrected[r < 3].mean()) < 0.9 * float(uncorrected[(r > 8) & (r < 11)].mean())
+
+
+def test_projection_and_back_projection_at_zero_and_ninety_degrees_by_definition():
+    """At 0 degrees a view holds column sums and back-projection smears it along the columns; at 90, rows."""
+    size = 12
+    p = ParallelBeamProjector(size, torch.tensor([0.0, math.pi / 2], dtype=torch.float64))
+    x = torch.rand(1, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sino = p(x)[0]
+    inner = slice(p.pad, p.pad + size)
+    np.testing.assert_allclose(sino[0, inner].numpy(), x[0].sum(dim=0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(sino[1, inner].numpy(), x[0].sum(dim=1).numpy(), rtol=1e-12)
+    profile = torch.rand(p.detectors, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for view in (0, 1):
+        single = torch.zeros(1, 2, p.detectors, dtype=torch.float64)
+        single[0, view] = profile
+        smeared = p.backproject(single)[0].numpy()
+        expected = np.broadcast_to(profile[inner].numpy(), (size, size))
+        np.testing.assert_allclose(smeared, expected if view == 0 else expected.T, rtol=1e-12)
+
+
+def test_projector_results_do_not_depend_on_chunking_or_batching(monkeypatch):
+    import restore_rwkv.physics.projector as projector_module
+
+    p = ParallelBeamProjector(16, 10)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 16, 16, generator=g, dtype=torch.float64)
+    y = torch.rand(3, *p.sinogram_shape, generator=g, dtype=torch.float64)
+    whole = p(x), p.backproject(y), p.adjoint(y)
+    monkeypatch.setattr(projector_module, "_CHUNK_ELEMENTS", 1)  # one view per interpolation call
+    for a, b in zip((p(x), p.backproject(y), p.adjoint(y)), whole):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # a single (A, D) sinogram is one batch item
+    torch.testing.assert_close(p.backproject(y[0]), whole[1][:1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p.adjoint(y[0]), whole[2][:1], rtol=1e-12, atol=1e-12)

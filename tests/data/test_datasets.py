@@ -18,7 +18,7 @@ from restore_rwkv.data.datasets import (
     write_manifest,
 )
 from restore_rwkv.data.modality import get_convention
-from restore_rwkv.physics import KSpaceTruncation
+from restore_rwkv.physics import KSpaceTruncation, default_degradation
 from restore_rwkv.utils.errors import InputError
 
 
@@ -119,6 +119,17 @@ def test_simulated_dataset_is_seeded(tmp_path):
     dataset.set_epoch(1)
     assert not torch.equal(first["lq"], dataset[0]["lq"])
     assert torch.equal(first["hq"], dataset[0]["hq"])
+
+
+@pytest.mark.parametrize("task, modality", [("pet", "pet"), ("ct_denoise", "ct")])
+def test_simulated_dataset_hq_is_the_input_and_lq_the_degradation(tmp_path, task, modality):
+    image = np.random.default_rng(0).random((24, 24)).astype(np.float32) * 5.0
+    np.save(tmp_path / "a.npy", image)
+    degrade = default_degradation(task, total_counts=1e5, iterations=2, subsets=2, pixel_size_mm=1.0)
+    item = SimulatedPairDataset([str(tmp_path / "a.npy")], modality, task, degrade, seed=4)[0]
+    convention = get_convention(modality)
+    assert torch.equal(item["hq"][0], torch.from_numpy(convention.normalize(image)))
+    assert torch.equal(item["lq"][0], torch.from_numpy(convention.normalize(degrade(image, seed=4))))
 
 
 def test_task_balanced_sampler():

@@ -262,10 +262,7 @@ class SimulatedPairDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         path, slice_index = self.items[index]
         hq = torch.from_numpy(self.cache.slice(str(path), slice_index))
-        out = self.degrade(hq, seed=self.seed + index + self.epoch * len(self))
-        lq = out[1] if isinstance(out, tuple) else out  # PET returns (HQ recon, LQ recon)
-        if isinstance(out, tuple):
-            hq = out[0]
+        lq = self.degrade(hq, seed=self.seed + index + self.epoch * len(self))
         item = {"lq": self.convention.normalize(lq.float())[None], "hq": self.convention.normalize(hq.float())[None],
                 "task": self.task, "modality": self.convention.name, "name": item_name(str(path), slice_index)}
         return self.transform(item, index) if self.transform else item

@@ -135,7 +135,7 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         for split, indices in slices.items():
             chosen = indices[: COUNTS[split]]
             activity = np.stack([_to_square(fdg_activity(_axial(grey, i), _axial(white, i)), SIZE) for i in chosen])
-            hq, lq = pet(torch.from_numpy(activity), seed=seed + 3 + len(chosen))
+            hq, lq = pet.simulate_pair(torch.from_numpy(activity), seed=seed + 3 + len(chosen))
             for i, h, l in zip(chosen, hq.numpy(), lq.numpy()):
                 writer.write("pet", split, f"mni152_fdg_z{i:03d}", l, h)
         bar.update()

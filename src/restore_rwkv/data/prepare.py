@@ -32,6 +32,7 @@ from restore_rwkv.data.io import (
     write_nifti,
 )
 from restore_rwkv.data.modality import TASKS
+from restore_rwkv.physics import default_degradation
 from restore_rwkv.utils.errors import InputError, check_finite
 from restore_rwkv.utils.files import atomic_file, atomic_folder
 from restore_rwkv.utils.progress import progress_bar
@@ -287,23 +288,6 @@ def _pair_by_position(full: Sequence[float], quarter: Sequence[float], spacing: 
 
 
 # ----------------------------------------------------------------------------- simulate
-def default_degradation(task: str, seed: int = 0, **options) -> Callable:
-    """The paper-like degradation of ``task``: callable (hq tensor, seed) -> lq or (hq, lq)."""
-    from restore_rwkv.physics import KSpaceTruncation, LowCountPET, LowDoseCT
-
-    if task == "mri_sr":
-        return KSpaceTruncation(options.get("scale", 4.0))
-    if task == "ct_denoise":
-        return LowDoseCT(dose_fraction=options.get("dose_fraction", 0.25),
-                         incident_flux=options.get("incident_flux", 1e5),
-                         pixel_size_mm=options.get("pixel_size_mm", 0.7))
-    if task == "pet":
-        return LowCountPET(dose_reduction=options.get("dose_reduction", 12.0),
-                           total_counts=options.get("total_counts", 1e6), iterations=options.get("iterations", 4),
-                           subsets=options.get("subsets", 4))
-    raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
-
-
 def _square(image: np.ndarray, fill: float) -> np.ndarray:
     h, w = image.shape
     if h == w:
@@ -341,9 +325,8 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
         for suffix, image in _input_slices(path, slices):
             check_finite(image, path)
             hq = _square(image, fill) if task != "mri_sr" else image
-            out_ = degrade(torch.from_numpy(hq), seed=seed * 1_000_003 + number)
-            hq_out, lq = (out_ if isinstance(out_, tuple) else (torch.from_numpy(hq), out_))
+            lq = degrade(hq, seed=seed * 1_000_003 + number)
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name.split(".")[0]) + suffix
-            writer.write(task, split_of[str(path)], f"{number:04d}_{name}", lq.numpy(), hq_out.numpy())
+            writer.write(task, split_of[str(path)], f"{number:04d}_{name}", lq, hq)
 
     return _write_pairs(src, out, fmt, overwrite, quiet, files, f"{task} inputs", write_file)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from restore_rwkv.physics._common import as_batch, make_generator, restore_shape
-from restore_rwkv.physics.projector import ParallelBeamProjector
+from restore_rwkv.physics._common import Degradation, Image, apply_batched, as_batch, make_generator
+from restore_rwkv.physics.projector import FBP_WINDOWS, ParallelBeamProjector
 
 MU_WATER_PER_MM = 0.0192  # linear attenuation of water at about 70 keV effective energy
 
@@ -30,8 +30,8 @@ def mu_to_hu(mu: torch.Tensor, mu_water: float = MU_WATER_PER_MM) -> torch.Tenso
     return 1000.0 * (mu / mu_water - 1.0)
 
 
-class LowDoseCT:
-    """HQ (HU) -> LQ (HU) at a reduced dose.
+class LowDoseCT(Degradation):
+    """HQ (HU) -> LQ (HU) at a reduced dose (a :class:`Degradation`: ``lq = op(hq, seed)``).
 
     Args:
         dose_fraction: dose of LQ relative to the full dose (0.25 = quarter dose, the AAPM task).
@@ -50,6 +50,8 @@ class LowDoseCT:
             raise ValueError(f"dose_fraction must be in (0, 1], got {dose_fraction}")
         if incident_flux <= 0:
             raise ValueError(f"incident_flux must be positive, got {incident_flux}")
+        if fbp_window not in FBP_WINDOWS:
+            raise ValueError(f"unknown FBP window {fbp_window!r}; use one of {FBP_WINDOWS}")
         self.dose_fraction, self.incident_flux = float(dose_fraction), float(incident_flux)
         self.electronic_noise_std, self.pixel_size_mm = float(electronic_noise_std), float(pixel_size_mm)
         self.n_views, self.fbp_window, self.mu_water = n_views, fbp_window, float(mu_water)
@@ -65,27 +67,32 @@ class LowDoseCT:
             raise ValueError(f"CT simulation needs square slices, got {tuple(x.shape[-2:])}")
         return self.projector(x.shape[-1])
 
-    def reconstruct_noiseless(self, hq: torch.Tensor) -> torch.Tensor:
-        """FBP of the noiseless projections: what the geometry alone does to ``hq`` (HU)."""
-        x, shape = as_batch(hq)
-        projector = self._check(x)
-        mu = hu_to_mu(x.to(torch.float32), self.mu_water)
-        recon = projector.fbp(projector(mu), self.fbp_window)
-        return restore_shape(mu_to_hu(recon, self.mu_water).to(hq.dtype), shape)
+    def reconstruct_noiseless(self, hq: Image) -> Image:
+        """FBP of the noiseless projections: what the geometry alone does to ``hq`` (HU in, HU out)."""
+        def run(x: torch.Tensor) -> torch.Tensor:
+            projector = self._check(x)
+            mu = hu_to_mu(x.to(torch.float32), self.mu_water)
+            return mu_to_hu(projector.fbp(projector(mu), self.fbp_window), self.mu_water)
 
-    def __call__(self, hq: torch.Tensor, seed: int | torch.Generator | None = None) -> torch.Tensor:
-        """LQ in HU for (H, W), (B, H, W) or (B, 1, H, W) ``hq`` in HU; deterministic for a seed."""
-        x, shape = as_batch(hq)
+        return apply_batched(hq, run)
+
+    def noisy_line_integrals(self, hq: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """(B, A, D) line integrals -log(counts / (I0 d)) of (B, H, W) or (H, W) ``hq`` in HU, with
+        Poisson counts of mean I0 d exp(-integral of mu) plus Gaussian electronic noise (float64)."""
+        x, _ = as_batch(hq)
         projector = self._check(x)
         generator = make_generator(seed, x.device)
-        mu = hu_to_mu(x.to(torch.float32), self.mu_water)
-        line_integrals = projector(mu)
+        line_integrals = projector(hu_to_mu(x.to(torch.float32), self.mu_water))
         flux = self.incident_flux * self.dose_fraction
         expected = flux * torch.exp(-line_integrals.double())
         counts = torch.poisson(expected, generator=generator)
         if self.electronic_noise_std > 0:
             counts = counts + self.electronic_noise_std * torch.randn(
                 counts.shape, generator=generator, device=counts.device, dtype=counts.dtype)
-        noisy = -torch.log(counts.clamp_min(0.5) / flux)  # a zero count would give an infinite integral
-        recon = projector.fbp(noisy.to(torch.float32), self.fbp_window)
-        return restore_shape(mu_to_hu(recon, self.mu_water).to(hq.dtype), shape)
+        return -torch.log(counts.clamp_min(0.5) / flux)  # a zero count would give an infinite integral
+
+    def degrade_batch(self, x: torch.Tensor, seed: int | None) -> torch.Tensor:
+        """LQ in HU of (B, H, W) ``x`` in HU: FBP of ``noisy_line_integrals``."""
+        noisy = self.noisy_line_integrals(x, seed)
+        recon = self._check(x).fbp(noisy.to(torch.float32), self.fbp_window)
+        return mu_to_hu(recon, self.mu_water)

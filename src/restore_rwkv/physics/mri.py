@@ -6,8 +6,9 @@ centred 2-D FFT of the high-resolution image, keeps the central ``1/s x 1/s`` bl
 s = 4, 6.25 % of the points), sets the rest to zero, transforms back and takes the
 magnitude, so LQ has the size of HQ. Options: a Hamming or Tukey window over the kept block
 (tapers the cut that causes Gibbs ringing) and complex Gaussian noise on the kept samples
-(thermal noise; with an orthonormal FFT its standard deviation is the same per pixel in the
-image).
+(thermal noise), scaled so that the complex noise of the zero-filled image has standard
+deviation ``noise_std`` per pixel whatever the scale (with an orthonormal FFT, noise of
+variance v on M of N samples gives image noise of variance v M / N).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 
 import torch
 
-from restore_rwkv.physics._common import as_batch, make_generator, restore_shape
+from restore_rwkv.physics._common import Degradation, make_generator
 
 
 def kept_extent(size: int, scale: float) -> tuple[int, int]:
@@ -35,29 +36,33 @@ def kspace_mask(height: int, width: int, scale: float, device: torch.device | No
 
 
 def _window_1d(n: int, kind: str, alpha: float, device, dtype) -> torch.Tensor:
+    """Symmetric window of ``n`` points as scipy.signal.windows defines it (1 for a single point)."""
+    if kind not in ("hamming", "tukey"):
+        raise ValueError(f"unknown window {kind!r}; use None, 'hamming' or 'tukey'")
+    if n == 1:
+        return torch.ones(1, device=device, dtype=dtype)
     if kind == "hamming":
-        return torch.hamming_window(n, periodic=False, device=device, dtype=dtype) if n > 1 else torch.ones(1, device=device, dtype=dtype)
-    if kind == "tukey":
-        x = torch.linspace(0.0, 1.0, n, device=device, dtype=dtype)
-        w = torch.ones(n, device=device, dtype=dtype)
-        if alpha > 0:
-            edge = x < alpha / 2
-            w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 1)))
-            edge = x > 1 - alpha / 2
-            w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 2 / alpha + 1)))
-        return w
-    raise ValueError(f"unknown window {kind!r}; use None, 'hamming' or 'tukey'")
+        return torch.hamming_window(n, periodic=False, device=device, dtype=dtype)
+    x = torch.linspace(0.0, 1.0, n, device=device, dtype=dtype)
+    w = torch.ones(n, device=device, dtype=dtype)
+    if alpha > 0:
+        edge = x < alpha / 2
+        w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 1)))
+        edge = x > 1 - alpha / 2
+        w[edge] = 0.5 * (1 + torch.cos(math.pi * (2 * x[edge] / alpha - 2 / alpha + 1)))
+    return w
 
 
-class KSpaceTruncation:
-    """HQ -> LQ by keeping the centre of k-space.
+class KSpaceTruncation(Degradation):
+    """HQ -> LQ by keeping the centre of k-space (a :class:`Degradation`: ``lq = op(hq, seed)``).
 
     Args:
         scale: super-resolution factor s; keeps ``round(H/s) x round(W/s)`` points.
         window: None (sharp cut, the paper), ``"hamming"`` or ``"tukey"``.
         tukey_alpha: taper fraction of the Tukey window.
-        noise_std: standard deviation of complex Gaussian noise added to the kept samples,
-            in image intensity units (0 = none, the paper).
+        noise_std: per-pixel standard deviation of the complex Gaussian noise of the LQ image
+            before the magnitude (real and imaginary parts each ``noise_std / sqrt(2)``), in
+            image intensity units; added to the kept k-space samples only (0 = none, the paper).
     """
 
     def __init__(self, scale: float = 4.0, window: str | None = None, tukey_alpha: float = 0.5,
@@ -66,6 +71,8 @@ class KSpaceTruncation:
             raise ValueError(f"scale must be >= 1, got {scale}")
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if window not in (None, "hamming", "tukey"):
+            raise ValueError(f"unknown window {window!r}; use None, 'hamming' or 'tukey'")
         self.scale, self.window, self.tukey_alpha, self.noise_std = float(scale), window, tukey_alpha, noise_std
 
     def kspace_filter(self, height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -78,9 +85,9 @@ class KSpaceTruncation:
             weights[r0:r1, c0:c1] = wr[:, None] * wc[None, :]
         return weights
 
-    def __call__(self, hq: torch.Tensor, seed: int | torch.Generator | None = None) -> torch.Tensor:
-        """LQ magnitude images for (H, W), (B, H, W) or (B, 1, H, W) ``hq``; same shape and dtype."""
-        x, shape = as_batch(hq)
+    def sampled_kspace(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Centred (fftshifted) orthonormal k-space of LQ for real (..., H, W) ``x``: the kept,
+        windowed block plus its noise, zero elsewhere (complex, float64 precision for float64 ``x``)."""
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         height, width = x.shape[-2:]
         spectrum = torch.fft.fftshift(torch.fft.fft2(x.to(work), norm="ortho"), dim=(-2, -1))
@@ -88,10 +95,15 @@ class KSpaceTruncation:
         if self.noise_std > 0:
             generator = make_generator(seed, x.device)
             mask = kspace_mask(height, width, self.scale, x.device)
+            per_sample = self.noise_std * math.sqrt(mask.numel() / int(mask.sum()))
             noise = torch.complex(
                 torch.randn(spectrum.shape, generator=generator, device=x.device, dtype=work),
                 torch.randn(spectrum.shape, generator=generator, device=x.device, dtype=work),
-            ) * (self.noise_std / math.sqrt(2))
+            ) * (per_sample / math.sqrt(2))
             spectrum = spectrum + noise * mask
-        image = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1)), norm="ortho").abs()
-        return restore_shape(image.to(hq.dtype), shape)
+        return spectrum
+
+    def degrade_batch(self, x: torch.Tensor, seed: int | None) -> torch.Tensor:
+        """LQ magnitude images of (B, H, W) ``x``: |inverse FFT of ``sampled_kspace``|."""
+        spectrum = self.sampled_kspace(x, seed)
+        return torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1)), norm="ortho").abs()

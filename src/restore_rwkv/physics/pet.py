@@ -5,12 +5,23 @@ the activity, times the survival probability exp(-integral of mu) when an attenu
 is given, scaled so the whole slice yields ``total_counts``. Measured counts are Poisson.
 A scan with 1/f of the dose (or of the acquisition time) is random thinning of the list
 mode: each count is kept with probability 1/f, i.e. binomial thinning of the sinogram
-(f = 12 in the paper). Both the full-count and the thinned data are reconstructed the same
-way, by MLEM (OSEM with ``subsets`` > 1; pixel-driven back-projection as the transpose,
-a standard unmatched pair that is much faster than the exact adjoint on CPU) for a fixed
-number of iterations with an optional
-Gaussian post-filter, and rescaled to activity units; the pair (HQ, LQ) is what the
-paper's PET task trains on.
+(f = 12 in the paper). Reconstruction is MLEM (OSEM with ``subsets`` > 1; pixel-driven
+back-projection as the transpose, a standard unmatched pair that is much faster than the
+exact adjoint on CPU) for a fixed number of iterations with an optional Gaussian
+post-filter, rescaled to activity units.
+
+Two uses:
+
+- ``op(hq, seed) -> lq`` (the :class:`Degradation` protocol): ``hq`` is the user's full-dose
+  image, taken as the activity; only the thinned data are reconstructed, and ``hq`` is the
+  reference as it is. LQ therefore differs from HQ not only by the counts but also by this
+  simulator's reconstruction (incomplete resolution recovery after few iterations, the
+  post-filter, the discrete projector), and it adds new Poisson noise on top of whatever noise
+  ``hq`` already holds. Many iterations and no post-filter keep the reconstruction's share
+  small (at high counts LQ then reproduces uniform regions of ``hq``).
+- ``op.simulate_pair(activity, seed) -> (hq, lq)``: for a phantom or a noiseless activity map,
+  both the full-count and the thinned data are reconstructed the same way, so the pair
+  differs only by the count level (the demo's PET task). ``lq`` equals ``op(activity, seed)``.
 """
 
 from __future__ import annotations
@@ -21,7 +32,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from restore_rwkv.physics._common import as_batch, make_rng, restore_shape
+from restore_rwkv.physics._common import (
+    Degradation,
+    Image,
+    Seed,
+    apply_batched,
+    as_batch,
+    check_seed,
+    like_input,
+    make_rng,
+    restore_shape,
+)
 from restore_rwkv.physics.projector import ParallelBeamProjector
 
 
@@ -40,8 +61,11 @@ def gaussian_filter(images: torch.Tensor, fwhm: float) -> torch.Tensor:
     return x[:, 0]
 
 
-class LowCountPET:
-    """Activity slice -> (HQ, LQ) reconstructions from full and 1/``dose_reduction`` counts.
+class LowCountPET(Degradation):
+    """Full-dose PET -> LQ reconstruction from 1/``dose_reduction`` of the counts (a :class:`Degradation`).
+
+    ``op(hq, seed)`` returns LQ only (``hq`` stays the reference); ``op.simulate_pair(activity,
+    seed)`` returns (HQ, LQ) reconstructions of the full and the thinned counts.
 
     Args:
         dose_reduction: thinning factor f (12 in the paper).
@@ -107,7 +131,7 @@ class LowCountPET:
                 x = x * back / s.clamp_min(1e-12)
         return gaussian_filter(x, self.post_filter_fwhm)
 
-    def sample_counts(self, activity: torch.Tensor, seed: int | np.random.Generator | None = None,
+    def sample_counts(self, activity: torch.Tensor, seed: Seed = None,
                       mu: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """Full-count Poisson sinograms, their binomial thinning by 1/``dose_reduction``, and the scale."""
         rng = make_rng(seed)
@@ -117,13 +141,33 @@ class LowCountPET:
                                     .astype(np.float32)).to(c.device) for c in full]
         return full, thinned, scale.to(torch.float32)
 
-    def __call__(self, activity: torch.Tensor, seed: int | np.random.Generator | None = None,
-                 mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(HQ, LQ) reconstructions in activity units, shaped and typed like ``activity``."""
-        x, shape = as_batch(activity)
+    def _reconstructions(self, x: torch.Tensor, seed: int | None, mu: torch.Tensor | np.ndarray | None,
+                         full_dose: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(HQ or None, LQ) reconstructions in activity units of (B, N, N) activity ``x``."""
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"PET simulation needs square slices, got {tuple(x.shape[-2:])}")
+        size = x.shape[-1]
         full, thinned, scale = self.sample_counts(x, seed, mu)
-        hq = self.reconstruct(full, x.shape[-1], mu) / scale[:, None, None]
-        lq = self.reconstruct(thinned, x.shape[-1], mu) * (self.dose_reduction / scale[:, None, None])
-        return restore_shape(hq.to(activity.dtype), shape), restore_shape(lq.to(activity.dtype), shape)
+        lq = self.reconstruct(thinned, size, mu) * (self.dose_reduction / scale[:, None, None])
+        hq = self.reconstruct(full, size, mu) / scale[:, None, None] if full_dose else None
+        return hq, lq
+
+    def degrade_batch(self, x: torch.Tensor, seed: int | None, mu: torch.Tensor | np.ndarray | None = None
+                      ) -> torch.Tensor:
+        """LQ reconstruction (activity units) of the thinned counts of (B, N, N) activity ``x``."""
+        return self._reconstructions(x, seed, mu, full_dose=False)[1]
+
+    def __call__(self, hq: Image, seed: Seed = None, *, mu: torch.Tensor | np.ndarray | None = None) -> Image:
+        """LQ for the full-dose image ``hq`` (activity units, square slices), like ``hq`` in kind,
+        shape and dtype; ``mu``: optional attenuation map per pixel, shaped like ``hq``."""
+        seed = check_seed(seed)
+        return apply_batched(hq, lambda x: self.degrade_batch(x, seed, mu))
+
+    def simulate_pair(self, activity: Image, seed: Seed = None, *, mu: torch.Tensor | np.ndarray | None = None
+                      ) -> tuple[Image, Image]:
+        """(HQ, LQ): reconstructions of the full and the thinned counts of ``activity``, both in
+        activity units and like ``activity`` in kind, shape and dtype; LQ equals ``self(activity, seed)``."""
+        seed = check_seed(seed)
+        x, shape = as_batch(activity)
+        hq, lq = self._reconstructions(x, seed, mu, full_dose=True)
+        return like_input(restore_shape(hq, shape), activity), like_input(restore_shape(lq, shape), activity)

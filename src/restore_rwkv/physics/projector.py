@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from restore_rwkv.physics._common import as_batch
 
 _CHUNK_ELEMENTS = 1 << 24  # grid samples per interpolation call: bounds the projector's temporaries
+FBP_WINDOWS = ("ramp", "shepp-logan", "cosine", "hann")
 
 
 class ParallelBeamProjector:

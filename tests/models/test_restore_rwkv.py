@@ -10,7 +10,8 @@ import torch
 
 from restore_rwkv import RestoreRWKV, create_model, list_models, load_pretrained, reparameterize_model, save_state_dict
 from restore_rwkv.layers import OmniShift
-from restore_rwkv.models import pad_to_multiple
+from restore_rwkv.models import load_state_dict_file, pad_to_multiple
+from restore_rwkv.utils.errors import InputError
 
 
 def _trainable(model: torch.nn.Module) -> int:
@@ -145,21 +146,31 @@ def test_nested_and_ddp_checkpoints_load(tmp_path, golden):
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
+    """Every checkpoint problem is an InputError "<path>: <one-line problem>" (the CLI reports those)."""
     model = create_model("restore_rwkv_light")
-    with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint file not found"):
-        load_pretrained(model, tmp_path / "missing.pt")
+
+    def refused(path, problem, load=load_pretrained):
+        with pytest.raises(InputError, match=problem) as info:
+            load(model, path) if load is load_pretrained else load(path)
+        err = info.value
+        assert err.path == str(path) and str(err).startswith(f"{path}: ") and "\n" not in str(err)
+        return err
+
+    assert not isinstance(refused(tmp_path / "missing.pt", "checkpoint file not found"), FileNotFoundError)
+    refused(tmp_path / "missing.pt", "checkpoint file not found", load_state_dict_file)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
-        load_pretrained(model, tmp_path / "junk.pt")
+    refused(tmp_path / "junk.pt", "not a readable checkpoint")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint either")
+    refused(tmp_path / "junk.safetensors", "not a readable checkpoint", load_state_dict_file)
     # A pickle that needs arbitrary code is refused by weights_only loading.
     buffer = io.BytesIO()
     torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": io.StringIO}, buffer)
     (tmp_path / "code.pt").write_bytes(buffer.getvalue())
-    with pytest.raises(ValueError, match="code.pt: not a readable checkpoint"):
-        load_pretrained(model, tmp_path / "code.pt")
+    refused(tmp_path / "code.pt", "not a readable checkpoint")
+    torch.save({"weights": [1, 2]}, tmp_path / "list.pt")
+    refused(tmp_path / "list.pt", "does not hold a state dict of tensors", load_state_dict_file)
     torch.save({"patch_embed.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
-    with pytest.raises(ValueError, match="wrong.pt: weights do not fit RestoreRWKV"):
-        load_pretrained(model, tmp_path / "wrong.pt")
+    refused(tmp_path / "wrong.pt", "weights do not fit RestoreRWKV")
 
 
 def test_a_few_training_steps_reduce_l1_loss():

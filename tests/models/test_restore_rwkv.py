@@ -103,6 +103,55 @@ def test_fused_and_unfused_agree_on_any_size(shape):
     torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-5)
 
 
+def _random_small_model(seed: int) -> RestoreRWKV:
+    torch.manual_seed(seed)
+    model = RestoreRWKV(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("fused_keys", ["current", "absent", "stale"])
+def test_fused_model_loading_weights_uses_their_branches(tmp_path, fused_keys):
+    """A fused model that loads another model's weights computes that model's function, whether the
+    state dict carries the fused 5x5 kernels (current or stale, as the reference saves them in
+    training mode) or not (issue #10: the old fused kernels were kept)."""
+    other = _random_small_model(2)
+    state = other.state_dict()
+    if fused_keys == "absent":
+        state = {k: v for k, v in state.items() if "conv5x5_reparam" not in k}
+    elif fused_keys == "stale":
+        state = {k: torch.randn_like(v) if "conv5x5_reparam" in k else v for k, v in state.items()}
+    x = torch.rand(1, 1, 24, 16)
+    with torch.no_grad():
+        expected = other(x)  # unfused: the four branches
+        fused = reparameterize_model(_random_small_model(1))
+        before = fused(x)
+        fused.load_state_dict(state, strict=True)
+        got = fused(x)
+        assert all(m.fused for m in fused.modules() if isinstance(m, OmniShift))
+        assert float((before - expected).abs().max()) > 0.1  # the two models differ: the test can fail
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        # The same through a checkpoint file.
+        path = tmp_path / "other.pt"
+        torch.save(state, path)
+        reloaded = load_pretrained(reparameterize_model(_random_small_model(3)), path)
+        torch.testing.assert_close(reloaded(x), expected, rtol=0, atol=1e-5)
+
+
+def test_fused_kernel_alone_loads_as_stored():
+    """A state dict with only the fused kernel (no branches, strict=False) sets that kernel as given."""
+    shift = OmniShift(4).reparameterize()
+    kernel = torch.randn(4, 1, 5, 5)
+    result = shift.load_state_dict({"conv5x5_reparam.weight": kernel}, strict=False)
+    assert set(result.missing_keys) == {"alpha", "conv1x1.weight", "conv3x3.weight", "conv5x5.weight"}
+    assert torch.equal(shift.conv5x5_reparam.weight, kernel)
+    x = torch.randn(1, 4, 7, 9, dtype=torch.float64)
+    expected = torch.nn.functional.conv2d(x, kernel.double(), padding=2, groups=4)
+    torch.testing.assert_close(shift(x), expected)
+
+
 def test_padding_is_reflect_and_cropped():
     x = torch.arange(5 * 6, dtype=torch.float32).view(1, 1, 5, 6)
     padded = pad_to_multiple(x, 8)

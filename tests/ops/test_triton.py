@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
     # Without a GPU the kernels run in Triton's interpreter, which must be on before Triton loads.
     os.environ["TRITON_INTERPRET"] = "1"
 
+from layouts import LAYOUTS, check_strided  # noqa: E402
 from restore_rwkv.ops import bi_wkv, re_wkv  # noqa: E402
 from restore_rwkv.ops import dispatch  # noqa: E402
 from restore_rwkv.ops._reference import bi_wkv_reference_grad  # noqa: E402
@@ -105,6 +106,14 @@ def test_bi_wkv_matches_reference_gradients():
     assert float((y.detach().cpu().double() - y_ref).norm() / y_ref.norm()) <= 1e-5
     for leaf, ref in zip(leaves, grads_ref):
         assert float((leaf.grad.cpu().double() - ref).norm()) <= 1e-4 * float(ref.norm())
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("autograd", [True, False], ids=["autograd", "no_grad"])
+@pytest.mark.parametrize("op", ["bi_wkv", "re_wkv"])
+def test_strided_inputs_match_float64_reference(op, autograd, layout):
+    """Permuted, transposed, sliced and expanded inputs: values and gradients as on contiguous ones."""
+    check_strided(op, layout, "triton", autograd, device=DEVICE, seed=len(layout) + 7 * autograd)
 
 
 def test_out_of_range_inputs_are_refused_when_asked_for_and_left_to_chunked_otherwise():

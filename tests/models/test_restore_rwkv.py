@@ -61,6 +61,51 @@ def test_golden_without_fused_kernels_loads_strictly(golden):
     torch.testing.assert_close(out, data["output_eval_mode"], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["train_autograd", "eval_fused_no_grad"])
+def test_golden_float32_on_the_default_cpu_backend(golden, mode, monkeypatch):
+    """The fixture in float32 with the default CPU operator (auto: the C kernels where they build):
+    training mode with autograd (the sweeps' autograd function) and, after re-parameterisation,
+    inference without autograd (the fused inference kernel).
+
+    Tolerance: weights and input are rounded to float32 (unit roundoff 2^-24 = 6e-8) and every layer
+    rounds again; allowing ~32 roundoffs of relative L2 error (2e-6) and 1e-5 absolute (~40 ulps of
+    the output's largest value, 2) is tight for float32 (measured: 2.2e-7 and 1e-6 on every backend)
+    yet fails for any real defect (a wrong scan order or layout gives errors of order 1).
+    """
+    from restore_rwkv.ops import available_backends, dispatch, native_available
+
+    monkeypatch.delenv("RESTORE_RWKV_WKV_BACKEND", raising=False)
+    default = available_backends("cpu")[0]
+    if native_available():
+        assert default == "native"
+    kernels = dispatch._sweep_kernels(default) if default in ("native", "numba") else None
+    calls = []
+    if kernels is not None:  # count the calls into the default backend's kernels
+        for name in ("forward", "infer"):
+            if hasattr(kernels, name):
+                original = getattr(kernels, name)
+                monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name: (calls.append(_n), _f(*a))[1])
+    data, config = golden
+    model = RestoreRWKV(**config)
+    model.load_state_dict(data["state_dict"], strict=True)
+    x = data["input"].float()
+    if mode == "train_autograd":
+        out = model.train()(x.requires_grad_())
+        expected = data["output_train_mode"]
+        assert out.requires_grad
+    else:
+        with torch.no_grad():
+            out = reparameterize_model(model)(x)
+        expected = data["output_eval_mode"]
+    assert out.dtype == torch.float32
+    if kernels is not None:
+        wanted = "forward" if mode == "train_autograd" or not kernels.fused_inference else "infer"
+        assert calls and set(calls) == {wanted}, calls
+    err = out.detach().double() - expected
+    assert float(err.norm() / expected.norm()) <= 2e-6
+    assert float(err.abs().max()) <= 1e-5
+
+
 def test_paper_model_state_dict_matches_reference(reference_dir):
     spec = json.loads((reference_dir / "state_dict_keys_default.json").read_text())
     model = create_model("restore_rwkv")

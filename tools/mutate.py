@@ -138,6 +138,59 @@ def _install(module, tree: ast.Module) -> None:
             old.__kwdefaults__ = new.__kwdefaults__
 
 
+class _CallMap:
+    """pytest plugin: which functions of one source file each test calls (setup, call and teardown), and
+    which are called outside any test (at collection, e.g. in skipif marks)."""
+
+    COLLECTION = "<collection>"
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.current = self.COLLECTION
+        self.calls: dict[str, set[str]] = {}
+
+    def _profile(self, frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == self.path:
+            self.calls.setdefault(frame.f_code.co_name, set()).add(self.current)
+
+    def pytest_sessionstart(self, session) -> None:
+        sys.setprofile(self._profile)
+
+    def pytest_sessionfinish(self, session) -> None:
+        sys.setprofile(None)
+
+    import pytest as _pytest
+
+    @_pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        self.current = item.nodeid
+        yield
+        self.current = self.COLLECTION
+
+
+def call_map(path: str, pytest_args: list[str]) -> dict[str, set[str]]:
+    """Function name -> node ids of the tests that call it (``<collection>`` where called outside tests)."""
+    import pytest
+
+    plugin = _CallMap(path)
+    args = [a for a in pytest_args if a != "-x"]
+    if int(pytest.main(args, plugins=[plugin])) != 0:
+        sys.exit("the tests fail without mutations; fix that first")
+    return plugin.calls
+
+
+def _selection(pytest_args: list[str], tests: set[str]) -> list[str]:
+    """``pytest_args`` with the test paths and -k replaced by the node ids ``tests``."""
+    options, previous = [], ""
+    for arg in pytest_args:
+        if previous == "-p":
+            options += ["-p", arg]
+        elif arg.startswith("-") and arg not in ("-k", "-p"):
+            options.append(arg)
+        previous = arg
+    return options + sorted(tests)
+
+
 def _run(module_name: str, mutant: Mutant, pytest_args: list[str]) -> int:
     pid = os.fork()
     if pid == 0:
@@ -174,10 +227,31 @@ def main() -> None:
         keep = {int(i) for i in args.only.split(",")}
         todo = [m for m in todo if m.index in keep]
     importlib.import_module(args.module)  # load torch and the package once, before forking
-    clean = Mutant(-1, "-", 0, "unmutated", ast.parse(source))
-    _, status = os.waitpid(_run(args.module, clean, pytest_args), 0)
+    # A clean run in a child maps each function to the tests that call it; a mutant then runs only
+    # those (all of them where the function is called at collection). The outcome is the same as
+    # running every test, since a test that never calls a function cannot see its mutant.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        try:
+            calls = call_map(args.path, pytest_args)
+            os.write(write, repr({k: sorted(v) for k, v in calls.items()}).encode())
+            code = 0
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 1 << 20):
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"the tests fail without mutations (exit {os.waitstatus_to_exitcode(status)}); fix that first")
+        sys.exit("the tests fail without mutations; fix that first")
+    calls = {k: set(v) for k, v in ast.literal_eval(b"".join(chunks).decode()).items()}
     print(f"{len(todo)} mutants of {args.path}", flush=True)
     running: dict[int, tuple[Mutant, float]] = {}
     survived, killed, timeouts = [], 0, 0
@@ -185,7 +259,14 @@ def main() -> None:
     while queue or running:
         while queue and len(running) < args.jobs:
             mutant = queue.pop(0)
-            running[_run(args.module, mutant, pytest_args)] = (mutant, time.monotonic())
+            tests = calls.get(mutant.function, set())
+            if not tests:
+                survived.append(mutant)
+                print(f"#{mutant.index} SURVIVED (no test calls it) {mutant.function}:{mutant.line} "
+                      f"{mutant.description}", flush=True)
+                continue
+            selection = pytest_args if _CallMap.COLLECTION in tests else _selection(pytest_args, tests)
+            running[_run(args.module, mutant, selection)] = (mutant, time.monotonic())
         time.sleep(0.05)
         for pid, (mutant, started) in list(running.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -199,6 +280,10 @@ def main() -> None:
                 continue
             del running[pid]
             code = os.waitstatus_to_exitcode(status)
+            if code in (4, 5):  # pytest usage error or nothing collected: a fault of this tool's call
+                print(f"#{mutant.index} ERROR({code}) {mutant.function}:{mutant.line} {mutant.description}",
+                      flush=True)
+                continue
             if code == 0:
                 survived.append(mutant)
                 print(f"#{mutant.index} SURVIVED {mutant.function}:{mutant.line} {mutant.description}", flush=True)

@@ -105,7 +105,8 @@ def test_without_native_auto_takes_numba(ran, monkeypatch):
     inputs = _case(3.0, 1.0)
     _close(bi_wkv(*inputs), _exact(inputs), 1e-5)
     assert ran == ["numba"]
-    with pytest.raises(RuntimeError, match="'native' is not available here: it needs a working C compiler"):
+    needs = "^bi_wkv backend 'native' is not available here: it needs a working C compiler$"
+    with pytest.raises(RuntimeError, match=needs):
         select_backend(CPU, "native")
     assert not dispatch.native_available() and dispatch.numba_available()
 
@@ -116,7 +117,8 @@ def test_without_compiled_kernels_auto_takes_chunked(ran, monkeypatch):
     inputs = _case(3.0, 1.0)
     _close(bi_wkv(*inputs), _exact(inputs), 1e-5)
     assert ran == ["chunked"]
-    with pytest.raises(RuntimeError, match="'numba' is not available here: it needs the numba package"):
+    needs = "^bi_wkv backend 'numba' is not available here: it needs the numba package$"
+    with pytest.raises(RuntimeError, match=needs):
         select_backend(CPU, "numba")
     assert not dispatch.native_available() and not dispatch.numba_available()
 
@@ -147,23 +149,30 @@ def test_environment_variable_is_trimmed_and_case_blind(monkeypatch):
 
 
 def test_backend_errors_name_the_problem(monkeypatch):
+    """Each refusal says what was asked and why (whole messages: they are the user's only clue)."""
     for name in ("native", "numba"):
-        with pytest.raises(ValueError, match=f"'{name}' runs on CPU tensors only; got cuda tensors"):
+        message = f"^bi_wkv backend '{name}' runs on CPU tensors only; got cuda tensors$"
+        with pytest.raises(ValueError, match=message):
             select_backend(torch.device("cuda"), name)
     for value in (None, "0", ""):
         if value is None:
             monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         else:
             monkeypatch.setenv("TRITON_INTERPRET", value)
-        with pytest.raises(ValueError, match="'triton' runs on CUDA tensors only; got cpu tensors"):
+        with pytest.raises(ValueError, match="^bi_wkv backend 'triton' runs on CUDA tensors only; got cpu tensors$"):
             select_backend(CPU, "triton")
+    monkeypatch.setattr(dispatch, "_triton_module", lambda: object())  # Triton importable, no interpreter
+    assert select_backend(torch.device("cuda"), "triton") == "triton"
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs CPU tensors (tests)
+    assert select_backend(CPU, "triton") == "triton"
     monkeypatch.setattr(dispatch, "_triton_module", lambda: None)
-    with pytest.raises(RuntimeError, match="'triton' is not available here: it needs the triton package"):
+    message = "^bi_wkv backend 'triton' is not available here: it needs the triton package$"
+    with pytest.raises(RuntimeError, match=message):
         select_backend(CPU, "triton")
-    with pytest.raises(RuntimeError, match="needs the triton package"):
+    with pytest.raises(RuntimeError, match=message):
         select_backend(torch.device("cuda"), "triton")
-    with pytest.raises(ValueError, match=r"unknown bi_wkv backend 'fast'; choose one of \['chunked'"):
+    with pytest.raises(ValueError, match=r"^unknown bi_wkv backend 'fast'; choose one of \['chunked', 'native', "
+                                         r"'numba', 'reference', 'triton'\] or 'auto'$"):
         select_backend(CPU, "fast")
 
 

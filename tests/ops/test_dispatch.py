@@ -75,6 +75,20 @@ def test_auto_float32_range_boundary(ran, w_nats, u_nats, expected):
     _close(got, _exact(inputs), 1e-5)
 
 
+def test_explicit_backends_run_themselves(ran):
+    """backend=<name> runs that backend (bi_wkv once; re_wkv once per step, or once on compiled sweeps)."""
+    inputs = _case(5.0, 1.0)
+    k, v, decay, first = _image_case([2.0, 3.0, 1.0])
+    want = re_wkv(*(x.double() for x in (k, v, decay, first)), backend="reference")
+    for name in available_backends(CPU):
+        ran.clear()
+        _close(bi_wkv(*inputs, backend=name), _exact(inputs), 1e-5)
+        assert ran == [name]
+        ran.clear()
+        _close(re_wkv(k, v, decay, first, backend=name), want, 1e-5)
+        assert ran == ([name] if name in ("native", "numba") else [name] * 3)
+
+
 @needs_native
 @needs_numba
 @pytest.mark.parametrize("w_nats,expected", [(14.0, "numba"), (60.0, "numba"), (99.0, "numba"), (101.0, "chunked")])

@@ -278,3 +278,13 @@ def test_re_wkv_out_receives_the_result_of_a_copying_backend():
         got = re_wkv(k, v, decay, first, backend="chunked", out=out)
     assert got is out
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_re_wkv_out_errors_name_the_problem():
+    k, v = torch.randn(2, 1, 4, 5, 3)
+    decay = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^re_wkv: out= is for inference only \(inputs require grad\)$"):
+        re_wkv(k, v, decay, torch.randn(2, 3), out=v)
+    with pytest.raises(ValueError, match=r"^re_wkv: out has shape \(1, 4, 5, 2\), expected \(1, 4, 5, 3\)$"):
+        with torch.no_grad():
+            re_wkv(k, v, decay, torch.randn(2, 3), out=torch.empty(1, 4, 5, 2))

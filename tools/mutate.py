@@ -191,6 +191,32 @@ def _selection(pytest_args: list[str], tests: set[str]) -> list[str]:
     return options + sorted(tests)
 
 
+def _map_in_child(path: str, pytest_args: list[str]) -> dict[str, set[str]]:
+    """``call_map`` in a forked child (the parent stays free of test state and threads)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        try:
+            calls = call_map(path, pytest_args)
+            os.write(write, repr({k: sorted(v) for k, v in calls.items()}).encode())
+            code = 0
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 1 << 20):
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit("the tests fail without mutations; fix that first")
+    return {k: set(v) for k, v in ast.literal_eval(b"".join(chunks).decode()).items()}
+
+
 def _run(module_name: str, mutant: Mutant, pytest_args: list[str]) -> int:
     pid = os.fork()
     if pid == 0:
@@ -216,6 +242,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--only", default="", help="comma-separated mutant indices to run")
+    parser.add_argument("--calls", default="", help="file to keep the test map in between runs (outside the repo)")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -230,28 +257,13 @@ def main() -> None:
     # A clean run in a child maps each function to the tests that call it; a mutant then runs only
     # those (all of them where the function is called at collection). The outcome is the same as
     # running every test, since a test that never calls a function cannot see its mutant.
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        try:
-            calls = call_map(args.path, pytest_args)
-            os.write(write, repr({k: sorted(v) for k, v in calls.items()}).encode())
-            code = 0
-        except BaseException:
-            code = 1
-        os._exit(code)
-    os.close(write)
-    chunks = []
-    while chunk := os.read(read, 1 << 20):
-        chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit("the tests fail without mutations; fix that first")
-    calls = {k: set(v) for k, v in ast.literal_eval(b"".join(chunks).decode()).items()}
+    if args.calls and os.path.exists(args.calls):
+        calls = {k: set(v) for k, v in ast.literal_eval(open(args.calls).read()).items()}
+    else:
+        calls = _map_in_child(args.path, pytest_args)
+        if args.calls:
+            with open(args.calls, "w") as fh:
+                fh.write(repr({k: sorted(v) for k, v in calls.items()}))
     print(f"{len(todo)} mutants of {args.path}", flush=True)
     running: dict[int, tuple[Mutant, float]] = {}
     survived, killed, timeouts = [], 0, 0

@@ -105,7 +105,9 @@ def test_explicit_numba_float64_range_and_refusal(ran):
     inputs = _case(60.0, 2.0, dtype=torch.float64)
     _close(bi_wkv(*inputs, backend="numba"), _exact(inputs), 1e-10)
     assert ran == ["numba"]
-    with pytest.raises(ValueError, match="'numba': inputs outside its range"):
+    message = (r"^bi_wkv backend 'numba': inputs outside its range \(\|w\|\*T or \|u\| above 15 nats for float32, "
+               r"100 for float64, or float64 on 'native'\); use 'chunked'$")
+    with pytest.raises(ValueError, match=message):
         bi_wkv(*_case(101.0, 2.0, dtype=torch.float64), backend="numba")
     with pytest.raises(ValueError, match="'numba': inputs outside its range"):
         bi_wkv(*_case(15.5, 2.0), backend="numba")  # float32 weights: 15 nats

@@ -127,6 +127,27 @@ def test_out_of_range_inputs_are_refused_when_asked_for_and_left_to_chunked_othe
         assert torch.allclose(y.cpu(), y_ref.cpu(), rtol=1e-9, atol=1e-12)
 
 
+def test_explicit_triton_runs_the_kernels_and_refuses_float64(monkeypatch):
+    """backend="triton" runs the Triton kernels (not chunked, which gives the same numbers), and
+    refuses float64 inputs with the whole reason."""
+    calls = []
+    original = _triton.re_wkv_triton
+    monkeypatch.setattr(_triton, "re_wkv_triton", lambda *a: (calls.append(a[0].shape), original(*a))[1])
+    k, v = torch.randn(2, 1, 4, 5, 3, device=DEVICE)
+    decay, first = torch.randn(2, 2, 3, device=DEVICE)
+    want = re_wkv(k.double(), v.double(), decay.double(), first.double(), backend="reference")
+    assert float((re_wkv(k, v, decay, first, backend="triton").double() - want).abs().max()) <= 1e-5
+    w, u = decay[0] / 20, first[0] / 20
+    bi_wkv(w, u, k.reshape(1, 20, 3), v.reshape(1, 20, 3), backend="triton")
+    assert calls == [(1, 4, 5, 3), (1, 1, 20, 3)]
+    message = (r"^bi_wkv backend 'triton': inputs outside its range \(\|w\|\*T or \|u\| above 15 nats, "
+               r"or float64\); use 'chunked'$")
+    with pytest.raises(ValueError, match=message):
+        re_wkv(k.double(), v.double(), decay.double(), first.double(), backend="triton")
+    with pytest.raises(ValueError, match=message):
+        bi_wkv(w.double(), u.double(), k.reshape(1, 20, 3).double(), v.reshape(1, 20, 3).double(), backend="triton")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_auto_picks_triton_on_cuda():
     assert dispatch.available_backends("cuda")[0] == "triton"

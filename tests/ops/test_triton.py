@@ -146,6 +146,9 @@ def test_explicit_triton_runs_the_kernels_and_refuses_float64(monkeypatch):
         re_wkv(k.double(), v.double(), decay.double(), first.double(), backend="triton")
     with pytest.raises(ValueError, match=message):
         bi_wkv(w.double(), u.double(), k.reshape(1, 20, 3).double(), v.reshape(1, 20, 3).double(), backend="triton")
+    # The range is |w| T over the T = 20 tokens (here 16 nats), not over the 3 channels (2.4).
+    with pytest.raises(ValueError, match=message):
+        bi_wkv(torch.full((3,), 0.8, device=DEVICE), u, k.reshape(1, 20, 3), v.reshape(1, 20, 3), backend="triton")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -10,6 +10,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Without a GPU, tests/ops/test_triton.py runs the Triton kernels in Triton's CPU interpreter, which
+# must be switched on before anything imports Triton: here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def _reference_dir() -> Path:
     env = os.environ.get("RESTORE_RWKV_REFERENCE_DIR")

@@ -8,7 +8,7 @@ from restore_rwkv.models import (
     reparameterize_model,
     save_state_dict,
 )
-from restore_rwkv.ops import bi_wkv
+from restore_rwkv.ops import bi_wkv, re_wkv
 from restore_rwkv.utils.runtime import release_free_memory, tune_cpu_allocator
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_pretrained",
+    "re_wkv",
     "reparameterize_model",
     "release_free_memory",
     "save_state_dict",

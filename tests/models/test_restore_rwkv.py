@@ -10,7 +10,8 @@ import torch
 
 from restore_rwkv import RestoreRWKV, create_model, list_models, load_pretrained, reparameterize_model, save_state_dict
 from restore_rwkv.layers import OmniShift
-from restore_rwkv.models import pad_to_multiple
+from restore_rwkv.models import load_state_dict_file, pad_to_multiple
+from restore_rwkv.utils.errors import InputError
 
 
 def _trainable(model: torch.nn.Module) -> int:
@@ -60,6 +61,51 @@ def test_golden_without_fused_kernels_loads_strictly(golden):
     torch.testing.assert_close(out, data["output_eval_mode"], rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["train_autograd", "eval_fused_no_grad"])
+def test_golden_float32_on_the_default_cpu_backend(golden, mode, monkeypatch):
+    """The fixture in float32 with the default CPU operator (auto: the C kernels where they build):
+    training mode with autograd (the sweeps' autograd function) and, after re-parameterisation,
+    inference without autograd (the fused inference kernel).
+
+    Tolerance: weights and input are rounded to float32 (unit roundoff 2^-24 = 6e-8) and every layer
+    rounds again; allowing ~32 roundoffs of relative L2 error (2e-6) and 1e-5 absolute (~40 ulps of
+    the output's largest value, 2) is tight for float32 (measured: 2.2e-7 and 1e-6 on every backend)
+    yet fails for any real defect (a wrong scan order or layout gives errors of order 1).
+    """
+    from restore_rwkv.ops import available_backends, dispatch, native_available
+
+    monkeypatch.delenv("RESTORE_RWKV_WKV_BACKEND", raising=False)
+    default = available_backends("cpu")[0]
+    if native_available():
+        assert default == "native"
+    kernels = dispatch._sweep_kernels(default) if default in ("native", "numba") else None
+    calls = []
+    if kernels is not None:  # count the calls into the default backend's kernels
+        for name in ("forward", "infer"):
+            if hasattr(kernels, name):
+                original = getattr(kernels, name)
+                monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name: (calls.append(_n), _f(*a))[1])
+    data, config = golden
+    model = RestoreRWKV(**config)
+    model.load_state_dict(data["state_dict"], strict=True)
+    x = data["input"].float()
+    if mode == "train_autograd":
+        out = model.train()(x.requires_grad_())
+        expected = data["output_train_mode"]
+        assert out.requires_grad
+    else:
+        with torch.no_grad():
+            out = reparameterize_model(model)(x)
+        expected = data["output_eval_mode"]
+    assert out.dtype == torch.float32
+    if kernels is not None:
+        wanted = "forward" if mode == "train_autograd" or not kernels.fused_inference else "infer"
+        assert calls and set(calls) == {wanted}, calls
+    err = out.detach().double() - expected
+    assert float(err.norm() / expected.norm()) <= 2e-6
+    assert float(err.abs().max()) <= 1e-5
+
+
 def test_paper_model_state_dict_matches_reference(reference_dir):
     spec = json.loads((reference_dir / "state_dict_keys_default.json").read_text())
     model = create_model("restore_rwkv")
@@ -100,6 +146,55 @@ def test_fused_and_unfused_agree_on_any_size(shape):
         fused = reparameterize_model(model)(x)
     assert unfused.shape == x.shape
     torch.testing.assert_close(fused, unfused, rtol=0, atol=1e-5)
+
+
+def _random_small_model(seed: int) -> RestoreRWKV:
+    torch.manual_seed(seed)
+    model = RestoreRWKV(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("fused_keys", ["current", "absent", "stale"])
+def test_fused_model_loading_weights_uses_their_branches(tmp_path, fused_keys):
+    """A fused model that loads another model's weights computes that model's function, whether the
+    state dict carries the fused 5x5 kernels (current or stale, as the reference saves them in
+    training mode) or not (issue #10: the old fused kernels were kept)."""
+    other = _random_small_model(2)
+    state = other.state_dict()
+    if fused_keys == "absent":
+        state = {k: v for k, v in state.items() if "conv5x5_reparam" not in k}
+    elif fused_keys == "stale":
+        state = {k: torch.randn_like(v) if "conv5x5_reparam" in k else v for k, v in state.items()}
+    x = torch.rand(1, 1, 24, 16)
+    with torch.no_grad():
+        expected = other(x)  # unfused: the four branches
+        fused = reparameterize_model(_random_small_model(1))
+        before = fused(x)
+        fused.load_state_dict(state, strict=True)
+        got = fused(x)
+        assert all(m.fused for m in fused.modules() if isinstance(m, OmniShift))
+        assert float((before - expected).abs().max()) > 0.1  # the two models differ: the test can fail
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        # The same through a checkpoint file.
+        path = tmp_path / "other.pt"
+        torch.save(state, path)
+        reloaded = load_pretrained(reparameterize_model(_random_small_model(3)), path)
+        torch.testing.assert_close(reloaded(x), expected, rtol=0, atol=1e-5)
+
+
+def test_fused_kernel_alone_loads_as_stored():
+    """A state dict with only the fused kernel (no branches, strict=False) sets that kernel as given."""
+    shift = OmniShift(4).reparameterize()
+    kernel = torch.randn(4, 1, 5, 5)
+    result = shift.load_state_dict({"conv5x5_reparam.weight": kernel}, strict=False)
+    assert set(result.missing_keys) == {"alpha", "conv1x1.weight", "conv3x3.weight", "conv5x5.weight"}
+    assert torch.equal(shift.conv5x5_reparam.weight, kernel)
+    x = torch.randn(1, 4, 7, 9, dtype=torch.float64)
+    expected = torch.nn.functional.conv2d(x, kernel.double(), padding=2, groups=4)
+    torch.testing.assert_close(shift(x), expected)
 
 
 def test_padding_is_reflect_and_cropped():
@@ -145,21 +240,31 @@ def test_nested_and_ddp_checkpoints_load(tmp_path, golden):
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
+    """Every checkpoint problem is an InputError "<path>: <one-line problem>" (the CLI reports those)."""
     model = create_model("restore_rwkv_light")
-    with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint file not found"):
-        load_pretrained(model, tmp_path / "missing.pt")
+
+    def refused(path, problem, load=load_pretrained):
+        with pytest.raises(InputError, match=problem) as info:
+            load(model, path) if load is load_pretrained else load(path)
+        err = info.value
+        assert err.path == str(path) and str(err).startswith(f"{path}: ") and "\n" not in str(err)
+        return err
+
+    assert not isinstance(refused(tmp_path / "missing.pt", "checkpoint file not found"), FileNotFoundError)
+    refused(tmp_path / "missing.pt", "checkpoint file not found", load_state_dict_file)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
-        load_pretrained(model, tmp_path / "junk.pt")
+    refused(tmp_path / "junk.pt", "not a readable checkpoint")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint either")
+    refused(tmp_path / "junk.safetensors", "not a readable checkpoint", load_state_dict_file)
     # A pickle that needs arbitrary code is refused by weights_only loading.
     buffer = io.BytesIO()
     torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": io.StringIO}, buffer)
     (tmp_path / "code.pt").write_bytes(buffer.getvalue())
-    with pytest.raises(ValueError, match="code.pt: not a readable checkpoint"):
-        load_pretrained(model, tmp_path / "code.pt")
+    refused(tmp_path / "code.pt", "not a readable checkpoint")
+    torch.save({"weights": [1, 2]}, tmp_path / "list.pt")
+    refused(tmp_path / "list.pt", "does not hold a state dict of tensors", load_state_dict_file)
     torch.save({"patch_embed.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
-    with pytest.raises(ValueError, match="wrong.pt: weights do not fit RestoreRWKV"):
-        load_pretrained(model, tmp_path / "wrong.pt")
+    refused(tmp_path / "wrong.pt", "weights do not fit RestoreRWKV")
 
 
 def test_a_few_training_steps_reduce_l1_loss():

@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
     # Without a GPU the kernels run in Triton's interpreter, which must be on before Triton loads.
     os.environ["TRITON_INTERPRET"] = "1"
 
+from layouts import LAYOUTS, check_strided  # noqa: E402
 from restore_rwkv.ops import bi_wkv, re_wkv  # noqa: E402
 from restore_rwkv.ops import dispatch  # noqa: E402
 from restore_rwkv.ops._reference import bi_wkv_reference_grad  # noqa: E402
@@ -107,6 +108,14 @@ def test_bi_wkv_matches_reference_gradients():
         assert float((leaf.grad.cpu().double() - ref).norm()) <= 1e-4 * float(ref.norm())
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("autograd", [True, False], ids=["autograd", "no_grad"])
+@pytest.mark.parametrize("op", ["bi_wkv", "re_wkv"])
+def test_strided_inputs_match_float64_reference(op, autograd, layout):
+    """Permuted, transposed, sliced and expanded inputs: values and gradients as on contiguous ones."""
+    check_strided(op, layout, "triton", autograd, device=DEVICE, seed=len(layout) + 7 * autograd)
+
+
 def test_out_of_range_inputs_are_refused_when_asked_for_and_left_to_chunked_otherwise():
     k = torch.randn(1, 4, 4, 2, device=DEVICE)
     big = torch.full((2, 2), 400.0, device=DEVICE)  # |w| T = 400 nats
@@ -116,6 +125,30 @@ def test_out_of_range_inputs_are_refused_when_asked_for_and_left_to_chunked_othe
         y = re_wkv(k.double(), k.double(), big.double(), big.double())
         y_ref = re_wkv(k.double(), k.double(), big.double(), big.double(), backend="reference")
         assert torch.allclose(y.cpu(), y_ref.cpu(), rtol=1e-9, atol=1e-12)
+
+
+def test_explicit_triton_runs_the_kernels_and_refuses_float64(monkeypatch):
+    """backend="triton" runs the Triton kernels (not chunked, which gives the same numbers), and
+    refuses float64 inputs with the whole reason."""
+    calls = []
+    original = _triton.re_wkv_triton
+    monkeypatch.setattr(_triton, "re_wkv_triton", lambda *a: (calls.append(a[0].shape), original(*a))[1])
+    k, v = torch.randn(2, 1, 4, 5, 3, device=DEVICE)
+    decay, first = torch.randn(2, 2, 3, device=DEVICE)
+    want = re_wkv(k.double(), v.double(), decay.double(), first.double(), backend="reference")
+    assert float((re_wkv(k, v, decay, first, backend="triton").double() - want).abs().max()) <= 1e-5
+    w, u = decay[0] / 20, first[0] / 20
+    bi_wkv(w, u, k.reshape(1, 20, 3), v.reshape(1, 20, 3), backend="triton")
+    assert calls == [(1, 4, 5, 3), (1, 1, 20, 3)]
+    message = (r"^bi_wkv backend 'triton': inputs outside its range \(\|w\|\*T or \|u\| above 15 nats, "
+               r"or float64\); use 'chunked'$")
+    with pytest.raises(ValueError, match=message):
+        re_wkv(k.double(), v.double(), decay.double(), first.double(), backend="triton")
+    with pytest.raises(ValueError, match=message):
+        bi_wkv(w.double(), u.double(), k.reshape(1, 20, 3).double(), v.reshape(1, 20, 3).double(), backend="triton")
+    # The range is |w| T over the T = 20 tokens (here 16 nats), not over the 3 channels (2.4).
+    with pytest.raises(ValueError, match=message):
+        bi_wkv(torch.full((3,), 0.8, device=DEVICE), u, k.reshape(1, 20, 3), v.reshape(1, 20, 3), backend="triton")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

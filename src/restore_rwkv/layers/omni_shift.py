@@ -15,7 +15,7 @@ class FusedKernel(nn.Module):
     A buffer, not a parameter, so that it is never trained (no unused parameters
     under DistributedDataParallel); it is still saved under the reference name
     ``...omni_shift.conv5x5_reparam.weight``. Loading a state dict that lacks it is
-    not an error: the kernel is recomputed by :meth:`OmniShift.reparameterize`.
+    not an error: a fused :class:`OmniShift` recomputes the kernel from the loaded branches.
     """
 
     def __init__(self, dim: int) -> None:
@@ -36,6 +36,10 @@ class OmniShift(nn.Module):
     (the identity being a centred 1). Training evaluates that single convolution with
     the kernel rebuilt from the live parameters on each call (same result as four branches,
     one pass over the image); :meth:`reparameterize` freezes the kernel for inference.
+
+    A fused module that loads a state dict carrying its branches ignores any stored 5x5 kernel and
+    recomputes it from them (the reference saves a stale one in training mode); only where a state dict
+    holds the fused kernel without the branches (``strict=False``) is that kernel used as loaded.
     """
 
     def __init__(self, dim: int) -> None:
@@ -46,7 +50,9 @@ class OmniShift(nn.Module):
         self.alpha = nn.Parameter(torch.randn(4))
         self.conv5x5_reparam = FusedKernel(dim)
         self.fused = False
+        self._branches_loaded = False
         self._register_state_dict_hook(_store_current_kernel)
+        self.register_load_state_dict_post_hook(_refresh_fused_kernel)
 
     def combined_kernel(self) -> torch.Tensor:
         """The (C, 1, 5, 5) kernel equal to the four branches, differentiable in their parameters."""
@@ -70,6 +76,12 @@ class OmniShift(nn.Module):
         kernel = self.conv5x5_reparam.weight if self.fused else self.combined_kernel()
         return F.conv2d(x, kernel.to(x.dtype), padding=2, groups=x.shape[1])
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args: Any) -> None:
+        # Runs before the children load; _refresh_fused_kernel runs after them.
+        names = ("alpha", "conv1x1.weight", "conv3x3.weight", "conv5x5.weight")
+        self._branches_loaded = any(prefix + name in state_dict for name in names)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
+
     def extra_repr(self) -> str:
         return f"fused={self.fused}"
 
@@ -78,3 +90,10 @@ def _store_current_kernel(module: OmniShift, state_dict: dict, prefix: str, loca
     """Save the kernel that the branches define now, so a checkpoint is consistent either way."""
     if not module.fused:
         state_dict[prefix + "conv5x5_reparam.weight"] = module.combined_kernel().detach()
+
+
+def _refresh_fused_kernel(module: OmniShift, incompatible_keys: Any) -> None:
+    """After a load: a fused module's 5x5 kernel follows the branches just loaded (not a stale stored one)."""
+    if module.fused and module._branches_loaded:
+        module.reparameterize()
+    module._branches_loaded = False

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from restore_rwkv.utils.errors import InputError
+
 # Keys under which training scripts commonly nest the weights, most preferred first.
 _NESTED_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net")
 
@@ -17,10 +19,13 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
     Nested checkpoints (``{"state_dict": ...}``, BasicSR's ``params``/``params_ema``) are
     unwrapped and a DistributedDataParallel ``module.`` prefix is removed.
+
+    Raises:
+        InputError: ``"<path>: <problem>"`` where the file is missing, unreadable or holds no state dict.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
+        raise InputError(path, "checkpoint file not found")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -29,27 +34,32 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated or pickled with foreign objects
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        first = (str(exc).splitlines() or [""])[0]
+        raise InputError(path, f"not a readable checkpoint ({type(exc).__name__}: {first[:300]})") from exc
     for key in _NESTED_KEYS:
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
             break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: does not hold a state dict of tensors")
+        raise InputError(path, "does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state)
 
 
 def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load weights from ``path`` into ``model`` (in place) and return it."""
+    """Load weights from ``path`` into ``model`` (in place) and return it.
+
+    Raises:
+        InputError: ``"<path>: <problem>"`` as :func:`load_state_dict_file`, or where the weights do not fit.
+    """
     state = load_state_dict_file(path)
     try:
         model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
         first = str(exc).splitlines()
         detail = " ".join(line.strip() for line in first[:3])
-        raise ValueError(f"{path}: weights do not fit {type(model).__name__}: {detail[:500]}") from exc
+        raise InputError(path, f"weights do not fit {type(model).__name__}: {detail[:500]}") from exc
     return model
 
 

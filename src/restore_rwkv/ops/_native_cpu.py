@@ -85,7 +85,16 @@ def load() -> "NativeKernels | None":
         return None
 
 
-def _ptr(x: np.ndarray) -> int:
+def _ptr(x: np.ndarray, dtype: type) -> int:
+    """Address of ``x`` for the C kernels, which read every array as C-contiguous ``dtype`` memory.
+
+    Every pointer handed to C is taken here. A strided or mistyped array is refused rather than copied:
+    a copy would not receive what the kernel writes into an output, and an input read as contiguous
+    through its raw pointer gives silently wrong results.
+    """
+    if x.dtype != dtype or not x.flags.c_contiguous:
+        raise ValueError(f"native Bi-WKV kernel: expected a C-contiguous {np.dtype(dtype).name} array, got "
+                         f"{x.dtype.name} with shape {x.shape} and strides {x.strides}")
     return x.ctypes.data
 
 
@@ -108,15 +117,20 @@ class NativeKernels(SweepKernels):
 
     def forward(self, a, v, decay, bonus, out, threads):
         batch, length, channels = a.shape
-        self._lib.wkv_forward(_ptr(a), _ptr(v), _ptr(decay), _ptr(bonus), _ptr(out), batch, length, channels, threads)
+        f32, f64 = np.float32, np.float64
+        self._lib.wkv_forward(_ptr(a, f32), _ptr(v, f32), _ptr(decay, f64), _ptr(bonus, f64), _ptr(out, f32),
+                              batch, length, channels, threads)
 
     def infer(self, k, v, decay, bonus, out, threads):
         batch, height, width, channels = k.shape
-        if self._lib.rewkv_infer(_ptr(k), _ptr(v), _ptr(out), _ptr(decay), _ptr(bonus), batch, height, width,
-                                 channels, decay.shape[0], threads):
+        f32, f64 = np.float32, np.float64
+        if self._lib.rewkv_infer(_ptr(k, f32), _ptr(v, f32), _ptr(out, f32), _ptr(decay, f64), _ptr(bonus, f64),
+                                 batch, height, width, channels, decay.shape[0], threads):
             raise MemoryError(f"Re-WKV on {tuple(k.shape)} tokens: out of memory for the sweep buffers")
 
     def backward(self, a, v, g, decay, bonus, rows, dk, dv, dw_part, du_part, threads):
         batch, length, channels = a.shape
-        self._lib.wkv_backward(_ptr(a), _ptr(v), _ptr(g), _ptr(decay), _ptr(bonus), _ptr(rows), _ptr(dk),
-                               _ptr(dv), _ptr(dw_part), _ptr(du_part), batch, length, channels, threads)
+        f32, f64 = np.float32, np.float64
+        self._lib.wkv_backward(_ptr(a, f32), _ptr(v, f32), _ptr(g, f32), _ptr(decay, f64), _ptr(bonus, f64),
+                               _ptr(rows, np.int64), _ptr(dk, f32), _ptr(dv, f32), _ptr(dw_part, f64),
+                               _ptr(du_part, f64), batch, length, channels, threads)

@@ -23,7 +23,7 @@ MAX_SPAN = {torch.float32: 15.0, torch.float64: 100.0}
 
 
 class SweepKernels:
-    """Interface of a sweep backend (arrays are numpy, C-contiguous).
+    """Interface of a sweep backend (arrays are numpy and must be C-contiguous: the C backend checks).
 
     ``forward`` and ``backward`` sweep (B, T, C) tokens in memory order (``rows`` is that order for
     ``backward``). A backend may also offer ``infer(k, v, decay, bonus, out, threads)``: all Re-WKV
@@ -56,9 +56,10 @@ def fits(kernels: SweepKernels, w: torch.Tensor, u: torch.Tensor, length: int, d
 
 
 def _weights(k: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """exp(k - max over tokens), shape (B, T, C); the shift cancels in Eq. 8."""
+    """exp(k - max over tokens), shape (B, T, C), C-contiguous whatever the layout of ``k``
+    (elementwise results keep a strided input's layout); the shift cancels in Eq. 8."""
     kd = k.detach().reshape(k.shape[0], -1, k.shape[-1]).to(dtype)
-    return (kd - kd.amax(dim=1, keepdim=True)).exp_().numpy()
+    return (kd - kd.amax(dim=1, keepdim=True)).exp_().contiguous().numpy()
 
 
 def _array(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:

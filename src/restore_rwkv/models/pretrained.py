@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from restore_rwkv.utils.errors import InputError
+from restore_rwkv.utils.files import atomic_file
 
 # Keys under which training scripts commonly nest the weights, most preferred first.
 _NESTED_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net")
@@ -70,15 +71,11 @@ def save_state_dict(model: nn.Module, path: str | Path) -> Path:
     """
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_file(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(state, str(tmp))
         else:
             torch.save(state, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -431,7 +431,8 @@ def _derive(header, values: np.ndarray, series_uid: str, description: str):
     if values.shape != expected:
         raise InputError(None, f"image of shape {values.shape} where its DICOM header says {expected}")
     has_rescale = "RescaleSlope" in ds or _group_item(ds, 0, "PixelValueTransformationSequence") is not None
-    old = _rescale(ds, 0) if has_rescale or "PixelData" in header or header.get("BitsAllocated") else None
+    # a header read from a file keeps its rescale (1, 0 when it has none); a header made from geometry has no pixels yet
+    old = _rescale(ds, 0) if has_rescale or header.get("BitsAllocated") else None
     _set_pixels(ds, values, old)
     sop_uid = generate_uid()
     ds.SeriesInstanceUID = series_uid

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from restore_rwkv.data.io import read_nifti_canonical
 from restore_rwkv.data.prepare import PairWriter, PreparationReport, staged_output
@@ -104,7 +103,7 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         for split, indices in slices.items():
             for i in indices[: COUNTS[split]]:
                 hq = _to_square(_axial(t1, i) * scale, SIZE)
-                writer.write("mri_sr", split, f"mni152_t1_z{i:03d}", mri(torch.from_numpy(hq)).numpy(), hq)
+                writer.write("mri_sr", split, f"mni152_t1_z{i:03d}", mri(hq), hq)
 
         bar.update()
 
@@ -112,8 +111,7 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         rng = np.random.default_rng(seed)
         ct = LowDoseCT(dose_fraction=0.25, incident_flux=2e5, pixel_size_mm=320.0 / SIZE)
         phantoms = [shepp_logan_hu(SIZE)] + [random_body_phantom(SIZE, rng) for _ in range(COUNTS["train"] + COUNTS["validation"] - 1)]
-        batch = torch.from_numpy(np.stack(phantoms))
-        lq = ct(batch, seed=seed + 1).numpy()
+        lq = ct(np.stack(phantoms), seed=seed + 1)
         for k, (h, l) in enumerate(zip(phantoms, lq)):
             split = "train" if k < COUNTS["train"] else "validation"
             name = "shepp_logan" if k == 0 else f"body_phantom_{k:03d}"
@@ -123,7 +121,7 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         spacing = float(meta.spacing[0]) if meta.spacing else 0.7
         ct_real = LowDoseCT(dose_fraction=0.25, incident_flux=2e5, pixel_size_mm=spacing * real.shape[0] / SIZE)
         rotations = np.stack([np.rot90(real, k).copy() for k in range(4)])
-        lq = ct_real(torch.from_numpy(rotations), seed=seed + 2).numpy()
+        lq = ct_real(rotations, seed=seed + 2)
         for k in range(4):
             writer.write("ct_denoise", "test", f"pydicom_CT_small_rot{90 * k}", lq[k], rotations[k])
 
@@ -135,8 +133,8 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         for split, indices in slices.items():
             chosen = indices[: COUNTS[split]]
             activity = np.stack([_to_square(fdg_activity(_axial(grey, i), _axial(white, i)), SIZE) for i in chosen])
-            hq, lq = pet.simulate_pair(torch.from_numpy(activity), seed=seed + 3 + len(chosen))
-            for i, h, l in zip(chosen, hq.numpy(), lq.numpy()):
+            hq, lq = pet.simulate_pair(activity, seed=seed + 3 + len(chosen))
+            for i, h, l in zip(chosen, hq, lq):
                 writer.write("pet", split, f"mni152_fdg_z{i:03d}", l, h)
         bar.update()
         bar.close()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from restore_rwkv.data.datasets import PairRecord, central_slices, write_manifest
 from restore_rwkv.data.io import (
@@ -229,7 +228,7 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
         for index in central_slices(volume, 2, slices):
             hq = volume[:, :, index].astype(np.float32)
             check_finite(hq, path, f"slice {index}")
-            lq = degrade(torch.from_numpy(hq)).numpy()
+            lq = degrade(hq)
             writer.write("mri_sr", split_of[subjects[path]], f"{subjects[path]}_{index:03d}", lq, hq, meta, index)
 
     return _write_pairs(src, out, fmt, overwrite, quiet, files, "IXI volumes", write_volume)

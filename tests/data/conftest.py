@@ -9,12 +9,13 @@ import pytest
 def make_ct_series(folder, slices: int = 3, rows: int = 8, cols: int = 10, patient: str = "ANON001",
                    z0: float = -50.0, dz: float = 2.5, seed: int = 0, shuffle: bool = True,
                    description: str = "full dose", series_uid: str | None = None, unique: bool = False,
-                   orientation=None, positions=None, pixel_spacing=(0.7, 0.8), edit=None):
+                   orientation=None, positions=None, pixel_spacing=(0.7, 0.8), edit=None, file_prefix: str = "file"):
     """Write a small CT series (int16 stored values, slope 1, intercept -1024) in shuffled file order.
 
     ``unique`` gives every voxel its own HU value; ``orientation`` (6 direction cosines) and
     ``positions`` (one ImagePositionPatient per slice, in slice order) override the axial
-    geometry; ``edit(ds, k)`` may change each dataset before it is saved. Returns the HU volume
+    geometry; ``edit(ds, k)`` may change each dataset before it is saved; files are named
+    ``<file_prefix><number>.dcm`` (give two series in one folder different prefixes). Returns the HU volume
     in slice order (ascending z for the default geometry).
     """
     import pydicom
@@ -53,8 +54,55 @@ def make_ct_series(folder, slices: int = 3, rows: int = 8, cols: int = 10, patie
         ds.PixelData = (hu[k] + 1024).astype(np.int16).tobytes()
         if edit is not None:
             edit(ds, k)
-        ds.save_as(str(folder / f"file{file_index:03d}.dcm"), enforce_file_format=True)
+        ds.save_as(str(folder / f"{file_prefix}{file_index:03d}.dcm"), enforce_file_format=True)
     return hu
+
+
+def files_by_z(folder):
+    """The files of a series folder in order of their z position."""
+    import pydicom
+
+    return sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def make_enhanced_ct(series_folder, path):
+    """One Enhanced CT object (functional-group geometry and rescale) holding the frames of a plain series."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    files = files_by_z(series_folder)
+    slices = [pydicom.dcmread(p) for p in files]
+    first = slices[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "Rows",
+                    "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
+                    "HighBit", "PixelRepresentation"):
+        setattr(ds, keyword, getattr(first, keyword))
+    ds.NumberOfFrames = len(slices)
+    shared = Dataset()
+    orientation, measures, transform = Dataset(), Dataset(), Dataset()
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    measures.PixelSpacing, measures.SliceThickness = first.PixelSpacing, first.SliceThickness
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, -1024, "HU"
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for s in slices:
+        frame, position = Dataset(), Dataset()
+        position.ImagePositionPatient = s.ImagePositionPatient
+        frame.PlanePositionSequence = Sequence([position])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    ds.save_as(str(path), enforce_file_format=True)
 
 
 @pytest.fixture

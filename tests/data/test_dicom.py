@@ -9,13 +9,9 @@ import pytest
 
 from restore_rwkv.data import io
 from restore_rwkv.utils.errors import InputError
+from tests.data.conftest import files_by_z as _files_by_z
 from tests.data.conftest import make_ct_series
-
-
-def _files_by_z(folder):
-    import pydicom
-
-    return sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+from tests.data.conftest import make_enhanced_ct as _enhanced_ct
 
 
 def test_series_with_a_missing_slice_is_refused(tmp_path):
@@ -111,46 +107,6 @@ def test_derived_series_keeps_padding_and_window_meaning_the_same_values(tmp_pat
             else:
                 assert name == "new_rescale"  # -1024 HU has no exact stored value under that rescale
             assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (40.0, 400.0)
-
-
-def _enhanced_ct(series_folder, path):
-    """One Enhanced CT object (functional-group geometry and rescale) holding the frames of a plain series."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    files = _files_by_z(series_folder)
-    slices = [pydicom.dcmread(p) for p in files]
-    first = slices[0]
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "Rows",
-                    "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
-                    "HighBit", "PixelRepresentation"):
-        setattr(ds, keyword, getattr(first, keyword))
-    ds.NumberOfFrames = len(slices)
-    shared = Dataset()
-    orientation, measures, transform = Dataset(), Dataset(), Dataset()
-    orientation.ImageOrientationPatient = first.ImageOrientationPatient
-    measures.PixelSpacing, measures.SliceThickness = first.PixelSpacing, first.SliceThickness
-    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, -1024, "HU"
-    shared.PlaneOrientationSequence = Sequence([orientation])
-    shared.PixelMeasuresSequence = Sequence([measures])
-    shared.PixelValueTransformationSequence = Sequence([transform])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    frames = []
-    for s in slices:
-        frame, position = Dataset(), Dataset()
-        position.ImagePositionPatient = s.ImagePositionPatient
-        frame.PlanePositionSequence = Sequence([position])
-        frames.append(frame)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    ds.PixelData = b"".join(s.PixelData for s in slices)
-    ds.save_as(str(path), enforce_file_format=True)
 
 
 def test_enhanced_multiframe_ct_reads_in_hu_and_writes_back(tmp_path):

@@ -7,7 +7,6 @@ import json
 import socket
 
 import numpy as np
-import pytest
 
 from restore_rwkv.cli import main
 from restore_rwkv.data.prepare import split_counts
@@ -45,7 +44,7 @@ def test_prepare_ixi_layout_split_and_bad_volume(tmp_path, capsys):
     _ixi_like(src, 6)
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), src / "IXI099-HH-1999-T2.nii.gz")
     out = tmp_path / "prepared"
-    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "4", "--quiet"]) == 0
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "4", "--quiet"]) == 1  # 1 skipped
     rows = _rows(out)
     subjects = {split: {r["hq"].split("/")[-1].split("_")[0] for r in rows if r["split"] == split}
                 for split in ("train", "validation", "test")}
@@ -62,7 +61,9 @@ def test_prepare_ixi_layout_split_and_bad_volume(tmp_path, capsys):
 
     assert np.allclose(lq, KSpaceTruncation(4)(torch.from_numpy(hq)).numpy(), atol=1e-3)
     summary = json.loads((out / "summary.json").read_text())
-    assert any("IXI099" in f and "3-D" in f for f in summary["failures"])
+    assert [(f["input"], "3-D" in f["reason"]) for f in summary["failures"]] == [(str(src / "IXI099-HH-1999-T2.nii.gz"), True)]
+    assert [f["input"] for f in summary["ignored"]] == [str(src / "IXI002-Guys-0800-PD.nii.gz")]
+    assert summary["inputs"] == {"found": 7, "used": 6, "skipped": 1}
     assert "skipped 1 input" in capsys.readouterr().out
 
 
@@ -72,9 +73,11 @@ def test_prepare_aapm_pairs_by_position(tmp_path, series_factory):
     for n, patient in enumerate(("L067", "L096", "L109")):
         volumes[patient] = (series_factory(src / patient / "full_1mm", slices=4, seed=n, description="FD"),
                             series_factory(src / patient / "quarter_1mm", slices=4, seed=10 + n, description="QD"))
-    (src / "notes").mkdir()  # not a patient folder: ignored
+    (src / "notes").mkdir()  # not a patient folder: ignored (listed as such), not a failure
     out = tmp_path / "ct"
     assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == [] and [f["input"] for f in summary["ignored"]] == [str(src / "notes")]
     rows = _rows(out)
     assert sorted(r["split"] for r in rows).count("train") == 4 and len(rows) == 12
     for r in rows:
@@ -94,7 +97,7 @@ def test_prepare_simulate_skips_nan_images_and_reports(tmp_path, capsys):
     bad[3, 3] = np.nan
     np.save(src / "broken.npy", bad)
     out = tmp_path / "sim"
-    assert main(["prepare", "simulate", "--task", "ct_denoise", "--src", str(src), "--out", str(out), "--quiet"]) == 0
+    assert main(["prepare", "simulate", "--task", "ct_denoise", "--src", str(src), "--out", str(out), "--quiet"]) == 1
     rows = _rows(out)
     assert len(rows) == 4 and all(r["lq"].startswith("CT/") for r in rows)
     printed = capsys.readouterr().out
@@ -163,7 +166,7 @@ def test_prepare_aapm_pairs_within_a_tolerance_and_never_across_slices(tmp_path,
     series_factory(src / "L003" / "full_1mm", slices=3, seed=5)
     series_factory(src / "L003" / "quarter_1mm", slices=3, seed=6)
     out = tmp_path / "ct"
-    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 0
+    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet", "--split", "1,0,1"]) == 1
     rows = _rows(out)
     mine = sorted((r for r in rows if "L001_" in r["hq"]), key=lambda r: r["hq"])
     assert len(mine) == 4
@@ -171,7 +174,7 @@ def test_prepare_aapm_pairs_within_a_tolerance_and_never_across_slices(tmp_path,
         assert np.array_equal(np.load(out / r["hq"]), full[k]) and np.array_equal(np.load(out / r["lq"]), quarter[k])
     assert not [r for r in rows if "L002_" in r["hq"]]
     summary = json.loads((out / "summary.json").read_text())
-    assert any("L002" in f and "partner" in f for f in summary["failures"])
+    assert [(f["input"], "partner" in f["reason"]) for f in summary["failures"]] == [(str(src / "L002"), True)]
 
 
 def test_prepare_ixi_reorients_every_storage_order_to_the_same_axial_slices(tmp_path):

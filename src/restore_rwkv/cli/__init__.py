@@ -5,8 +5,11 @@ predict, evaluate) plug in without touching the existing ones."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import Iterator, Sequence
 
 from restore_rwkv.utils.errors import InputError
 
@@ -23,18 +26,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's time limit, ``kill``) raised in the main thread, handled like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated`, so staged output is removed as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (errors in user input print one line, status 2)."""
+    """Run the command line; returns the exit status.
+
+    0: done. 1: done, but some inputs were skipped (listed). 2: bad input, nothing written
+    (one line on stderr). 130 / 143: interrupted by Ctrl-C / SIGTERM, nothing half-written kept.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.run(args) or 0)
     except InputError as exc:
         print(f"restore-rwkv: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("restore-rwkv: interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"restore-rwkv: {'terminated (SIGTERM)' if terminated else 'interrupted'}; "
+              "nothing half-written was kept", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

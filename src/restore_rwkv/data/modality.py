@@ -61,6 +61,19 @@ CONVENTIONS: dict[str, ModalityConvention] = {
 
 # Task names and the modality each one works on.
 TASKS: dict[str, str] = {"mri_sr": "mri", "ct_denoise": "ct", "pet": "pet"}
+# Short names accepted wherever a task is named (``--task ct``).
+TASK_ALIASES: dict[str, str] = {"ct": "ct_denoise", "mri": "mri_sr", "mr": "mri_sr", "pt": "pet"}
+# DICOM Modality values of each task's images.
+TASK_DICOM_MODALITIES: dict[str, tuple[str, ...]] = {"mri_sr": ("MR",), "ct_denoise": ("CT",), "pet": ("PT", "PET")}
+
+
+def resolve_task(name: str) -> str:
+    """The task called ``name`` (``mri_sr``, ``ct_denoise``, ``pet``, or a short name: ``ct``, ``mri``, ``mr``, ``pt``)."""
+    key = str(name).lower()
+    task = TASK_ALIASES.get(key, key)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)} or {sorted(TASK_ALIASES)}")
+    return task
 
 _ALIASES = {"mr": "mri", "mri": "mri", "ct": "ct", "pt": "pet", "pet": "pet"}
 

@@ -3,13 +3,20 @@
 Every writer of the package goes through :func:`atomic_file` or :func:`atomic_folder`, so an
 error or Ctrl-C leaves nothing half-written, and what is written follows the user's umask
 (the temporary names come from ``mkstemp``/``mkdtemp``, which create 0600/0700 entries).
+
+Temporary names carry their owner, ``.<name>.partial-<pid>@<host>-<random>``, so a later
+run can tell a leftover of a killed process (SIGKILL, power loss) from a write in progress
+and remove it (:func:`remove_stale_partials`, called by both helpers before they start).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +31,94 @@ def current_umask() -> int:
     return mask
 
 
+def _owner_tag() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove leftovers of interrupted writes of ``path`` by dead processes of this host; returns them.
+
+    Leftovers are the siblings ``.<name>.partial-<pid>@<host>-*`` and ``.<name>.old-<pid>@<host>``
+    whose process no longer runs. Entries of other hosts (a shared file system) or of live
+    processes are left alone.
+    """
+    path = Path(path)
+    parent, host = path.parent, socket.gethostname()
+    if not parent.is_dir():
+        return []
+    pattern = re.compile(r"(\d+)@(.*)")
+    removed = []
+    for kind in ("partial-", "old-"):
+        prefix = f".{path.name}.{kind}"
+        try:
+            candidates = [p for p in parent.iterdir() if p.name.startswith(prefix)]
+        except OSError:
+            return removed
+        for candidate in candidates:
+            match = pattern.match(candidate.name[len(prefix):])
+            if not match or not match.group(2).startswith(host) or _process_alive(int(match.group(1))):
+                continue
+            rest = match.group(2)[len(host):]
+            if kind == "partial-" and not re.fullmatch(r"-[a-z0-9_]{8}(\..*)?", rest):
+                continue
+            if kind == "old-" and (rest or not path.exists()):  # without ``path``, the old one is all there is
+                continue
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate, ignore_errors=True)
+            else:
+                candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def check_writable_target(path: str | os.PathLike, folder: bool = True) -> None:
+    """Raise InputError (one line) unless ``path`` can be created: checked before any work starts.
+
+    Refused: ``path`` is a file where a folder is wanted (or the reverse), a component of its
+    parent is a file, or the nearest existing parent folder does not let us create entries
+    (checked by creating and removing a probe folder, so read-only mounts are caught too).
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise InputError(path, "exists and is a file, not a folder")
+        if not folder and path.is_dir():
+            raise InputError(path, "exists and is a folder, not a file")
+    ancestor = path.parent
+    while not ancestor.exists():
+        if ancestor.is_symlink():
+            raise InputError(path, f"{ancestor} is a broken symbolic link")
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(path, f"cannot be created: {ancestor} is a file, not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".restore-rwkv-probe-", dir=ancestor)
+        os.rmdir(probe)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            reason = "no permission to write there"
+        elif exc.errno == errno.EROFS:
+            reason = "read-only file system"
+        raise InputError(path, f"cannot be created in {ancestor}: {reason}") from None
+
+
+def _os_error(path: Path, exc: OSError) -> InputError:
+    """A one-line InputError for an OSError met while creating ``path``."""
+    reason = exc.strerror or type(exc).__name__
+    return InputError(path, f"cannot write: {reason}")
+
+
 def _full_suffix(path: Path) -> str:
     return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
 
@@ -36,8 +131,13 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     (or KeyboardInterrupt) the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", suffix=_full_suffix(path), dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-{_owner_tag()}", suffix=_full_suffix(path),
+                                    dir=path.parent)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -63,13 +163,17 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
         raise InputError(path, "exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not replace:
         raise InputError(path, "output folder exists and is not empty")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path)
+        stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{_owner_tag()}", dir=path.parent))
+    except OSError as exc:
+        raise _os_error(path, exc) from None
     try:
         yield stage
         os.chmod(stage, 0o777 & ~current_umask())
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.old-{_owner_tag()[:-1]}")
             path.replace(old)
             stage.replace(path)
             shutil.rmtree(old, ignore_errors=True)

@@ -115,8 +115,14 @@ def _pixels(ds, path: Path) -> np.ndarray:
     try:
         stored = ds.pixel_array
     except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        needs = _decoder_packages(str(syntax)) if syntax is not None else None
+        if needs and not _decoder_installed():
+            raise InputError(path, f"cannot decode its {syntax.name} pixel data: no decoder is installed; "
+                                   f"pip install 'restore-rwkv[dicom-codecs]' ({needs})") from None
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(path, f"cannot decode the DICOM pixel data ({message})") from None
+        hint = f"; its decoder is {needs}" if needs else ""
+        raise InputError(path, f"cannot decode the DICOM pixel data ({message}{hint})") from None
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
         raise InputError(path, "colour DICOM images are not supported")
     frames = _frame_count(ds)
@@ -128,6 +134,27 @@ def _pixels(ds, path: Path) -> np.ndarray:
         return values
     slope, intercept = _rescale(ds, 0)
     return (values * slope + intercept).astype(np.float32)
+
+
+# Compressed transfer syntaxes pydicom cannot decode alone (by UID prefix), and the packages that can.
+_DECODERS = (
+    ("1.2.840.10008.1.2.4.8", "pylibjpeg with pylibjpeg-libjpeg, or pyjpegls"),  # JPEG-LS
+    ("1.2.840.10008.1.2.4.9", "pylibjpeg with pylibjpeg-openjpeg"),  # JPEG 2000
+    ("1.2.840.10008.1.2.4.20", "pylibjpeg with pylibjpeg-openjpeg"),  # HTJ2K
+    ("1.2.840.10008.1.2.4.5", "pylibjpeg with pylibjpeg-libjpeg"),  # JPEG baseline / extended
+    ("1.2.840.10008.1.2.4.7", "pylibjpeg with pylibjpeg-libjpeg"),  # JPEG lossless
+)
+
+
+def _decoder_packages(transfer_syntax: str) -> str | None:
+    """The packages that decode ``transfer_syntax``, for the error message; None when pydicom needs none."""
+    return next((needs for prefix, needs in _DECODERS if transfer_syntax.startswith(prefix)), None)
+
+
+def _decoder_installed() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(name) for name in ("libjpeg", "openjpeg", "jpeg_ls", "gdcm"))
 
 
 def _stored_dtype(ds) -> np.dtype:
@@ -292,7 +319,36 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         raise InputError(folder, f"holds {len(series)} DICOM series ({labels}); pick one with series_uid")
     else:
         headers = next(iter(series.values()))
+    return _volume_from_headers(folder, headers, ignored)
 
+
+def read_dicom_files(files: list[str | os.PathLike], source: str | os.PathLike | None = None
+                     ) -> tuple[np.ndarray, ImageMeta]:
+    """Single-frame DICOM images of one series, given as files, stacked like :func:`read_dicom_series`.
+
+    For callers that gathered a series themselves (e.g. around a damaged file of another
+    series in the same folder). ``source`` names the series in errors (default: the first
+    file's folder). Files of several series, or non-image objects, are refused.
+    """
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise InputError(source, "no DICOM files given")
+    folder = Path(source) if source is not None else paths[0].parent
+    headers = []
+    for p in paths:
+        ds = _dcmread(p, stop_before_pixels=True)
+        reason = _non_image_reason(ds)
+        if reason:
+            raise InputError(p, reason)
+        headers.append((p, ds))
+    uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
+    if len(uids) > 1:
+        raise InputError(folder, f"the files belong to {len(uids)} series ({', '.join(sorted(uids))})")
+    return _volume_from_headers(folder, headers, [])
+
+
+def _volume_from_headers(folder: Path, headers: list, ignored: list[str]) -> tuple[np.ndarray, ImageMeta]:
+    """Stack the files of one series (``(path, header)`` pairs, any order) in spatial order."""
     planes = [_plane(ds) for _, ds in headers]
     has_position = [pl[0] is not None and pl[1] is not None for pl in planes]
     affine, along = None, None

@@ -328,7 +328,7 @@ def _slice_meta(meta: ImageMeta | None, index: int | None) -> ImageMeta | None:
 
 def _reason(exc: InputError, label: str) -> str:
     """The problem of ``exc`` without the path when the path is the input itself."""
-    return exc.problem if exc.path in (None, label) else str(exc)
+    return exc.problem if exc.path is None or label == exc.path or label.startswith(f"{exc.path} (") else str(exc)
 
 
 def _write_pairs(src: Path, out: str | Path, fmt: str, overwrite: bool, quiet: bool, inputs: Sequence[SourceInput],

@@ -44,7 +44,7 @@ def test_prepare_ixi_layout_split_and_bad_volume(tmp_path, capsys):
     _ixi_like(src, 6)
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), src / "IXI099-HH-1999-T2.nii.gz")
     out = tmp_path / "prepared"
-    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "4", "--quiet"]) == 1  # 1 skipped
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "4", "--quiet"]) == 3  # 1 skipped
     rows = _rows(out)
     subjects = {split: {r["hq"].split("/")[-1].split("_")[0] for r in rows if r["split"] == split}
                 for split in ("train", "validation", "test")}
@@ -97,7 +97,7 @@ def test_prepare_simulate_skips_nan_images_and_reports(tmp_path, capsys):
     bad[3, 3] = np.nan
     np.save(src / "broken.npy", bad)
     out = tmp_path / "sim"
-    assert main(["prepare", "simulate", "--task", "ct_denoise", "--src", str(src), "--out", str(out), "--quiet"]) == 1
+    assert main(["prepare", "simulate", "--task", "ct_denoise", "--src", str(src), "--out", str(out), "--quiet"]) == 3
     rows = _rows(out)
     assert len(rows) == 4 and all(r["lq"].startswith("CT/") for r in rows)
     printed = capsys.readouterr().out
@@ -166,7 +166,7 @@ def test_prepare_aapm_pairs_within_a_tolerance_and_never_across_slices(tmp_path,
     series_factory(src / "L003" / "full_1mm", slices=3, seed=5)
     series_factory(src / "L003" / "quarter_1mm", slices=3, seed=6)
     out = tmp_path / "ct"
-    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet", "--split", "1,0,1"]) == 1
+    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet", "--split", "1,0,1"]) == 3
     rows = _rows(out)
     mine = sorted((r for r in rows if "L001_" in r["hq"]), key=lambda r: r["hq"])
     assert len(mine) == 4

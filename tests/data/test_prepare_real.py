@@ -79,7 +79,7 @@ def test_a_truncated_slice_never_empties_a_split(tmp_path, capsys):
     _aapm(src, [f"L{i:03d}" for i in range(4)])
     bad = _truncate_one_file(src / "L002" / "quarter_1mm")
     out = tmp_path / "ct"
-    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 1
+    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 3
     rows = _rows(out)
     patients = {split: {Path(r["hq"]).name.split("_")[0] for r in rows if r["split"] == split}
                 for split in ("train", "validation", "test")}
@@ -99,7 +99,7 @@ def test_a_split_that_would_stay_empty_is_an_error_unless_asked_for(tmp_path, ca
     assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 2
     _one_line_error(capsys, "2 subject(s) cannot fill", "L003", "--split")
     _no_output(tmp_path, out)
-    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet", "--split", "1,0,1"]) == 1
+    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet", "--split", "1,0,1"]) == 3
     assert _summary(out)["subjects"] == {"train": 1, "validation": 0, "test": 1}
     assert {r["split"] for r in _rows(out)} == {"train", "test"}
 
@@ -130,7 +130,7 @@ def test_a_nan_volume_is_listed_with_its_reason(tmp_path, capsys):
     names = ["IXI002-Guys-0001", "IXI003-HH-0002", "IXI004-IOP-0003", "IXI005-Guys-0004"]
     _ixi(src, names, nan_in=[names[1]])
     out = tmp_path / "mri"
-    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "3", "--quiet"]) == 1
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "3", "--quiet"]) == 3
     summary = _summary(out)
     assert summary["failures"] == [{"input": str(src / f"{names[1]}-T2.nii.gz"),
                                     "reason": "volume holds 1 NaN or infinite value(s)"}]
@@ -155,7 +155,7 @@ def test_a_patient_without_a_partner_folder_is_a_listed_failure(tmp_path, capsys
     make_ct_series(src / "L004" / "full_1mm", slices=3, seed=9)  # no quarter_1mm
     (src / "docs").mkdir()
     out = tmp_path / "ct"
-    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 1
+    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 3
     summary = _summary(out)
     assert summary["failures"] == [{"input": str(src / "L004"), "reason": "no quarter_1mm sub-folder to pair with"}]
     assert [f["input"] for f in summary["ignored"]] == [str(src / "docs")]
@@ -190,7 +190,7 @@ def test_an_input_that_fails_half_way_leaves_no_pairs(tmp_path, monkeypatch):
         np.save(src / f"{name}.npy", (rng.random((5, 16, 16)) * 1000).astype(np.float32))
     out = tmp_path / "mri"
     assert main(["prepare", "simulate", "--task", "mri", "--src", str(src), "--out", str(out), "--quiet",
-                 "--slices", "3"]) == 1
+                 "--slices", "3"]) == 3
     assert [f["input"] for f in _summary(out)["failures"]] == [str(src / "a.npy")]
     assert not list(out.rglob("a_*")) and len(_rows(out)) == 9 and not (out / ".pending").exists()
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy"))
@@ -263,7 +263,7 @@ def test_ct_simulation_takes_each_images_pixel_spacing(tmp_path, monkeypatch, ca
     src = tmp_path / "scans"
     make_ct_series(src / "A", slices=2, rows=16, cols=16, patient="A", pixel_spacing=(0.5, 0.5))
     make_ct_series(src / "B", slices=2, rows=16, cols=16, patient="B", pixel_spacing=(0.9765625, 0.9765625))
-    np.save(src / "plain.npy", np.full((16, 16), 40.0, np.float32))
+    np.save(src / "plain.npy", np.where(np.eye(16) > 0, 40.0, -1000.0).astype(np.float32))
     out = tmp_path / "sim"
     assert main(["prepare", "simulate", "--task", "ct", "--src", str(src), "--out", str(out), "--quiet",
                  "--split", "1,0,0"]) == 0
@@ -296,7 +296,7 @@ def test_simulate_groups_dicom_series_and_splits_by_patient(tmp_path):
             folder = src / patient if patient == "PAT-A" else src / patient / f"s{series}"
             make_ct_series(folder, file_prefix=f"IM{series}-", slices=7, rows=12, cols=12, patient=patient, seed=10 * n + series,
                            edit=number, pixel_spacing=(0.7, 0.7))
-    np.save(src / "extra.npy", np.full((12, 12), 40.0, np.float32))
+    np.save(src / "extra.npy", np.where(np.eye(12) > 0, 40.0, -1000.0).astype(np.float32))
     (src / "README.txt").write_text("not an image")
     out = tmp_path / "sim"
     assert main(["prepare", "simulate", "--task", "ct_denoise", "--src", str(src), "--out", str(out), "--quiet",
@@ -349,8 +349,9 @@ def test_another_modality_is_refused_unless_forced(tmp_path, capsys):
 def small_source(tmp_path):
     src = tmp_path / "hq"
     src.mkdir()
+    rng = np.random.default_rng(7)
     for i in range(3):
-        np.save(src / f"s{i}.npy", np.full((16, 16), 100.0 * i, np.float32))
+        np.save(src / f"s{i}.npy", (rng.random((16, 16)) * 100.0 * (i + 1)).astype(np.float32))
     return src
 
 
@@ -434,7 +435,7 @@ def test_sigterm_removes_the_staged_output_like_ctrl_c(tmp_path):
     src = tmp_path / "hq"
     src.mkdir()
     for i in range(30):
-        np.save(src / f"s{i:02d}.npy", np.full((16, 16), float(i), np.float32))
+        np.save(src / f"s{i:02d}.npy", np.arange(256, dtype=np.float32).reshape(16, 16) + i)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(prepare_module.__file__).parents[2])] + sys.path))
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, "prepare", "simulate", "--task", "mri", "--src",
@@ -513,3 +514,218 @@ def test_missing_decoder_message_names_the_package(tmp_path, capsys):
     assert main(["prepare", "simulate", "--task", "mri", "--src", str(src), "--out", str(tmp_path / "o"),
                  "--quiet"]) == 2
     _one_line_error(capsys, "jls.dcm", "restore-rwkv[dicom-codecs]", "pylibjpeg-libjpeg")
+
+
+# ----------------------------------------------------------------------------- review findings
+@pytest.mark.parametrize("args", [["--task", "ct", "--dose-fraction", "2"], ["--task", "ct", "--pixel-size-mm", "0"],
+                                  ["--task", "ct", "--pixel-size-mm", "-1"], ["--task", "ct", "--pixel-size-mm", "nan"],
+                                  ["--task", "mri", "--scale", "0"], ["--task", "mri", "--scale", "nan"],
+                                  ["--task", "pet", "--dose-reduction", "0.5"], ["--task", "pet", "--total-counts", "0"],
+                                  ["--task", "mri", "--seed", "-1"], ["--task", "mri", "--slices", "0"]])
+def test_bad_options_are_refused_before_any_input_is_read(tmp_path, small_source, capsys, monkeypatch, args):
+    _never_read(monkeypatch)
+    assert main(["prepare", "simulate", "--src", str(small_source), "--out", str(tmp_path / "o"), "--quiet",
+                 *args]) == 2
+    _one_line_error(capsys)
+    _no_output(tmp_path, tmp_path / "o")
+
+
+def test_ixi_bad_scale_is_refused_before_reading(tmp_path, capsys):
+    src = tmp_path / "IXI"
+    _ixi(src, ["IXI002-Guys-0001"])
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(tmp_path / "o"), "--scale", "0.5", "--quiet"]) == 2
+    _one_line_error(capsys, "scale")
+
+
+def test_a_huge_seed_works(tmp_path, small_source):
+    assert main(["prepare", "simulate", "--task", "mri", "--src", str(small_source), "--out", str(tmp_path / "o"),
+                 "--quiet", "--split", "1,0,0", "--seed", str(2**62)]) == 0
+
+
+def test_out_through_a_symbolic_link_lands_in_its_target(tmp_path, small_source):
+    target = tmp_path / "scratch" / "data"
+    target.mkdir(parents=True)
+    link = tmp_path / "data"
+    link.symlink_to(target)
+    for extra in ([], ["--overwrite"]):
+        assert main(["prepare", "simulate", "--task", "mri", "--src", str(small_source), "--out", str(link),
+                     "--quiet", "--split", "1,0,0", *extra]) == 0
+        assert link.is_symlink() and (target / "manifest.csv").exists() and len(_rows(target)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "hq", "scratch"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["data"]
+
+
+def test_out_dot_in_an_empty_folder(tmp_path, small_source, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["prepare", "simulate", "--task", "mri", "--src", str(small_source), "--out", ".", "--quiet",
+                 "--split", "1,0,0"]) == 0
+    assert (here / "manifest.csv").exists() and len(_rows(here)) == 3
+
+
+def test_overwrite_replaces_only_an_earlier_prepare_output(tmp_path, small_source, capsys):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(["prepare", "simulate", "--task", "mri", "--src", str(small_source), "--out", str(mine), "--quiet",
+                 "--overwrite"]) == 2
+    _one_line_error(capsys, "not a folder written by prepare")
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_failed_run_removes_the_parent_folders_it_created(tmp_path, capsys):
+    src = tmp_path / "all_bad"
+    src.mkdir()
+    np.save(src / "nan.npy", np.full((8, 8), np.nan, np.float32))
+    out = tmp_path / "a" / "b" / "out"
+    assert main(["prepare", "simulate", "--task", "mri", "--src", str(src), "--out", str(out), "--quiet"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all_bad"]
+
+
+def test_an_empty_or_complex_array_is_one_failed_input(tmp_path, small_source):
+    np.save(small_source / "empty.npy", np.zeros((0, 16), np.float32))
+    np.save(small_source / "complex.npy", np.ones((16, 16), np.complex64))
+    out = tmp_path / "o"
+    assert main(["prepare", "simulate", "--task", "ct", "--src", str(small_source), "--out", str(out), "--quiet",
+                 "--split", "1,0,0"]) == 3
+    reasons = {Path(f["input"]).name: f["reason"] for f in _summary(out)["failures"]}
+    assert set(reasons) == {"empty.npy", "complex.npy"} and "complex" in reasons["complex.npy"]
+    assert len(_rows(out)) == 3
+
+
+def test_files_that_share_a_name_both_become_pairs(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "hq"
+    src.mkdir()
+    image = (np.arange(256).reshape(16, 16) % 200).astype(np.uint8)
+    Image.fromarray(image).save(src / "a.png")
+    np.save(src / "a.npy", image.astype(np.float32) * 2)
+    out = tmp_path / "o"
+    assert main(["prepare", "simulate", "--task", "mri", "--src", str(src), "--out", str(out), "--quiet",
+                 "--split", "1,0,0"]) == 0
+    assert sorted(Path(r["hq"]).name for r in _rows(out)) == ["a-npy.npy", "a-png.npy"]
+
+
+def test_a_series_spread_over_folders_is_one_input(tmp_path):
+    src = tmp_path / "export"
+    whole = tmp_path / "whole"
+    make_ct_series(whole, slices=6, rows=12, cols=12, patient="PA", pixel_spacing=(0.7, 0.7), shuffle=False)
+    for k, path in enumerate(sorted(whole.iterdir())):  # PACS export: 0001/, 0002/, 0003/
+        folder = src / "PA" / f"{k // 2 + 1:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path.rename(folder / path.name)
+    out = tmp_path / "o"
+    assert main(["prepare", "simulate", "--task", "ct", "--src", str(src), "--out", str(out), "--quiet",
+                 "--split", "1,0,0", "--slices", "6"]) == 0
+    summary = _summary(out)
+    assert summary["inputs"] == {"found": 1, "used": 1, "skipped": 0} and len(_rows(out)) == 6
+
+
+def test_split_by_series_for_anonymised_data(tmp_path, capsys):
+    src = tmp_path / "anon"
+    for k in range(3):
+        make_ct_series(src / f"case{k}", slices=2, rows=12, cols=12, patient="ANONYMOUS", seed=k,
+                       pixel_spacing=(0.7, 0.7))
+    out = tmp_path / "o"
+    assert main(["prepare", "simulate", "--task", "ct", "--src", str(src), "--out", str(out), "--quiet"]) == 2
+    _one_line_error(capsys, "1 subject(s) cannot fill")
+    assert main(["prepare", "simulate", "--task", "ct", "--src", str(src), "--out", str(out), "--quiet",
+                 "--split-by", "series"]) == 0
+    assert _summary(out)["subjects"] == {"train": 1, "validation": 1, "test": 1}
+
+
+def test_series_uid_ignores_every_other_file(tmp_path, small_source):
+    make_ct_series(small_source / "P", slices=3, rows=12, cols=12, patient="P", series_uid="1.2.3.4",
+                   pixel_spacing=(0.7, 0.7))
+    out = tmp_path / "o"
+    assert main(["prepare", "simulate", "--task", "ct", "--src", str(small_source), "--out", str(out), "--quiet",
+                 "--series-uid", "1.2.3.4", "--split", "1,0,0"]) == 0
+    assert len(_rows(out)) == 3 and len(_summary(out)["ignored"]) == 3  # the three .npy files
+
+
+def test_a_prepare_output_is_not_taken_as_hq_unless_forced(tmp_path, small_source, capsys):
+    first = tmp_path / "first"
+    assert main(["prepare", "simulate", "--task", "mri", "--src", str(small_source), "--out", str(first), "--quiet",
+                 "--split", "1,0,0"]) == 0
+    assert main(["prepare", "simulate", "--task", "mri", "--src", str(first), "--out", str(tmp_path / "second"),
+                 "--quiet"]) == 2
+    _one_line_error(capsys, "output of an earlier prepare", "--force")
+
+
+def test_aapm_notes_unpaired_slices_and_refuses_misaligned_series(tmp_path, capsys):
+    src = tmp_path / "AAPM"
+    _aapm(src, ["L001", "L002"], slices=3)
+    make_ct_series(src / "L003" / "full_1mm", slices=5, seed=1, patient="L003")  # two more slices than quarter
+    make_ct_series(src / "L003" / "quarter_1mm", slices=3, seed=2, patient="L003")
+    make_ct_series(src / "L004" / "full_1mm", slices=3, seed=3, patient="L004")
+    make_ct_series(src / "L004" / "quarter_1mm", slices=3, seed=4, patient="L004", pixel_spacing=(0.9, 0.8))
+    (src / "README.txt").write_text("AAPM data")
+    out = tmp_path / "ct"
+    assert main(["prepare", "aapm", "--src", str(src), "--out", str(out), "--quiet"]) == 3
+    summary = _summary(out)
+    assert [f["input"] for f in summary["failures"]] == [str(src / "L004")]
+    assert "pixel spacing or orientation differs" in summary["failures"][0]["reason"]
+    assert summary["notes"] == ["full-dose slices without a quarter-dose partner at the same position were left "
+                                "out: L003: 2 of 5 full-dose slices"]
+    assert [f["input"] for f in summary["ignored"]] == [str(src / "README.txt")]
+
+
+def test_ixi_second_volume_of_a_subject_is_listed(tmp_path):
+    src = tmp_path / "IXI"
+    _ixi(src, ["IXI002-Guys-0001", "IXI003-HH-0002", "IXI004-IOP-0003"])
+    (src / "again").mkdir()
+    _ixi(src / "again", ["IXI002-HH-0009"])
+    (src / "README").write_text("IXI")
+    out = tmp_path / "mri"
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--quiet", "--slices", "2"]) == 3
+    summary = _summary(out)
+    assert [f["input"] for f in summary["failures"]] == [str(src / "again" / "IXI002-HH-0009-T2.nii.gz")]
+    assert "subject IXI002" in summary["failures"][0]["reason"]
+    assert [f["input"] for f in summary["ignored"]] == [str(src / "README")]
+
+
+def _pet_series(folder, units="BQML", weight=70.0, dose=370e6, start="100000", series_time="110000"):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def pet(ds, k):
+        ds.Modality, ds.Units, ds.DecayCorrection = "PT", units, "START"
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+        ds.RescaleSlope, ds.RescaleIntercept = 10, 0  # stored 0..2500 -> 0..25000 Bq/ml
+        ds.SeriesDate, ds.SeriesTime = "20260101", series_time
+        if weight:
+            ds.PatientWeight = weight
+        info = Dataset()
+        info.RadionuclideTotalDose, info.RadionuclideHalfLife = dose, 6586.2
+        info.RadiopharmaceuticalStartTime = start
+        ds.RadiopharmaceuticalInformationSequence = Sequence([info])
+        image = np.zeros((16, 16), np.int16)
+        image[4:12, 4:12] = 500 + 100 * k
+        ds.PixelData = image.tobytes()
+
+    make_ct_series(folder, slices=3, rows=16, cols=16, patient="PET1", pixel_spacing=(2.0, 2.0), edit=pet)
+
+
+def test_pet_in_bq_per_ml_becomes_suv(tmp_path, capsys):
+    src = tmp_path / "pet"
+    _pet_series(src / "P")
+    out = tmp_path / "o"
+    assert main(["prepare", "simulate", "--task", "pet", "--src", str(src), "--out", str(out), "--quiet",
+                 "--split", "1,0,0", "--slices", "3"]) == 0
+    # 5000 Bq/ml in the hottest... slice k holds (500 + 100 k) * 10 Bq/ml; one hour after 370 MBq of F-18, 70 kg
+    decayed = 370e6 * 0.5 ** (3600 / 6586.2)
+    for r in _rows(out):
+        k = int(Path(r["hq"]).stem.rsplit("_", 1)[1])
+        hq = np.load(out / r["hq"])
+        expected_hot = (500 + 100 * k) * 10 * 70_000 / decayed
+        assert hq.max() == pytest.approx(expected_hot, rel=1e-5) and hq.min() == 0.0
+    assert "SUVbw" in _summary(out)["notes"][0]
+    bad = tmp_path / "pet_bad"
+    _pet_series(bad / "P", weight=0.0)
+    assert main(["prepare", "simulate", "--task", "pet", "--src", str(bad), "--out", str(tmp_path / "o2"),
+                 "--quiet", "--split", "1,0,0"]) == 2
+    _one_line_error(capsys, "cannot express the PET values in SUV", "PatientWeight", "--force")
+    assert main(["prepare", "simulate", "--task", "pet", "--src", str(bad), "--out", str(tmp_path / "o2"),
+                 "--quiet", "--split", "1,0,0", "--force"]) == 0

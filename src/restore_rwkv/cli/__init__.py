@@ -50,8 +50,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
-    0: done. 1: done, but some inputs were skipped (listed). 2: bad input, nothing written
-    (one line on stderr). 130 / 143: interrupted by Ctrl-C / SIGTERM, nothing half-written kept.
+    0: done. 2: bad input or arguments, nothing written (one line on stderr). 3: done, but
+    some inputs were skipped (listed). 130 / 143: interrupted by Ctrl-C / SIGTERM, nothing
+    half-written kept. 1 is left to Python: an unexpected error (a bug), with its traceback.
     """
     parser = build_parser()
     args = parser.parse_args(argv)

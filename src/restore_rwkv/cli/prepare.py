@@ -43,7 +43,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--task", required=True, choices=("mri_sr", "ct_denoise", "pet", "mri", "mr", "ct", "pt"),
                    help="the degradation (ct = ct_denoise, mri/mr = mri_sr, pt = pet)")
     p.add_argument("--slices", type=int, default=100, help="central slices per volume (default 100)")
-    p.add_argument("--series-uid", help="use only this DICOM series (SeriesInstanceUID)")
+    p.add_argument("--series-uid", help="use only this DICOM series (SeriesInstanceUID); other files are ignored")
+    p.add_argument("--split-by", choices=("patient", "series"), default="patient",
+                   help="unit of the DICOM split: PatientID (default), or each series (anonymised data "
+                        "whose series share one PatientID)")
     p.add_argument("--force", action="store_true",
                    help="use DICOM images whose Modality is not the task's (e.g. MR for ct_denoise)")
     p.add_argument("--scale", type=float, default=4.0, help="mri_sr: k-space truncation factor")
@@ -62,15 +65,18 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=_run_demo)
 
 
+PARTIAL = 3  # exit status: the dataset was written, but some inputs were skipped (listed)
+
+
 def _finish(report) -> int:
-    """Print the report; exit status 1 when some inputs were skipped (they are listed), else 0."""
+    """Print the report; exit status 3 when some inputs were skipped (they are listed), else 0."""
     import sys
 
     print(report.text())
     if report.failures:
         print(f"restore-rwkv: {len(report.failures)} input(s) skipped (listed above and in "
               f"{report.root / 'summary.json'})", file=sys.stderr)
-        return 1
+        return PARTIAL
     return 0
 
 
@@ -99,7 +105,8 @@ def _run_simulate(args) -> int:
 
     return _finish(prepare_simulated(args.task, args.src, args.out, slices=args.slices, seed=args.seed,
                                      fmt=args.format, overwrite=args.overwrite, quiet=args.quiet, split=_split(args),
-                                     series_uid=args.series_uid, force=args.force, scale=args.scale,
+                                     series_uid=args.series_uid, force=args.force, split_by=args.split_by,
+                                     scale=args.scale,
                                      dose_fraction=args.dose_fraction, incident_flux=args.incident_flux,
                                      pixel_size_mm=args.pixel_size_mm, dose_reduction=args.dose_reduction,
                                      total_counts=args.total_counts))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import time
@@ -187,18 +188,30 @@ class PreparationReport:
         return "\n".join(lines)
 
 
+def check_output_folder(out: str | Path, overwrite: bool = False) -> Path:
+    """``out`` resolved (through symbolic links, so a link to scratch space is written through),
+    checked before any work: creatable, and empty unless ``overwrite`` replaces an earlier
+    ``prepare`` output (a folder holding ``manifest.csv`` or ``summary.json``)."""
+    if not str(out).strip():
+        raise InputError(None, "--out is empty")
+    resolved = Path(out).resolve()
+    check_writable_target(resolved, folder=True)
+    if resolved.is_dir() and any(resolved.iterdir()):
+        if not overwrite:
+            raise InputError(out, "output exists and is not empty (choose another --out or pass --overwrite)")
+        if not (resolved / "manifest.csv").exists() and not (resolved / "summary.json").exists():
+            raise InputError(out, "is not a folder written by prepare (no manifest.csv or summary.json); "
+                                  "refusing to replace it with --overwrite")
+    return resolved
+
+
 @contextlib.contextmanager
 def staged_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """A hidden folder beside ``out`` that becomes ``out`` when the block succeeds (removed otherwise).
 
-    ``out`` is checked before anything is done: it must be creatable (no file in its way, a
-    parent we may write to) and empty unless ``overwrite``.
+    ``out`` is checked first (:func:`check_output_folder`).
     """
-    out = Path(out)
-    check_writable_target(out, folder=True)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(out, "output exists and is not empty (choose another --out or pass --overwrite)")
-    with atomic_folder(out, replace=overwrite) as stage:
+    with atomic_folder(check_output_folder(out, overwrite), replace=overwrite) as stage:
         yield stage
 
 
@@ -209,15 +222,61 @@ def check_out_apart_from_src(src: str | Path, out: str | Path) -> None:
         raise InputError(out, f"output must be apart from the input folder {src}")
 
 
-def _source_folder(src: str | Path, out: str | Path) -> Path:
-    """``src`` as a Path, checked to be a folder apart from ``out``."""
+def check_job(seed: int, slices: int | None = None) -> None:
+    """Refuse a negative seed or slice count before any work (one-line InputError)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(None, f"--seed must be an integer >= 0, got {seed!r}")
+    if slices is not None and (not isinstance(slices, (int, np.integer)) or slices < 1):
+        raise InputError(None, f"--slices must be an integer >= 1, got {slices!r}")
+
+
+def _source_folder(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """``src`` as a Path, checked to be a folder apart from ``out``; ``out`` is checked before ``src`` is read."""
+    check_out_apart_from_src(src, out)
+    check_output_folder(out, overwrite)
     src = Path(src)
     if src.is_file():
         raise InputError(src, "is a file; --src takes a folder (put the file in a folder of its own)")
     if not src.is_dir():
         raise InputError(src, "no such folder")
-    check_out_apart_from_src(src, out)
     return src
+
+
+def _visible_files(src: Path, ignored: list[Skipped]) -> list[Path]:
+    """Files under ``src`` in sorted order; hidden files and folders are listed in ``ignored``."""
+    files = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        hidden = [part for part in rel.parts if part.startswith(".")]
+        if hidden:
+            if path.name.startswith(".") and (len(hidden) == 1):
+                ignored.append(Skipped(str(path), "hidden"))
+            continue
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def slice_seed(seed: int, number: int, index: int | None) -> int:
+    """A seed for slice ``index`` of input ``number`` of a job seeded with ``seed`` (any size, no overflow)."""
+    state = np.random.SeedSequence([int(seed), int(number), 0 if index is None else int(index) + 1])
+    return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def checked_degradation(task: str, **options: float):
+    """``default_degradation(task, **options)``, tried once on a small image, so that a bad option is one
+    InputError before any input is read rather than a crash half-way."""
+    for name, value in options.items():
+        if value is not None and (not np.isfinite(float(value)) or float(value) <= 0):
+            raise InputError(None, f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    try:
+        degrade = default_degradation(task, **{k: v for k, v in options.items() if v is not None})
+        probe = np.full((16, 16), -1000.0 if task == "ct_denoise" else 1.0, np.float32)
+        probe[4:12, 4:12] = 40.0 if task == "ct_denoise" else 2.0
+        degrade(probe, seed=0)
+    except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:
+        raise InputError(None, f"bad {task} degradation option: {exc}") from None
+    return degrade
 
 
 @dataclass
@@ -384,17 +443,25 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
                 fmt: str = "npy", overwrite: bool = False, quiet: bool = False,
                 split: Sequence[float] = IXI_SPLIT) -> PreparationReport:
     """IXI T2 volumes -> central axial slices, LQ by k-space truncation, split by subject (405/59/114 scaled)."""
-    from restore_rwkv.physics import KSpaceTruncation
-
-    src = _source_folder(src, out)
-    nifti = sorted(p for p in src.rglob("*") if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")))
-    files = [p for p in nifti if _IXI_NAME.match(p.name)]
-    ignored = [Skipped(str(p), "not an IXI T2 volume (named like IXI002-Guys-0828-T2.nii.gz)")
-               for p in nifti if not _IXI_NAME.match(p.name)]
-    if not files:
+    check_job(seed, slices)
+    src = _source_folder(src, out, overwrite)
+    degrade = checked_degradation("mri_sr", scale=scale)
+    ignored: list[Skipped] = []
+    failures: list[Skipped] = []
+    inputs: list[SourceInput] = []
+    first_of: dict[str, Path] = {}
+    for path in _visible_files(src, ignored):
+        match = _IXI_NAME.match(path.name)
+        if not match:
+            ignored.append(Skipped(str(path), "not an IXI T2 volume (named like IXI002-Guys-0828-T2.nii.gz)"))
+        elif match.group(1) in first_of:
+            failures.append(Skipped(str(path), f"another T2 volume of subject {match.group(1)} "
+                                               f"({first_of[match.group(1)]}) is already used"))
+        else:
+            first_of[match.group(1)] = path
+            inputs.append(SourceInput(str(path), match.group(1), path))
+    if not inputs:
         raise InputError(src, "no IXI T2 volumes (files named like IXI002-Guys-0828-T2.nii.gz)")
-    inputs = [SourceInput(str(p), _IXI_NAME.match(p.name).group(1), p) for p in files]
-    degrade = KSpaceTruncation(scale)
 
     def write_volume(writer: PairWriter, number: int, source: SourceInput) -> None:
         path = source.item
@@ -409,7 +476,7 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
                          subject=source.subject)
 
     return _write_pairs(src, out, fmt, overwrite, quiet, inputs, "IXI volumes", write_volume, split, seed,
-                        ignored=ignored)
+                        failures=failures, ignored=ignored)
 
 
 # ----------------------------------------------------------------------------- AAPM-Mayo
@@ -436,44 +503,88 @@ def prepare_aapm(src: str | Path, out: str | Path, thickness: str = "1mm", seed:
                  split: Sequence[float] = AAPM_SPLIT) -> PreparationReport:
     """AAPM-Mayo patients (full_/quarter_<thickness> DICOM folders) -> pairs by slice position, split 8/1/1 scaled.
 
-    HU below -1024 (out-of-field padding) become -1024 in both images of a pair.
+    The two series of a patient must share orientation, pixel spacing and in-plane origin;
+    full-dose slices without a quarter-dose partner are counted in the notes. HU below -1024
+    (out-of-field padding) become -1024 in both images of a pair.
     """
-    src = _source_folder(src, out)
+    check_job(seed)
+    if not str(thickness).strip():
+        raise InputError(None, "--thickness is empty (e.g. 1mm or 3mm)")
+    thickness = str(thickness).strip().lower()
+    src = _source_folder(src, out, overwrite)
     inputs, failures, ignored = [], [], []
-    for folder in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        full, quarter = _dose_folders(folder, thickness)
+    for entry in sorted(src.iterdir()):
+        if entry.name.startswith("."):
+            ignored.append(Skipped(str(entry), "hidden"))
+            continue
+        if not entry.is_dir():
+            ignored.append(Skipped(str(entry), "not a patient folder"))
+            continue
+        full, quarter = _dose_folders(entry, thickness)
         if full and quarter:
-            inputs.append(SourceInput(str(folder), folder.name, (full, quarter)))
+            inputs.append(SourceInput(str(entry), entry.name, (full, quarter)))
         elif full or quarter:
             missing = f"quarter_{thickness}" if full else f"full_{thickness}"
-            failures.append(Skipped(str(folder), f"no {missing} sub-folder to pair with"))
+            failures.append(Skipped(str(entry), f"no {missing} sub-folder to pair with"))
         else:
-            ignored.append(Skipped(str(folder), f"no full_{thickness} or quarter_{thickness} sub-folder"))
+            found = sorted(d.name for d in entry.rglob("*") if d.is_dir() and re.search("full|quarter", d.name, re.I))
+            seen = f" (it has {', '.join(found[:4])})" if found else ""
+            ignored.append(Skipped(str(entry), f"no full_{thickness} or quarter_{thickness} sub-folder{seen}"))
     if not inputs:
-        found = f" ({'; '.join(str(f) for f in failures[:3])})" if failures else ""
+        found = f" ({'; '.join(str(f) for f in (failures + ignored)[:3])})" if failures or ignored else ""
         raise InputError(src, f"no patient folder with full_{thickness} and quarter_{thickness} sub-folders{found}")
+    unpaired: list[str] = []
 
     def write_patient(writer: PairWriter, number: int, source: SourceInput) -> None:
         full_dir, quarter_dir = source.item
         full, full_meta = read_dicom_series(full_dir)
         quarter, quarter_meta = read_dicom_series(quarter_dir)
-        for volume, meta in ((full, full_meta), (quarter, quarter_meta)):
+        for meta in (full_meta, quarter_meta):
             if meta.extra.get("positions") is None:
                 raise InputError(meta.source, "slices have no ImagePositionPatient; cannot pair them by position")
+        if full.shape[1:] != quarter.shape[1:]:
+            raise InputError(quarter_dir, f"slice size {quarter.shape[1:]} differs from the full dose's {full.shape[1:]}")
+        _check_same_plane(full_meta, quarter_meta, quarter_dir)
         pairs = _pair_by_position(full_meta.extra["positions"], quarter_meta.extra["positions"],
                                   full_meta.spacing[0] if full_meta.spacing else 1.0)
         if not pairs:
             raise InputError(source.label, "no full-dose slice has a quarter-dose partner at the same position")
-        if full.shape[1:] != quarter.shape[1:]:
-            raise InputError(quarter_dir, f"slice size {quarter.shape[1:]} differs from the full dose's {full.shape[1:]}")
         check_finite(full, full_dir, "series")
         check_finite(quarter, quarter_dir, "series")
+        if len(pairs) < len(full):
+            unpaired.append(f"{source.subject}: {len(full) - len(pairs)} of {len(full)} full-dose slices")
         for i, j in pairs:
             hq, lq = ct_air_floor(full[i], quarter[j])
-            writer.write("ct_denoise", None, f"{source.subject}_{i:04d}", lq, hq, subject=source.subject)
+            writer.write("ct_denoise", None, f"{source.subject}_{i:04d}", lq, hq, full_meta if fmt == "nifti" else None,
+                         i, subject=source.subject)
+
+    def notes() -> list[str]:
+        if not unpaired:
+            return []
+        return ["full-dose slices without a quarter-dose partner at the same position were left out: "
+                + "; ".join(unpaired)]
 
     return _write_pairs(src, out, fmt, overwrite, quiet, inputs, "AAPM patients", write_patient, split, seed,
-                        failures=failures, ignored=ignored)
+                        failures=failures, ignored=ignored, notes=notes)
+
+
+def _check_same_plane(full: ImageMeta, quarter: ImageMeta, where: Path) -> None:
+    """Refuse a quarter-dose series whose rows and columns do not lie on the full dose's pixels."""
+    if full.affine is None or quarter.affine is None:
+        return
+    a, b = np.asarray(full.affine, float), np.asarray(quarter.affine, float)
+    pixel = float(min(np.linalg.norm(a[:3, 1]), np.linalg.norm(a[:3, 2])))
+    if not np.allclose(a[:3, 1:3], b[:3, 1:3], atol=1e-3 * max(pixel, 1e-6) + 1e-4):
+        raise InputError(where, "pixel spacing or orientation differs from the full-dose series "
+                                f"(row/column steps {np.round(b[:3, 1:3].T, 4).tolist()} vs "
+                                f"{np.round(a[:3, 1:3].T, 4).tolist()} mm)")
+    normal = np.cross(a[:3, 1], a[:3, 2])
+    normal /= np.linalg.norm(normal)
+    offset = b[:3, 3] - a[:3, 3]
+    in_plane = offset - np.dot(offset, normal) * normal
+    if np.linalg.norm(in_plane) > 0.5 * pixel:
+        raise InputError(where, f"in-plane origin is {np.linalg.norm(in_plane):.2f} mm off the full-dose series'; "
+                                "the images would not overlay")
 
 
 def _pair_by_position(full: Sequence[float], quarter: Sequence[float], spacing: float) -> list[tuple[int, int]]:
@@ -524,19 +635,18 @@ def _dicom_header(path: Path):
     return _dcmread(path, stop_before_pixels=True)
 
 
-def _simulation_inputs(src: Path, series_uid: str | None) -> tuple[list[SourceInput], list[Skipped], list[Skipped]]:
-    """The inputs under ``src``: one per DICOM series (files grouped by folder and SeriesInstanceUID;
-    subject = PatientID) and one per other image file (subject = the file)."""
+def _simulation_inputs(src: Path, series_uid: str | None, split_by: str
+                       ) -> tuple[list[SourceInput], list[Skipped], list[Skipped]]:
+    """The inputs under ``src``: one per DICOM series (files grouped by SeriesInstanceUID, across
+    folders) and one per other image file. The subject of a series is its PatientID
+    (``split_by="patient"``) or the series itself (``"series"``); of another file, the file."""
     from restore_rwkv.data.io.dicom import DICOM_SUFFIXES, _non_image_reason, looks_like_dicom
 
-    inputs: list[SourceInput] = []
     failures: list[Skipped] = []
     ignored: list[Skipped] = []
-    series: dict[tuple[Path, str], list[tuple[Path, object]]] = defaultdict(list)
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        if any(part.startswith(".") for part in path.relative_to(src).parts):
-            continue
-        rel = path.relative_to(src)
+    series: dict[str, list[tuple[Path, object]]] = defaultdict(list)
+    others: list[Path] = []
+    for path in _visible_files(src, ignored):
         if file_suffix(path) in DICOM_SUFFIXES or (not is_image_file(path) and looks_like_dicom(path)) \
                 or path.name.upper() == "DICOMDIR":
             try:
@@ -548,45 +658,83 @@ def _simulation_inputs(src: Path, series_uid: str | None) -> tuple[list[SourceIn
             if reason:
                 ignored.append(Skipped(str(path), reason))
                 continue
-            uid = str(header.get("SeriesInstanceUID", "")) or f"(no series UID) {path.name}"
+            uid = str(header.get("SeriesInstanceUID", "")) or f"(no series UID) {path}"
             if series_uid is not None and uid != series_uid:
                 ignored.append(Skipped(str(path), f"series {uid} is not the chosen --series-uid"))
                 continue
-            series[(path.parent, uid)].append((path, header))
+            series[uid].append((path, header))
+        elif series_uid is not None and is_image_file(path):
+            ignored.append(Skipped(str(path), "not a DICOM file of the chosen --series-uid"))
         elif is_image_file(path):
-            stem = _safe_name(str(rel.with_name(rel.name[: len(rel.name) - len(file_suffix(path))])).replace("/", "_"))
-            inputs.append(SourceInput(str(path), stem, ("file", path, stem)))
+            others.append(path)
         else:
             ignored.append(Skipped(str(path), "not an image file"))
-    names: set[str] = set()
-    for (folder, uid), items in sorted(series.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        header = items[0][1]
-        patient = str(header.get("PatientID", "") or "").strip() or folder.name
-        number = str(header.get("SeriesNumber", "") or "").strip() or uid.rsplit(".", 1)[-1][-6:]
-        name = f"{_safe_name(patient)}_{_safe_name(number)}"
-        if name in names:
-            name = f"{name}-{_safe_name(uid.rsplit('.', 1)[-1][-6:])}"
-        names.add(name)
-        label = f"{folder} (series {uid})" if len(items) > 1 else str(items[0][0])
-        inputs.append(SourceInput(label, f"patient:{patient}", ("series", [p for p, _ in items], name)))
     if series_uid is not None and not series:
         raise InputError(src, f"no DICOM image of series {series_uid}")
+
+    inputs: list[SourceInput] = []
+    names: set[str] = set()
+
+    def unique(name: str, alternative: str) -> str:
+        if name in names:
+            name = f"{name}-{alternative}"
+        while name in names:
+            name += "-"
+        names.add(name)
+        return name
+
+    stems = [_safe_name(str(p.relative_to(src))[: len(str(p.relative_to(src))) - len(file_suffix(p))]
+                        .replace(os.sep, "_")) for p in others]
+    for path, stem in zip(others, stems):
+        name = stem if stems.count(stem) == 1 else f"{stem}-{file_suffix(path).lstrip('.').replace('.', '-')}"
+        name = unique(name, "file")
+        inputs.append(SourceInput(str(path), f"file:{name}", ("file", path, name)))
+    for uid, items in sorted(series.items(), key=lambda kv: (str(kv[1][0][0]), kv[0])):
+        header = items[0][1]
+        folders = sorted({str(p.parent) for p, _ in items})
+        patient = str(header.get("PatientID", "") or "").strip() or Path(folders[0]).name
+        number = str(header.get("SeriesNumber", "") or "").strip() or uid.rsplit(".", 1)[-1][-6:]
+        name = unique(f"{_safe_name(patient)}_{_safe_name(number)}", _safe_name(uid.rsplit(".", 1)[-1][-6:]))
+        where = os.path.commonpath(folders)
+        label = f"{where} (series {uid})" if len(items) > 1 else str(items[0][0])
+        subject = f"patient:{patient}" if split_by == "patient" else f"series:{uid}"
+        inputs.append(SourceInput(label, subject, ("series", [p for p, _ in items], name)))
     return inputs, failures, ignored
+
+
+def _pet_to_suv(data: np.ndarray, meta: ImageMeta, label: str, force: bool, notes: list[str]) -> np.ndarray:
+    """PET DICOM values in SUV: Bq/ml converted with the header's weight and dose; GML kept."""
+    from restore_rwkv.data.io.dicom import pet_suv_factor
+
+    if not meta.datasets or str(meta.modality or "").upper() not in ("PT", "PET"):
+        return data
+    try:
+        factor, how = pet_suv_factor(meta.datasets[0])
+    except ValueError as exc:
+        if force:
+            notes.append(f"{label}: kept in stored units ({exc})")
+            return data
+        raise InputError(label, f"cannot express the PET values in SUV ({exc}); pass --force to keep them as stored")
+    if factor != 1.0:
+        notes.append(f"{label}: {how}")
+    return data * np.float32(factor)
 
 
 def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int = 100, seed: int = 0,
                       split: Sequence[float] = SIMULATE_SPLIT, fmt: str = "npy", overwrite: bool = False,
                       quiet: bool = False, series_uid: str | None = None, force: bool = False,
-                      **options) -> PreparationReport:
+                      split_by: str = "patient", **options) -> PreparationReport:
     """Any folder of HQ images, volumes and DICOM series -> (LQ, HQ) pairs by ``task``'s degradation.
 
-    DICOM files are grouped into series (by folder and SeriesInstanceUID) and split by
-    patient (PatientID); other files are split by file. Pairs are named
-    ``<patient>_<series number>_<slice>`` (DICOM) or ``<file>_<slice>``. For CT the pixel
-    spacing comes from each image's metadata unless ``pixel_size_mm`` is given (0.7 mm when an
-    image has none; counted in the notes), HU below -1024 become -1024 in both images, and LQ
-    equals HQ on that out-of-field padding. A DICOM whose Modality is not the task's (an MR
-    given to ``ct_denoise``) is refused unless ``force``.
+    DICOM files are grouped into series (by SeriesInstanceUID, across folders) and split by
+    patient (PatientID; ``split_by="series"`` for anonymised data that share one ID); other
+    files are split by file. Pairs are named ``<patient>_<series number>_<slice>`` (DICOM) or
+    ``<file>_<slice>``. For CT the pixel spacing comes from each image's metadata unless
+    ``pixel_size_mm`` is given (0.7 mm when an image has none; counted in the notes), HU below
+    -1024 become -1024 in both images, and LQ equals HQ on that out-of-field padding. PET DICOM
+    in Bq/ml is converted to SUV. A DICOM whose Modality is not the task's (an MR given to
+    ``ct_denoise``), PET without SUV information, or a ``src`` that is itself a ``prepare``
+    output are refused unless ``force``.
     """
     from restore_rwkv.data.io import read_dicom, read_dicom_files
     from restore_rwkv.data.modality import TASK_DICOM_MODALITIES, resolve_task
@@ -595,15 +743,24 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
         task = resolve_task(task)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
-    src = _source_folder(src, out)
-    inputs, failures, ignored = _simulation_inputs(src, series_uid)
+    if split_by not in ("patient", "series"):
+        raise InputError(None, f"--split-by must be 'patient' or 'series', got {split_by!r}")
+    check_job(seed, slices)
+    src = _source_folder(src, out, overwrite)
+    if (src / "manifest.csv").exists() and (src / "summary.json").exists() and not force:
+        raise InputError(src, "is the output of an earlier prepare (manifest.csv, summary.json); its LQ images "
+                              "would be degraded again (pass --force to use it anyway)")
+    fixed_pixel = options.pop("pixel_size_mm", None)
+    if fixed_pixel is not None and (not np.isfinite(float(fixed_pixel)) or float(fixed_pixel) <= 0):
+        raise InputError(None, f"--pixel-size-mm must be a finite number > 0, got {fixed_pixel}")
+    checked_degradation(task, **options)  # a bad option fails here, before any input is read
+    inputs, failures, ignored = _simulation_inputs(src, series_uid, split_by)
     if not inputs:
         found = f" ({'; '.join(str(f) for f in (failures + ignored)[:3])})" if failures or ignored else ""
         raise InputError(src, f"no image files in this folder{found}")
-    fixed_pixel = options.pop("pixel_size_mm", None)
-    default_degradation(task, **options)  # unknown options fail here, before any work
-    degradations: dict[float, object] = {}
+    degradations: dict[float | None, object] = {}
     no_spacing: list[str] = []
+    remarks: list[str] = []
 
     def degradation_for(pixel_mm: float | None):
         key = round(float(pixel_mm), 6) if pixel_mm is not None else None
@@ -612,22 +769,32 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
             degradations[key] = default_degradation(task, **options, **extra)
         return degradations[key]
 
-    def write_input(writer: PairWriter, number: int, source: SourceInput) -> None:
-        kind, what, name = source.item
+    def read(source: SourceInput) -> tuple[np.ndarray, ImageMeta]:
+        kind, what, _ = source.item
         if kind == "file":
-            data, meta = read_image(what)
-        elif len(what) == 1:
-            data, meta = read_dicom(what[0])
-        else:
-            data, meta = read_dicom_files(what, source=what[0].parent)
+            return read_image(what)
+        if len(what) == 1:
+            return read_dicom(what[0])
+        return read_dicom_files(what, source=what[0].parent)
+
+    def write_input(writer: PairWriter, number: int, source: SourceInput) -> None:
+        name = source.item[2]
+        data, meta = read(source)
         expected = TASK_DICOM_MODALITIES[task]
         if meta.modality and meta.modality.upper() not in expected and not force:
             raise InputError(source.label, f"is a {meta.modality} image, not {'/'.join(expected)} as task {task} "
                                            "needs (pass --force to use it anyway)")
-        data = np.squeeze(np.asarray(data, dtype=np.float32))
-        if data.ndim not in (2, 3):
+        data = np.asarray(data)
+        if data.dtype.kind == "c":
+            raise InputError(source.label, "holds complex values; give magnitude images")
+        if data.dtype.kind not in "biuf":
+            raise InputError(source.label, f"holds {data.dtype} values, not numbers")
+        data = np.squeeze(data.astype(np.float32, copy=False))
+        if data.ndim not in (2, 3) or min(data.shape) < 2:
             raise InputError(source.label, f"expected a 2-D image or a 3-D volume, got shape {data.shape}")
         check_finite(data, source.label)
+        if task == "pet":
+            data = _pet_to_suv(data, meta, source.label, force, remarks)
         axis = (meta.slice_axis if meta.slice_axis is not None else 0) if data.ndim == 3 else None
         pixel_mm = fixed_pixel
         if task == "ct_denoise" and pixel_mm is None:
@@ -641,6 +808,8 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
                 pixel_mm = spacing[0]
         degrade = degradation_for(pixel_mm)
         if axis is None:
+            if float(data.max()) == float(data.min()):
+                raise InputError(source.label, "the image is flat (one value everywhere)")
             images = [(None, data)]
         else:
             indices = central_slices(data, axis, slices)
@@ -648,26 +817,37 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
                 raise InputError(source.label, "no slice holds signal (the volume is empty or flat)")
             images = [(i, np.take(data, i, axis=axis)) for i in indices]
         for index, image in images:
-            slice_seed = (seed * 1_000_003 + number) * 10_007 + (index or 0)
-            if task == "ct_denoise":
-                padding = image < CT_AIR_HU
-                (hq,) = ct_air_floor(image)
-                square, crop = _square(hq, CT_AIR_HU)
-                lq = np.asarray(degrade(square, seed=slice_seed), np.float32)[crop]
-                lq[padding] = hq[padding]  # no signal outside the scan field: both images agree there
-            else:
-                hq = image
-                lq = degrade(hq, seed=slice_seed)
+            try:
+                hq, lq = _simulate_slice(task, degrade, image, slice_seed(seed, number, index))
+            except ValueError as exc:
+                raise InputError(source.label, f"simulation failed ({exc})") from None
             suffix = "" if index is None else f"_{index:03d}"
             writer.write(task, None, f"{name}{suffix}", lq, hq, meta if fmt == "nifti" else None, index,
                          subject=source.subject)
 
     def notes() -> list[str]:
-        if not no_spacing:
-            return []
-        return [f"{len(no_spacing)} input(s) have no pixel spacing in their metadata; the CT simulation took "
-                f"{DEGRADATION_OPTIONS['ct_denoise']['pixel_size_mm']} mm for them (set --pixel-size-mm): "
-                + ", ".join(no_spacing[:3]) + (" ..." if len(no_spacing) > 3 else "")]
+        out = list(remarks)
+        if no_spacing:
+            out.append(f"{len(no_spacing)} input(s) have no pixel spacing in their metadata; the CT simulation took "
+                       f"{DEGRADATION_OPTIONS['ct_denoise']['pixel_size_mm']} mm for them (set --pixel-size-mm): "
+                       + ", ".join(no_spacing[:3]) + (" ..." if len(no_spacing) > 3 else ""))
+        return out
 
     return _write_pairs(src, out, fmt, overwrite, quiet, inputs, f"{task} inputs", write_input, split, seed,
                         failures=failures, ignored=ignored, notes=notes)
+
+
+def _simulate_slice(task: str, degrade, image: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HQ, LQ) of one slice. CT: padding below -1024 HU becomes air in both, LQ equals HQ there;
+    CT and PET slices are simulated on a square canvas (air / zero) and cropped back."""
+    if task == "ct_denoise":
+        padding = image < CT_AIR_HU
+        (hq,) = ct_air_floor(image)
+        square, crop = _square(hq, CT_AIR_HU)
+        lq = np.asarray(degrade(square, seed=seed), np.float32)[crop]
+        lq[padding] = hq[padding]  # no signal outside the scan field: both images agree there
+        return hq, lq
+    if task == "pet":
+        square, crop = _square(image, 0.0)
+        return image, np.asarray(degrade(square, seed=seed), np.float32)[crop]
+    return image, degrade(image, seed=seed)

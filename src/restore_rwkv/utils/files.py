@@ -154,7 +154,8 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
     """Yield a hidden folder beside ``path`` that becomes ``path`` when the block succeeds.
 
     ``path`` must not exist or be an empty folder, unless ``replace`` (then the old folder is
-    removed only after the new one is complete). On error the staged folder is removed.
+    removed only after the new one is complete). On error the staged folder is removed, and so
+    are the parent folders this call created.
     Folders inside the stage keep the modes they were created with; the stage itself gets
     ``0777 & ~umask``.
     """
@@ -163,11 +164,17 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
         raise InputError(path, "exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not replace:
         raise InputError(path, "output folder exists and is not empty")
+    created = []  # parent folders this call creates, deepest first: removed again if the block fails
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path)
         stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{_owner_tag()}", dir=path.parent))
     except OSError as exc:
+        _remove_empty(created)
         raise _os_error(path, exc) from None
     try:
         yield stage
@@ -181,7 +188,17 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
             stage.replace(path)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def refuse_input_target(path: str | os.PathLike, source: str | os.PathLike | None) -> None:

@@ -117,12 +117,13 @@ def _pixels(ds, path: Path) -> np.ndarray:
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         needs = _decoder_packages(str(syntax)) if syntax is not None else None
-        if needs and not _decoder_installed():
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if needs and "missing dependencies" in str(exc):
             raise InputError(path, f"cannot decode its {syntax.name} pixel data: no decoder is installed; "
                                    f"pip install 'restore-rwkv[dicom-codecs]' ({needs})") from None
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        hint = f"; its decoder is {needs}" if needs else ""
-        raise InputError(path, f"cannot decode the DICOM pixel data ({message}{hint})") from None
+        hint = f"; decoders for it: {needs}" if needs else ""
+        details = " ".join(str(exc).split())[:300]
+        raise InputError(path, f"cannot decode the DICOM pixel data ({details or message}{hint})") from None
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
         raise InputError(path, "colour DICOM images are not supported")
     frames = _frame_count(ds)
@@ -151,10 +152,63 @@ def _decoder_packages(transfer_syntax: str) -> str | None:
     return next((needs for prefix, needs in _DECODERS if transfer_syntax.startswith(prefix)), None)
 
 
-def _decoder_installed() -> bool:
-    import importlib.util
+def _dicom_datetime(date: str | None, time: str | None):
+    """A datetime from DICOM DA (YYYYMMDD) and TM (HHMMSS.ffffff, parts may be missing) strings."""
+    import datetime as dt
 
-    return any(importlib.util.find_spec(name) for name in ("libjpeg", "openjpeg", "jpeg_ls", "gdcm"))
+    time = (str(time or "").strip().replace(":", "") + "000000")
+    whole, _, fraction = time.partition(".")
+    whole = (whole + "000000")[:6]
+    seconds = int(whole[:2]) * 3600 + int(whole[2:4]) * 60 + int(whole[4:6]) + float("0." + (fraction or "0"))
+    day = dt.datetime.strptime(str(date).strip(), "%Y%m%d") if date and str(date).strip() else dt.datetime(2000, 1, 1)
+    return day + dt.timedelta(seconds=seconds)
+
+
+def pet_suv_factor(ds) -> tuple[float, str]:
+    """(factor, description) taking a PET image's stored units to body-weight SUV (g/ml).
+
+    Units GML are SUV already (factor 1). Units BQML: SUV = C * weight / dose, with the
+    injected dose decayed from the injection time to the time the image is decay-corrected
+    to (DecayCorrection START: the series time; ADMIN: the injection itself). Raises
+    ValueError when the header lacks what that needs (units, weight, dose, half-life, times).
+    """
+    units = str(ds.get("Units", "") or "").upper()
+    if units == "GML":
+        return 1.0, "already in SUV (g/ml)"
+    if units != "BQML":
+        raise ValueError(f"PET units are {units or 'not given'}; SUV needs BQML or GML")
+    weight = float(ds.get("PatientWeight") or 0.0)
+    info = ds.get("RadiopharmaceuticalInformationSequence")
+    if weight <= 0 or not info:
+        raise ValueError("SUV needs PatientWeight and RadiopharmaceuticalInformationSequence")
+    item = info[0]
+    dose = float(item.get("RadionuclideTotalDose") or 0.0)
+    half_life = float(item.get("RadionuclideHalfLife") or 0.0)
+    start_dt = str(item.get("RadiopharmaceuticalStartDateTime", "") or "").strip()
+    start_time = item.get("RadiopharmaceuticalStartTime")
+    if dose <= 0 or half_life <= 0 or not (start_dt or start_time):
+        raise ValueError("SUV needs RadionuclideTotalDose, RadionuclideHalfLife and the injection time")
+    correction = str(ds.get("DecayCorrection", "START") or "START").upper()
+    if correction == "ADMIN":
+        elapsed = 0.0
+    elif correction == "START":
+        reference = _dicom_datetime(ds.get("SeriesDate") or ds.get("AcquisitionDate"),
+                                    ds.get("SeriesTime") or ds.get("AcquisitionTime"))
+        if start_dt:
+            injected = _dicom_datetime(start_dt[:8], start_dt[8:])
+        else:
+            injected = _dicom_datetime(ds.get("SeriesDate") or ds.get("AcquisitionDate"), start_time)
+        elapsed = (reference - injected).total_seconds()
+        if elapsed < 0 and not start_dt:
+            elapsed += 24 * 3600  # injected before midnight, scanned after
+        if elapsed < 0:
+            raise ValueError("the series starts before the injection")
+    else:
+        raise ValueError(f"DecayCorrection {correction} is not understood (START or ADMIN)")
+    decayed = dose * 2.0 ** (-elapsed / half_life)
+    factor = weight * 1000.0 / decayed
+    return factor, (f"Bq/ml converted to SUVbw (weight {weight:g} kg, {dose / 1e6:.4g} MBq injected, "
+                    f"{elapsed / 60:.1f} min before the decay-correction time)")
 
 
 def _stored_dtype(ds) -> np.dtype:

@@ -729,3 +729,32 @@ def test_pet_in_bq_per_ml_becomes_suv(tmp_path, capsys):
     _one_line_error(capsys, "cannot express the PET values in SUV", "PatientWeight", "--force")
     assert main(["prepare", "simulate", "--task", "pet", "--src", str(bad), "--out", str(tmp_path / "o2"),
                  "--quiet", "--split", "1,0,0", "--force"]) == 0
+
+
+def test_nifti_pairs_keep_the_world_position_of_dicom_slices(tmp_path):
+    import nibabel as nib
+    from pydicom.data import get_testdata_file
+
+    from restore_rwkv.data.io import read_image
+
+    src = tmp_path / "single"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    out = tmp_path / "o"
+    assert main(["prepare", "simulate", "--task", "ct", "--src", str(src), "--out", str(out), "--quiet",
+                 "--format", "nifti", "--split", "1,0,0"]) == 0
+    _, meta = read_image(src / "ct.dcm")
+    for r in _rows(out):
+        assert np.allclose(nib.load(str(out / r["hq"])).affine, meta.affine_in("RAS"))
+    aapm = tmp_path / "AAPM"
+    _aapm(aapm, ["L001"], slices=3)
+    out = tmp_path / "a"
+    assert main(["prepare", "aapm", "--src", str(aapm), "--out", str(out), "--quiet", "--format", "nifti",
+                 "--split", "1,0,0"]) == 0
+    volume, meta = read_image(aapm / "L001" / "full_1mm")
+    for r in _rows(out):
+        index = int(Path(r["hq"]).name.split("_")[1].split(".")[0])
+        image = nib.load(str(out / r["hq"]))
+        ras = meta.affine_in("RAS")
+        for i, j in ((0, 0), (3, 5)):  # pixel (i, j) of the slice is voxel (index, i, j) of the series
+            assert np.allclose(image.affine @ [i, j, 0, 1], ras @ [index, i, j, 1])

@@ -375,6 +375,8 @@ class PairWriter:
 
 def _slice_meta(meta: ImageMeta | None, index: int | None) -> ImageMeta | None:
     """Geometry of slice ``index`` of the volume ``meta`` describes: its in-plane axes, moved to the slice."""
+    if meta is not None and meta.affine is not None and index is None and meta.slice_axis is None:
+        return ImageMeta(affine=np.asarray(meta.affine, np.float64), space=meta.space, format="nifti")  # a 2-D image
     if meta is None or meta.affine is None or index is None or meta.slice_axis is None:
         return None
     axis = meta.slice_axis

@@ -83,7 +83,7 @@ def _check_image_dataset(ds, path: Path) -> None:
     if reason:
         raise InputError(path, reason)
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise InputError(path, "DICOM file holds no pixel data")
+        raise InputError(path, "DICOM file holds no pixel data (truncated, or not an image)")
 
 
 def _group_item(ds, frame: int, sequence: str):

@@ -55,19 +55,21 @@ def test_footprint_weights_are_the_pixel_area_in_each_strip(degrees):
     theta = math.radians(degrees)
     steps = 8
     weights = footprint_weights(torch.tensor([theta], dtype=torch.float64), steps=steps)[0].numpy()
+    assert weights.shape == (steps, 3)
     q = (np.arange(2000) + 0.5) / 2000 - 0.5  # midpoints across the pixel
     t = (q[:, None] * math.cos(theta) + q[None, :] * math.sin(theta)).ravel()
-    for m in range(steps + 1):
-        position = t + m / steps  # pixel centre at k + m/steps, with k = 0
-        shares = np.array([np.mean(np.abs(position - bin_) <= 0.5) for bin_ in (-1, 0, 1, 2)])
+    for m in range(steps):
+        position = t + (m - steps // 2) / steps  # pixel centre relative to its nearest bin, k = 0
+        shares = np.array([np.mean(np.abs(position - bin_) <= 0.5) for bin_ in (-1, 0, 1)])
         np.testing.assert_allclose(weights[m], shares, atol=2e-3)
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-12)
 
 
 def test_footprint_weights_at_0_degrees_are_linear_interpolation():
     weights = footprint_weights(torch.tensor([0.0], dtype=torch.float64), steps=16)[0].numpy()
-    f = np.arange(17) / 16
-    np.testing.assert_allclose(weights, np.stack([0 * f, 1 - f, f, 0 * f], axis=1), atol=1e-15)
+    f = (np.arange(16) - 8) / 16
+    np.testing.assert_allclose(weights, np.stack([np.maximum(-f, 0), 1 - np.abs(f), np.maximum(f, 0)], axis=1),
+                               atol=1e-15)
 
 
 @pytest.mark.parametrize("use_numba", [True, False])
@@ -162,7 +164,7 @@ def _body(size: int) -> tuple[np.ndarray, np.ndarray]:
 def test_lq_minus_hq_is_zero_on_average_in_uniform_regions_including_air_and_padding():
     size, batch = 128, 16
     hq, r = _body(size)
-    op = LowDoseCT(dose_fraction=0.25, incident_flux=1e5, pixel_size_mm=2.0)
+    op = LowDoseCT(dose_fraction=0.25, incident_flux=1e5, pixel_size_mm=2.0, fbp_window="ramp")
     noise = op(np.broadcast_to(hq, (batch, size, size)).copy(), seed=0) - hq
     regions = {"padding -2000": r >= 0.48 * size, "air -1024": (r > 0.37 * size) & (r < 0.45 * size),
                "water": (r > 0.14 * size) & (r < 0.33 * size), "40 HU": r < 0.1 * size}
@@ -171,7 +173,7 @@ def test_lq_minus_hq_is_zero_on_average_in_uniform_regions_including_air_and_pad
         standard_error = per_image.std(ddof=1) / math.sqrt(batch)
         assert abs(per_image.mean()) < max(5 * standard_error, 0.05), name
         assert abs(per_image.mean()) < 0.5, name  # HU, against noise of about 10 HU
-        assert noise[:, region].std() > 3.0, name  # there is noise everywhere, padding included
+        assert noise[:, region].std() > 1.0, name  # there is noise everywhere, padding included
 
 
 def test_noise_std_goes_as_one_over_sqrt_dose():

@@ -144,20 +144,21 @@ FOOTPRINT_STEPS = 256  # sub-pixel positions at which the footprint weights are 
 
 
 def footprint_weights(angles: torch.Tensor, steps: int = FOOTPRINT_STEPS) -> torch.Tensor:
-    """(A, steps + 1, 4) float64: the share of a unit square pixel, centred at k + m / steps on the
-    detector, that falls in bins k - 1 .. k + 2 (bins one pixel wide, centred on integers).
+    """(A, steps, 3) float64: the share of a unit square pixel, centred at k + (m - steps/2) / steps
+    on the detector, that falls in bins k - 1, k, k + 1 (bins one pixel wide, centred on integers).
 
     A square pixel seen at angle theta covers a trapezoid on the detector: it is the
     convolution of boxes of widths |cos theta| and |sin theta|, of unit area (the length of
-    each ray inside the pixel). Its integral over a bin is that bin's share; the shares sum to 1.
+    each ray inside the pixel). Its integral over a bin is that bin's share; the shares sum to 1
+    (the trapezoid is at most sqrt(2) wide, so three bins hold it).
     """
     theta = torch.as_tensor(angles, dtype=torch.float64)[:, None, None]
     a, b = torch.cos(theta).abs(), torch.sin(theta).abs()
     hi, lo = torch.maximum(a, b), torch.minimum(a, b)
     outer, inner, height = (hi + lo) / 2, (hi - lo) / 2, 1.0 / hi
     ramp = lo.clamp_min(1e-300)  # the sloped parts vanish at 0 and 90 degrees
-    offset = torch.arange(steps + 1, dtype=torch.float64)[None, :, None] / steps
-    u = torch.arange(5, dtype=torch.float64)[None, None, :] - 1.5 - offset  # bin edges relative to the centre
+    offset = (torch.arange(steps, dtype=torch.float64)[None, :, None] - steps // 2) / steps
+    u = torch.arange(4, dtype=torch.float64)[None, None, :] - 1.5 - offset  # bin edges relative to the centre
     rising = height * (u + outer).clamp_min(0) ** 2 / (2 * ramp)
     falling = 1 - height * (outer - u).clamp_min(0) ** 2 / (2 * ramp)
     flat = height * (lo / 2 + u + inner)
@@ -224,23 +225,22 @@ class FootprintProjector(ParallelBeamProjector):
         return self.backproject(sinograms) * self.pixel_size
 
     def _chunks(self, batch: int) -> range:
-        per_chunk = max(1, _CHUNK_ELEMENTS // (4 * self.size * self.size * max(batch, 1)))
+        per_chunk = max(1, _CHUNK_ELEMENTS // (3 * self.size * self.size * max(batch, 1)))
         return range(0, len(self.angles), per_chunk), per_chunk
 
     def _taps(self, start: int, stop: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded-detector bin indices (a, N*N*4) and weights (a, N*N, 4) of views start..stop,
-        computed as the numba kernels do (float64 positions, same order of operations)."""
-        half, centre, steps = (self.size - 1) * 0.5, (self.detectors - 1) * 0.5, self.weights.shape[1] - 1
+        """Padded-detector bin indices (a, N*N*3) and weights (a, N*N, 3) of views start..stop,
+        computed as the numba kernels do (float64 positions, same operations in the same order)."""
+        half, centre, steps = (self.size - 1) * 0.5, (self.detectors - 1) * 0.5, self.weights.shape[1]
         cos = torch.from_numpy(self._trig[0][start:stop]).to(device)[:, None, None]
         sin = torch.from_numpy(self._trig[1][start:stop]).to(device)[:, None, None]
         index = torch.arange(self.size, device=device, dtype=torch.float64)
-        base = (index[None, :, None] - half) * sin + centre - half * cos + _MARGIN
-        t = base + index[None, None, :] * cos  # (a, N, N)
-        k = t.floor()
-        m = ((t - k) * steps + 0.5).floor().long().flatten(1)
+        base = ((index[None, :, None] - half) * sin + centre - half * cos + _MARGIN) * steps + (steps // 2 + 0.5)
+        u = (base + index[None, None, :] * (cos * steps)).floor().long().flatten(1)  # (a, N*N), nearest 1/steps
+        k, m = u // steps, u % steps
         table = self.weights[start:stop].to(device=device, dtype=dtype)
-        taps = table.gather(1, m[..., None].expand(-1, -1, 4))  # (a, N*N, 4)
-        bins = (k.long().flatten(1)[..., None] + torch.arange(-1, 3, device=device)).flatten(1)
+        taps = table.gather(1, m[..., None].expand(-1, -1, 3))  # (a, N*N, 3)
+        bins = (k[..., None] + torch.arange(-1, 2, device=device)).flatten(1)
         return bins, taps
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,7 +251,7 @@ class FootprintProjector(ParallelBeamProjector):
         for start in chunks:
             stop = min(start + per_chunk, len(self.angles))
             bins, taps = self._taps(start, stop, x.device, x.dtype)
-            values = (flat * taps[None]).flatten(2)  # (B, a, N*N*4)
+            values = (flat * taps[None]).flatten(2)  # (B, a, N*N*3)
             out[:, start:stop].scatter_add_(2, bins[None].expand(batch, -1, -1), values)
         return out[..., _MARGIN : _MARGIN + d]
 
@@ -264,5 +264,5 @@ class FootprintProjector(ParallelBeamProjector):
             stop = min(start + per_chunk, len(self.angles))
             bins, taps = self._taps(start, stop, s.device, s.dtype)
             values = padded[:, start:stop].gather(2, bins[None].expand(batch, -1, -1))
-            out += (values.view(batch, stop - start, -1, 4) * taps[None]).sum(dim=(1, 3))
+            out += (values.view(batch, stop - start, -1, 3) * taps[None]).sum(dim=(1, 3))
         return out.view(batch, self.size, self.size)

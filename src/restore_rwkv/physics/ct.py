@@ -67,8 +67,8 @@ class LowDoseCT(Degradation):
         mu_water: attenuation of water per mm.
     """
 
-    def __init__(self, dose_fraction: float = 0.25, incident_flux: float = 1e5, electronic_noise_std: float = 0.0,
-                 pixel_size_mm: float = 0.7, n_views: int | None = None, fbp_window: str = "ramp",
+    def __init__(self, dose_fraction: float = 0.25, incident_flux: float = 3e5, electronic_noise_std: float = 0.0,
+                 pixel_size_mm: float = 0.7, n_views: int | None = None, fbp_window: str = "hann",
                  mu_water: float = MU_WATER_PER_MM) -> None:
         if not 0 < dose_fraction <= 1:
             raise ValueError(f"dose_fraction must be in (0, 1], got {dose_fraction}")

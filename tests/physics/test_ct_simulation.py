@@ -148,6 +148,10 @@ def test_footprint_projector_refuses_wrong_shapes():
         p.backproject(torch.zeros(1, 9, p.detectors))
     with pytest.raises(ValueError, match="sinograms"):
         p.backproject(torch.zeros(1, 8, p.detectors + 1))
+    with pytest.raises(TypeError, match="floating"):
+        p(torch.zeros(1, 16, 16, dtype=torch.int64))
+    with pytest.raises(TypeError, match="floating"):
+        p.backproject(torch.zeros(1, 8, p.detectors, dtype=torch.int32))
 
 
 # ----------------------------------------------------------------------------- noise insertion

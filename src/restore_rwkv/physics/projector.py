@@ -199,6 +199,8 @@ class FootprintProjector(ParallelBeamProjector):
         x, _ = as_batch(images)
         if x.shape[-2:] != (self.size, self.size):
             raise ValueError(f"projector built for {self.size}x{self.size} images, got {tuple(x.shape[-2:])}")
+        if not x.is_floating_point():
+            raise TypeError(f"projector needs floating-point images, got {x.dtype}")
         if self._compiled(x):
             src = x.contiguous().numpy()
             out = np.empty((x.shape[0], *self.sinogram_shape), dtype=src.dtype)
@@ -213,6 +215,8 @@ class FootprintProjector(ParallelBeamProjector):
         s = sinograms if sinograms.dim() == 3 else sinograms[None]
         if tuple(s.shape[-2:]) != self.sinogram_shape:
             raise ValueError(f"projector expects (B, {len(self.angles)}, {self.detectors}) sinograms, got {tuple(s.shape)}")
+        if not s.is_floating_point():
+            raise TypeError(f"projector needs floating-point sinograms, got {s.dtype}")
         if self._compiled(s):
             src = s.contiguous().numpy()
             out = np.empty((s.shape[0], self.size, self.size), dtype=src.dtype)
@@ -224,7 +228,7 @@ class FootprintProjector(ParallelBeamProjector):
         """Exact transpose of ``forward``: ``backproject`` times ``pixel_size``."""
         return self.backproject(sinograms) * self.pixel_size
 
-    def _chunks(self, batch: int) -> range:
+    def _chunks(self, batch: int) -> tuple[range, int]:
         per_chunk = max(1, _CHUNK_ELEMENTS // (3 * self.size * self.size * max(batch, 1)))
         return range(0, len(self.angles), per_chunk), per_chunk
 

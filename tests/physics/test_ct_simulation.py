@@ -49,6 +49,15 @@ def test_footprint_projection_of_a_disk_is_its_chord_length_at_every_angle():
     np.testing.assert_allclose(scaled.sum(dim=1).numpy(), 0.7 * float(_supersampled_disk(size, radius).sum()), rtol=1e-12)
 
 
+def test_footprint_projection_agrees_with_the_rotate_and_sum_projector_on_a_smooth_image():
+    size = 64
+    c = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    blobs = (torch.exp(-(c[:, None] ** 2 + (c[None, :] - 6) ** 2) / (2 * 8.0**2))
+             + 0.5 * torch.exp(-((c[:, None] + 10) ** 2 + c[None, :] ** 2) / (2 * 4.0**2)))
+    footprint, rotated = FootprintProjector(size, 36)(blobs), ParallelBeamProjector(size, 36)(blobs)
+    assert float((footprint - rotated).abs().max()) < 3e-3 * float(rotated.abs().max())
+
+
 @pytest.mark.parametrize("degrees", [0.0, 17.0, 45.0, 63.4, 90.0, 128.0])
 def test_footprint_weights_are_the_pixel_area_in_each_strip(degrees):
     """Quadrature over the unit square: the share of its area whose projection lands in each bin."""

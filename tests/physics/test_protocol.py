@@ -116,7 +116,7 @@ def test_constructor_defaults_are_the_documented_ones():
 
 def test_argument_ranges_at_their_boundaries():
     LowDoseCT(dose_fraction=1.0, incident_flux=0.5)  # the edges that are allowed
-    for bad in ({"dose_fraction": 0.0}, {"dose_fraction": 1.01}, {"incident_flux": 0.0}):
+    for bad in ({"dose_fraction": 0.0}, {"dose_fraction": 1.01}, {"incident_flux": 0.0}, {"pixel_size_mm": 0.0}):
         with pytest.raises(ValueError):
             LowDoseCT(**bad)
     LowCountPET(dose_reduction=1.0, total_counts=0.5, iterations=1, subsets=1)

@@ -53,15 +53,16 @@ def _uniform_slice(size: int = 96) -> torch.Tensor:
     return _disk(size, 40, value=40.0, background=-1000.0)  # soft tissue in air, HU
 
 
-def test_ct_high_flux_returns_the_input_within_fbp_error():
+def test_ct_high_flux_returns_the_input_and_fbp_error_stays_out_of_lq():
+    """LQ = HQ + noise: at high flux LQ is HQ, although FBP of this geometry alone has errors of its own."""
     hq = _uniform_slice()
-    op = LowDoseCT(dose_fraction=1.0, incident_flux=1e12, pixel_size_mm=1.0)
-    noiseless = op.reconstruct_noiseless(hq)
+    op = LowDoseCT(dose_fraction=1.0, incident_flux=1e14, pixel_size_mm=1.0)
     lq = op(hq, seed=0)
+    assert float((lq - hq).abs().max()) < 0.05  # HU, everywhere: air, edges and soft tissue alike
+    noiseless = op.reconstruct_noiseless(hq)
     inner = _disk(96, 34).bool()
-    assert float((lq - noiseless)[inner].abs().max()) < 2.0  # HU: photon noise vanishes
     fbp_error = float((noiseless - hq)[inner].abs().mean())
-    assert float((lq - hq)[inner].abs().mean()) < fbp_error + 1.0 and fbp_error < 15.0
+    assert 0.05 < fbp_error < 15.0
 
 
 def test_ct_noise_grows_as_one_over_sqrt_dose_and_is_seeded():
@@ -70,7 +71,7 @@ def test_ct_noise_grows_as_one_over_sqrt_dose_and_is_seeded():
     stds = {}
     for dose in (1.0, 0.25):
         op = LowDoseCT(dose_fraction=dose, incident_flux=2e4, pixel_size_mm=1.0)
-        noise = op(hq, seed=1) - op.reconstruct_noiseless(hq)
+        noise = op(hq, seed=1) - hq
         stds[dose] = float(noise[:, inner].std())
     assert stds[0.25] / stds[1.0] == pytest.approx(2.0, rel=0.15)
     op = LowDoseCT(pixel_size_mm=1.0)

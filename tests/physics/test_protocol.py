@@ -106,7 +106,7 @@ def test_projection_simulators_need_square_slices(kind):
 def test_constructor_defaults_are_the_documented_ones():
     ct = LowDoseCT()
     assert (ct.dose_fraction, ct.incident_flux, ct.electronic_noise_std, ct.pixel_size_mm, ct.n_views,
-            ct.fbp_window, ct.mu_water) == (0.25, 1e5, 0.0, 0.7, None, "ramp", 0.0192)
+            ct.fbp_window, ct.mu_water) == (0.25, 3e5, 0.0, 0.7, None, "hann", 0.0192)
     pet = LowCountPET()
     assert (pet.dose_reduction, pet.total_counts, pet.iterations, pet.subsets, pet.n_views,
             pet.post_filter_fwhm) == (12.0, 1e6, 10, 1, None, 0.0)
@@ -116,7 +116,7 @@ def test_constructor_defaults_are_the_documented_ones():
 
 def test_argument_ranges_at_their_boundaries():
     LowDoseCT(dose_fraction=1.0, incident_flux=0.5)  # the edges that are allowed
-    for bad in ({"dose_fraction": 0.0}, {"dose_fraction": 1.01}, {"incident_flux": 0.0}):
+    for bad in ({"dose_fraction": 0.0}, {"dose_fraction": 1.01}, {"incident_flux": 0.0}, {"pixel_size_mm": 0.0}):
         with pytest.raises(ValueError):
             LowDoseCT(**bad)
     LowCountPET(dose_reduction=1.0, total_counts=0.5, iterations=1, subsets=1)
@@ -145,7 +145,10 @@ def test_default_degradation_options():
     pet = default_degradation("pet", dose_reduction=4.0, total_counts=5e5, subsets=2)
     assert (pet.dose_reduction, pet.total_counts, pet.iterations, pet.subsets) == (4.0, 5e5, 4, 2)
     defaults = default_degradation("ct_denoise")
-    assert (defaults.dose_fraction, defaults.incident_flux, defaults.pixel_size_mm) == (0.25, 1e5, 0.7)
+    assert (defaults.dose_fraction, defaults.incident_flux, defaults.pixel_size_mm) == (0.25, 3e5, 0.7)
+    assert defaults.fbp_window == "hann"
+    spacing = default_degradation("ct_denoise", pixel_size_mm=0.82)  # as data preparation passes it from metadata
+    assert spacing.pixel_size_mm == 0.82 and spacing.projector(16).pixel_size == 0.82
     assert default_degradation("mri_sr").scale == DEGRADATION_OPTIONS["mri_sr"]["scale"] == 4.0
     with pytest.raises(TypeError, match="dose_fractoin"):
         default_degradation("ct_denoise", dose_fractoin=0.5)

@@ -10,7 +10,7 @@ from restore_rwkv.physics.pet import LowCountPET
 # option name -> default, per task (the options ``default_degradation`` understands)
 DEGRADATION_OPTIONS: dict[str, dict[str, float]] = {
     "mri_sr": {"scale": 4.0},
-    "ct_denoise": {"dose_fraction": 0.25, "incident_flux": 1e5, "pixel_size_mm": 0.7},
+    "ct_denoise": {"dose_fraction": 0.25, "incident_flux": 3e5, "pixel_size_mm": 0.7},
     "pet": {"dose_reduction": 12.0, "total_counts": 1e6, "iterations": 4, "subsets": 4},
 }
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from restore_rwkv.physics.defaults import DEGRADATION_OPTIONS
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("prepare", help="prepare datasets (IXI, AAPM-Mayo, any HQ folder, the demo)",
@@ -49,14 +51,19 @@ def add_parser(subparsers) -> None:
                         "whose series share one PatientID)")
     p.add_argument("--force", action="store_true",
                    help="use DICOM images whose Modality is not the task's (e.g. MR for ct_denoise)")
-    p.add_argument("--scale", type=float, default=4.0, help="mri_sr: k-space truncation factor")
-    p.add_argument("--dose-fraction", type=float, default=0.25, help="ct_denoise: dose of LQ (default 0.25)")
-    p.add_argument("--incident-flux", type=float, default=1e5, help="ct_denoise: photons per bin at full dose")
+    p.add_argument("--scale", type=float, default=DEGRADATION_OPTIONS["mri_sr"]["scale"],
+                   help="mri_sr: k-space truncation factor")
+    ct = DEGRADATION_OPTIONS["ct_denoise"]
+    p.add_argument("--dose-fraction", type=float, default=ct["dose_fraction"],
+                   help=f"ct_denoise: dose of LQ relative to HQ (default {ct['dose_fraction']:g})")
+    p.add_argument("--incident-flux", type=float, default=ct["incident_flux"],
+                   help="ct_denoise: photons per view per mm of detector at full dose, for 1000 views "
+                        f"(default {ct['incident_flux']:g}: about 26 HU soft-tissue noise at quarter dose and 1 mm pixels)")
     p.add_argument("--pixel-size-mm", type=float, default=None,
                    help="ct_denoise: pixel spacing in mm for every image (default: each image's own spacing "
                         "from its metadata, 0.7 for images without one)")
-    p.add_argument("--dose-reduction", type=float, default=12.0, help="pet: count reduction factor (default 12)")
-    p.add_argument("--total-counts", type=float, default=1e6, help="pet: expected counts per full-dose slice")
+    p.add_argument("--dose-reduction", type=float, default=DEGRADATION_OPTIONS["pet"]["dose_reduction"], help="pet: count reduction factor (default 12)")
+    p.add_argument("--total-counts", type=float, default=DEGRADATION_OPTIONS["pet"]["total_counts"], help="pet: expected counts per full-dose slice")
     p.add_argument("--format", choices=("npy", "nifti"), default="npy")
     p.set_defaults(run=_run_simulate)
 

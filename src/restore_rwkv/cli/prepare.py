@@ -67,7 +67,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--format", choices=("npy", "nifti"), default="npy")
     p.set_defaults(run=_run_simulate)
 
-    p = kinds.add_parser("demo", help="the offline demo dataset (all three tasks, 128x128, 10-40 s on 2 cores)")
+    p = kinds.add_parser("demo", help="the offline demo dataset (all three tasks, 128x128, about 10 s on 2 cores)")
     common(p, src=False)
     p.set_defaults(run=_run_demo)
 

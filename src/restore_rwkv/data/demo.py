@@ -81,7 +81,7 @@ def _split_interleaved(indices: list[int]) -> dict[str, list[int]]:
 
 
 def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, seed: int = 0) -> PreparationReport:
-    """Build the demo dataset under ``out`` (10-40 s on 2 CPU cores, no network)."""
+    """Build the demo dataset under ``out`` (about 10 s on 2 CPU cores, no network)."""
     import pydicom
 
     from restore_rwkv.data.io import read_dicom

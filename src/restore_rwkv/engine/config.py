@@ -1,0 +1,214 @@
+"""Run configurations: YAML files validated against a schema (pydantic), with dotted overrides.
+
+``load_config("ct_denoise")`` reads a config shipped in the package (``restore_rwkv/configs``),
+``load_config("my.yaml", ["optim.lr=1e-4"])`` a file with overrides. A wrong key or value is
+an :class:`~restore_rwkv.utils.errors.InputError` of one line that names it and lists the
+valid keys. The resolved config is what the trainer writes into its run folder.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from restore_rwkv.utils.errors import InputError
+
+TASK_NAMES = ("mri_sr", "ct_denoise", "pet", "all_in_one")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """The network: a registry name of ``restore_rwkv.models`` and constructor overrides."""
+
+    name: str = "restore_rwkv"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSource(_Strict):
+    """Where pairs come from: a prepared root (``prepare`` layout), a manifest, or HQ files degraded on the fly."""
+
+    root: Optional[str] = None
+    manifest: Optional[str] = None
+    hq: Optional[list[str]] = None
+    split: str = "train"
+    tasks: Optional[list[Literal["mri_sr", "ct_denoise", "pet"]]] = None
+    simulate: Optional[Literal["mri_sr", "ct_denoise", "pet"]] = None
+    degradation: dict[str, float] = Field(default_factory=dict)
+    max_images: Optional[int] = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        given = [k for k in ("root", "manifest", "hq") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of root, manifest, hq (got {', '.join(given) or 'none'})")
+        if self.hq and not self.simulate:
+            raise ValueError("hq files need simulate: the task whose degradation makes their LQ")
+        return self
+
+
+class DataConfig(_Strict):
+    """Training and validation data and how they are loaded."""
+
+    train: DataSource
+    val: Optional[DataSource] = None
+    patch_size: int = Field(default=128, ge=8)
+    batch_size: int = Field(default=4, ge=1, description="global batch, split over the processes")
+    workers: int = Field(default=2, ge=0)
+    balance_tasks: bool = False
+
+
+class OptimConfig(_Strict):
+    """Adam with L1 loss (the paper's recipe)."""
+
+    lr: float = Field(default=2e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: Optional[float] = Field(default=None, gt=0)
+
+
+class ScheduleConfig(_Strict):
+    """Iterations and the cosine learning-rate decay to ``min_lr`` (after ``warmup`` linear steps)."""
+
+    iterations: int = Field(default=300_000, ge=1)
+    min_lr: float = Field(default=1e-6, ge=0)
+    warmup: int = Field(default=0, ge=0)
+
+
+class TrainConfig(_Strict):
+    """How the loop runs."""
+
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)
+    val_every: int = Field(default=1000, ge=1)
+    save_every: int = Field(default=1000, ge=1)
+    log_every: int = Field(default=50, ge=1)
+    val_batch_size: int = Field(default=1, ge=1)
+    deterministic: bool = True
+    threads: Optional[int] = Field(default=None, ge=1)
+
+
+class RunConfig(_Strict):
+    """A whole training run."""
+
+    name: str
+    task: Literal["mri_sr", "ct_denoise", "pet", "all_in_one"]
+    out: str = "runs"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.name
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in the package."""
+    folder = resources.files("restore_rwkv") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str | Path) -> tuple[dict, str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise InputError(path, "no such config file")
+        text, where = path.read_text(), str(path)
+    else:
+        entry = resources.files("restore_rwkv") / "configs" / f"{name_or_path}.yaml"
+        if not entry.is_file():
+            raise InputError(None, f"unknown config {name_or_path!r}; shipped: {', '.join(shipped_configs())} "
+                                   "(or give a .yaml path)")
+        text, where = entry.read_text(), f"config {name_or_path}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = " ".join(str(exc).split())
+        raise InputError(where, f"not valid YAML ({first[:200]})") from None
+    if not isinstance(data, dict):
+        raise InputError(where, "a config is a YAML mapping of keys to values")
+    return data, where
+
+
+def _apply_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise InputError(None, f"--set takes key=value (e.g. optim.lr=1e-4), got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise InputError(None, f"--set has an empty key in {assignment!r}")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part, {}), dict):
+            raise InputError(None, f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """The schema class of the section at ``path`` (for listing valid keys)."""
+    cls: Any = RunConfig
+    for part in path:
+        if not isinstance(part, str):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:
+            return None
+    return cls
+
+
+def _one_line(exc: ValidationError, where: str) -> InputError:
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        section = _model_at(loc[:-1])
+        valid = ", ".join(section.model_fields) if section else "?"
+        return InputError(where, f"unknown key {dotted}; valid keys here: {valid}")
+    if error["type"] == "missing":
+        return InputError(where, f"missing key {dotted}")
+    value = error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return InputError(where, f"{dotted}: {error['msg']}{shown}")
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A validated :class:`RunConfig` from a shipped name or a YAML path, with ``key=value`` overrides."""
+    data, where = _read_yaml(name_or_path)
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _one_line(exc, where) from None
+
+
+def save_config(config: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    from restore_rwkv.utils.files import atomic_file
+
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path

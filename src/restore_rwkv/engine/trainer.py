@@ -1,0 +1,380 @@
+"""The iteration-based trainer: one process or many through torch.distributed (torchrun).
+
+``Trainer(load_config("ct_denoise")).fit()`` trains with the paper's recipe: random patches,
+L1 loss, Adam, cosine decay, validation on whole slices every ``val_every`` iterations with
+the paper's metrics, ``best`` by validation PSNR. The run folder ``<out>/<name>/`` holds:
+
+- ``config.yaml``: the resolved config;
+- ``checkpoints/last.pt`` and ``checkpoints/best.pt``: model, optimiser, scheduler, grad
+  scaler, EMA, the random states of every rank, iteration and config (``--resume`` and the
+  automatic resume read ``last.pt``; a resumed CPU run is bit-identical to one that never stopped);
+- ``model.safetensors`` + ``model.json``: the weights for inference (EMA when enabled; best by
+  validation PSNR when there is validation data) with their card, for ``restore`` and ``evaluate``;
+- ``log.csv`` (and TensorBoard events under ``tb/`` when tensorboard is installed).
+
+Under torchrun every rank trains on its share of each batch (DistributedDataParallel, NCCL on
+GPUs, gloo on CPU); only rank 0 writes; validation metrics are averaged over all ranks' images.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from restore_rwkv.data.modality import get_convention
+from restore_rwkv.engine.config import RunConfig, save_config
+from restore_rwkv.engine.data import EndlessEpochSampler, EpochItems, build_dataset, dataset_tasks
+from restore_rwkv.engine.distributed import (
+    ProcessInfo,
+    all_sum,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    setup_distributed,
+    teardown_distributed,
+)
+from restore_rwkv.engine.state import (
+    ExponentialMovingAverage,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from restore_rwkv.models import ModelCard, create_model, save_model_with_card
+from restore_rwkv.utils.errors import InputError
+
+LOG_FIELDS = ("iteration", "loss", "lr", "seconds", "data_wait", "val_l1", "val_psnr", "val_ssim")
+
+
+def pick_device(choice: str, info: ProcessInfo | None = None) -> torch.device:
+    """``auto``: CUDA (this process's local GPU), else MPS, else CPU; other choices are checked to exist."""
+    local = info.local_rank if info else 0
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(None, "train.device is cuda but no CUDA device is available")
+        return torch.device("cuda", local)
+    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(None, "train.device is mps but MPS is not available")
+    return torch.device(choice)
+
+
+class CosineWithWarmup:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor``."""
+
+    def __init__(self, iterations: int, warmup: int, floor: float) -> None:
+        self.iterations, self.warmup, self.floor = int(iterations), int(warmup), float(floor)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(1, self.iterations - self.warmup)
+        progress = min(1.0, (step - self.warmup) / span)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Trains the model a :class:`RunConfig` describes.
+
+    Args:
+        config: the validated run config.
+        resume: ``"auto"`` (continue from ``<run>/checkpoints/last.pt`` when it exists), a
+            checkpoint path, or None (start fresh; refused when the run folder has a checkpoint).
+        quiet: no progress bar.
+        until: stop this sitting once the run reaches that iteration (``last.pt`` is saved
+            there); a later run with ``resume="auto"`` continues exactly where it stopped.
+    """
+
+    def __init__(self, config: RunConfig, resume: str | Path | None = "auto", quiet: bool = False,
+                 until: int | None = None) -> None:
+        self.config, self.resume, self.quiet, self.until = config, resume, quiet, until
+        self.model: nn.Module | None = None
+        self.run_dir = config.run_dir
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ set-up
+    def _check(self, info: ProcessInfo, device: torch.device) -> None:
+        cfg = self.config
+        if cfg.data.batch_size % info.world_size:
+            raise InputError(None, f"data.batch_size {cfg.data.batch_size} is not a multiple of the "
+                                   f"{info.world_size} processes")
+        if cfg.train.precision == "fp16" and device.type != "cuda":
+            raise InputError(None, "train.precision fp16 needs CUDA (its grad scaler); use bf16 or fp32")
+
+    def _resume_path(self) -> Path | None:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if self.resume == "auto":
+            return last if last.exists() else None
+        if self.resume is None:
+            if last.exists():
+                raise InputError(self.run_dir, "holds a checkpoint of an earlier run: resume it (the default) "
+                                               "or choose another name or --out")
+            return None
+        return Path(self.resume)
+
+    def _amp(self, device: torch.device):
+        precision = self.config.train.precision
+        if precision == "fp32":
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+    # ------------------------------------------------------------------ run
+    def fit(self) -> dict:
+        """Train to ``schedule.iterations``; returns the final and best validation metrics."""
+        cfg = self.config
+        info = setup_distributed(pick_device(cfg.train.device).type)
+        try:
+            return self._fit(info)
+        finally:
+            teardown_distributed(info)
+
+    def _fit(self, info: ProcessInfo) -> dict:
+        cfg = self.config
+        device = pick_device(cfg.train.device, info)
+        self._check(info, device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+
+        try:
+            model = create_model(cfg.model.name, **cfg.model.args).to(device)
+        except (TypeError, ValueError) as exc:
+            raise InputError(None, f"model: {exc}") from None
+        if cfg.train.gradient_checkpointing:
+            model.set_gradient_checkpointing(True)
+        ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                     weight_decay=cfg.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, CosineWithWarmup(cfg.schedule.iterations, cfg.schedule.warmup, cfg.schedule.min_lr / cfg.optim.lr))
+        scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+
+        iteration, best = 0, {"psnr": -math.inf}
+        resume_from = self._resume_path()
+        if resume_from is not None:
+            state = load_checkpoint(resume_from)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scheduler.lr_lambdas = [CosineWithWarmup(cfg.schedule.iterations, cfg.schedule.warmup,
+                                                     cfg.schedule.min_lr / cfg.optim.lr)]  # this config's schedule
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            if ema is not None and state.get("ema"):
+                ema.load_state_dict(state["ema"])
+            iteration, best = int(state["iteration"]), dict(state.get("best") or best)
+            states = state.get("rng") or []
+            if len(states) == info.world_size:
+                set_rng_state(states[info.rank])
+            if info.is_main and not self.quiet:
+                print(f"resuming {self.run_dir.name} from {resume_from} at iteration {iteration}")
+
+        ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+               if info.distributed else model)
+        local_batch = cfg.data.batch_size // info.world_size
+        train_set = build_dataset(cfg.data.train, cfg.data.patch_size, cfg.train.seed)
+        sampler = EndlessEpochSampler(len(train_set), cfg.train.seed, info.rank, info.world_size,
+                                      start=iteration * local_batch,
+                                      tasks=dataset_tasks(train_set) if cfg.data.balance_tasks else None)
+        loader = DataLoader(EpochItems(train_set), batch_size=local_batch, sampler=sampler,
+                            num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
+                            persistent_workers=False, drop_last=True)
+        val_set = build_dataset(cfg.data.val, None, cfg.train.seed) if cfg.data.val else None
+        modalities = sorted({item for item in _modalities(train_set)})
+
+        writer = self._open_logs(info)
+        bar = None
+        if info.is_main and not self.quiet:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.schedule.iterations, initial=iteration, desc=cfg.name, dynamic_ncols=True)
+        batches = iter(loader)
+        window = {"loss": 0.0, "n": 0, "data": 0.0, "start": time.perf_counter()}
+        last_val: dict = {}
+        model.train()
+        stop = min(cfg.schedule.iterations, self.until) if self.until is not None else cfg.schedule.iterations
+        self.model = model
+        while iteration < stop:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            window["data"] += time.perf_counter() - t0
+            lq = batch["lq"].to(device, non_blocking=True)
+            hq = batch["hq"].to(device, non_blocking=True)
+            with self._amp(device):
+                out = ddp(lq)
+            loss = nn.functional.l1_loss(out.float(), hq.float())
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.optim.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            iteration += 1
+            window["loss"] += loss.detach()
+            window["n"] += 1
+            if bar is not None:
+                bar.update(1)
+
+            log_now = iteration % cfg.train.log_every == 0 or iteration == cfg.schedule.iterations
+            val_now = val_set is not None and (iteration % cfg.train.val_every == 0
+                                               or iteration == cfg.schedule.iterations)
+            row = None
+            if log_now or val_now:
+                elapsed = time.perf_counter() - window["start"]
+                mean_loss, data_wait = all_sum([float(window["loss"]) / max(1, window["n"]),
+                                                window["data"] / max(elapsed, 1e-9)], info, device)
+                row = {"iteration": iteration, "loss": mean_loss / info.world_size,
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed,
+                       "data_wait": data_wait / info.world_size}
+                window = {"loss": 0.0, "n": 0, "data": 0.0, "start": time.perf_counter()}
+            if val_now:
+                last_val = self._validate(model, ema, val_set, device, info)
+                row.update({f"val_{k}": v for k, v in last_val.items()})
+                if last_val["psnr"] > best["psnr"]:
+                    best = {**last_val, "iteration": iteration}
+                    self._save(model, optimizer, scheduler, scaler, ema, iteration, best, info, "best.pt")
+                    self._export(model, ema, iteration, best, modalities, info)
+                model.train()
+            if row is not None:
+                self._log(row, writer, bar, info)
+            if iteration % cfg.train.save_every == 0 or iteration in (cfg.schedule.iterations, stop):
+                self._save(model, optimizer, scheduler, scaler, ema, iteration, best, info, "last.pt")
+        if val_set is None and iteration == cfg.schedule.iterations:
+            self._export(model, ema, iteration, {}, modalities, info)
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        barrier(info)
+        return {"iteration": iteration, "last": last_val, "best": best if val_set is not None else {}}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def _validate(self, model: nn.Module, ema: ExponentialMovingAverage | None, dataset, device: torch.device,
+                  info: ProcessInfo) -> dict:
+        """Mean L1 (normalised units), PSNR and SSIM (the paper's protocol) over whole validation slices."""
+        from restore_rwkv.metrics import evaluate_normalized
+
+        net = model
+        if ema is not None:
+            net = copy.deepcopy(model)
+            ema.copy_to(net)
+        net.eval()
+        sums = [0.0, 0.0, 0.0, 0.0]  # l1, psnr, ssim, count
+        for index in range(info.rank, len(dataset), info.world_size):
+            item = dataset[index]
+            lq, hq = item["lq"][None].to(device), item["hq"][None].to(device)
+            with self._amp(device):
+                out = net(lq)
+            out = out.float()
+            scores = evaluate_normalized(out, hq, get_convention(item["modality"]))
+            sums[0] += float((out - hq).abs().mean())
+            sums[1] += float(scores["psnr"].sum())
+            sums[2] += float(scores["ssim"].sum())
+            sums[3] += 1
+        l1, psnr, ssim, count = all_sum(sums, info, device)
+        return {"l1": l1 / count, "psnr": psnr / count, "ssim": ssim / count}
+
+    # ------------------------------------------------------------------ outputs
+    def _open_logs(self, info: ProcessInfo):
+        if not info.is_main:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.run_dir / "config.yaml")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an optional extra
+            return None
+        return SummaryWriter(str(self.run_dir / "tb"))
+
+    def _log(self, row: dict, writer, bar, info: ProcessInfo) -> None:
+        self.history.append(row)
+        if not info.is_main:
+            return
+        path = self.run_dir / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            out = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+            if new:
+                out.writeheader()
+            out.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in LOG_FIELDS})
+        if bar is not None:
+            shown = {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}"}
+            if "val_psnr" in row:
+                shown["val_psnr"] = f"{row['val_psnr']:.2f}"
+            bar.set_postfix(shown, refresh=False)
+        if writer is not None:
+            for key in ("loss", "lr", "data_wait", "val_l1", "val_psnr", "val_ssim"):
+                if key in row:
+                    writer.add_scalar(key, row[key], row["iteration"])
+
+    def _save(self, model, optimizer, scheduler, scaler, ema, iteration: int, best: dict, info: ProcessInfo,
+              name: str) -> None:
+        states = gather_objects(rng_state(), info)
+        if info.is_main:
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "ema": ema.state_dict() if ema is not None else None, "rng": states, "iteration": iteration,
+                "best": {k: float(v) for k, v in best.items()}, "config": self.config.to_dict(),
+            }, self.run_dir / "checkpoints" / name)
+        barrier(info)
+
+    def _export(self, model: nn.Module, ema, iteration: int, metrics: dict, modalities: list[str],
+                info: ProcessInfo) -> None:
+        """``model.safetensors`` + ``model.json`` in the run folder: the weights for inference."""
+        if info.is_main:
+            net = model
+            if ema is not None:
+                net = copy.deepcopy(model)
+                ema.copy_to(net)
+            cfg = self.config
+            conventions = {}
+            for m in modalities:
+                c = get_convention(m)
+                conventions[c.name] = {"unit": c.unit, "norm_range": list(c.norm_range),
+                                       "eval_window": list(c.eval_window)}
+            card = ModelCard(model=cfg.model.name, task=cfg.task, conventions=conventions,
+                             model_args=dict(cfg.model.args), patch_size=cfg.data.patch_size, iterations=iteration,
+                             metrics={k: float(v) for k, v in metrics.items()},
+                             notes=f"trained with restore-rwkv train, config {cfg.name}")
+            save_model_with_card(net, self.run_dir / "model.safetensors", card)
+        broadcast_object(None, info)
+
+
+def _modalities(dataset) -> list[str]:
+    if hasattr(dataset, "records"):
+        return [r.modality for r in dataset.records]
+    if hasattr(dataset, "convention"):
+        return [dataset.convention.name]
+    return []

@@ -1,0 +1,230 @@
+"""The trainer: configs, a short run that learns, exact resume, the data stream, and DDP over gloo."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from restore_rwkv.cli import main
+from restore_rwkv.data.datasets import PairRecord, write_manifest
+from restore_rwkv.engine.config import load_config, shipped_configs
+from restore_rwkv.engine.data import EndlessEpochSampler, EpochItems, build_dataset
+from restore_rwkv.engine.state import load_checkpoint
+from restore_rwkv.engine.trainer import Trainer
+from restore_rwkv.models import create_model, load_model
+
+TINY_MODEL = {"name": "restore_rwkv_light", "args": {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}}
+
+
+def _pairs(root, n_train=12, n_val=3, size=24, seed=0):
+    """CT-like pairs: smooth HQ structures, LQ = HQ + noise (HU), written in the prepare layout + manifest."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    records = []
+    for split, n in (("train", n_train), ("validation", n_val)):
+        for k in range(n):
+            hq = (-1000 + 1100 * ((yy - rng.random()) ** 2 + (xx - rng.random()) ** 2 < 0.15)
+                  + 300 * (xx > rng.random())).astype(np.float32)
+            lq = (hq + rng.normal(0, 150, hq.shape)).astype(np.float32)
+            for kind, image in (("LQ", lq), ("HQ", hq)):
+                folder = root / "CT" / split / kind
+                folder.mkdir(parents=True, exist_ok=True)
+                np.save(folder / f"p{k:02d}.npy", image)
+            records.append(PairRecord(str(root / "CT" / split / "LQ" / f"p{k:02d}.npy"),
+                                      str(root / "CT" / split / "HQ" / f"p{k:02d}.npy"), "ct", "ct_denoise", split))
+    write_manifest(root / "manifest.csv", records)
+    return root
+
+
+def _config(tmp_path, data_root, iterations=12, **train):
+    text = {
+        "name": "tiny", "task": "ct_denoise", "out": str(tmp_path / "runs"), "model": TINY_MODEL,
+        "data": {"train": {"root": str(data_root), "split": "train"},
+                 "val": {"root": str(data_root), "split": "validation"},
+                 "patch_size": 16, "batch_size": 4, "workers": 0},
+        "optim": {"lr": 2e-3},
+        "schedule": {"iterations": iterations},
+        "train": {"val_every": 6, "save_every": 6, "log_every": 3, "threads": 1, **train},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(text))
+    return path
+
+
+# ----------------------------------------------------------------------------- configs
+def test_every_shipped_config_validates():
+    names = shipped_configs()
+    assert {"mri_sr_x4", "ct_denoise", "pet_synthesis", "all_in_one"} <= set(names)
+    for name in names:
+        config = load_config(name)
+        assert config.name and config.data.train
+    paper = load_config("ct_denoise")
+    assert (paper.model.name, paper.data.patch_size, paper.data.batch_size, paper.optim.lr, paper.optim.betas,
+            paper.schedule.iterations, paper.schedule.min_lr, paper.train.val_every) == \
+        ("restore_rwkv", 128, 4, 2e-4, (0.9, 0.999), 300_000, 1e-6, 1000)
+
+
+def test_overrides_land_in_the_saved_config(tmp_path):
+    data = _pairs(tmp_path / "data")
+    assert main(["train", "--config", str(_config(tmp_path, data, iterations=3)), "--quiet",
+                 "--set", "optim.lr=5e-4", "--set", "train.val_every=2", "--set", "data.val.max_images=2"]) == 0
+    saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 5e-4 and saved["train"]["val_every"] == 2 and saved["data"]["val"]["max_images"] == 2
+    assert saved["schedule"]["iterations"] == 3 and saved["model"] == TINY_MODEL
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("optim.lrr=1", ["unknown key optim.lrr", "valid keys here: lr, betas, weight_decay, grad_clip"]),
+    ("data.batch_size=four", ["data.batch_size", "'four'"]),
+    ("train.precision=fp8", ["train.precision", "'fp8'"]),
+    ("optim.lr=-1", ["optim.lr", "greater than 0"]),
+])
+def test_a_wrong_key_or_value_is_one_line(tmp_path, capsys, override, fragments):
+    data = _pairs(tmp_path / "data", n_train=2, n_val=1)
+    assert main(["train", "--config", str(_config(tmp_path, data)), "--quiet", "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_config_names_the_shipped_ones(capsys):
+    assert main(["train", "--config", "no_such_recipe", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "ct_denoise" in err and "mri_sr_x4" in err
+
+
+# ----------------------------------------------------------------------------- the data stream
+def test_the_sample_stream_resumes_mid_epoch_and_shards_by_rank():
+    full = EndlessEpochSampler(10, seed=3)
+    stream = [x for _, x in zip(range(35), full)]
+    assert [x for _, x in zip(range(20), EndlessEpochSampler(10, seed=3, start=15))] == stream[15:35]
+    assert sorted(i for e, i in stream[:10]) == list(range(10)) and {e for e, _ in stream[10:20]} == {1}
+    ranks = [EndlessEpochSampler(10, seed=3, rank=r, world_size=2) for r in range(2)]
+    first = [[i for _, (e, i) in zip(range(5), s)] for s in ranks]
+    assert sorted(first[0] + first[1]) == list(range(10))  # one epoch split, nothing twice
+
+
+def test_each_item_gets_its_epochs_patch_also_in_worker_processes(tmp_path):
+    data = _pairs(tmp_path / "data", n_train=6, n_val=1)
+    config = load_config(_config(tmp_path, data))
+    dataset = build_dataset(config.data.train, 16, seed=0)
+    stream = [key for _, key in zip(range(16), EndlessEpochSampler(len(dataset), seed=0))]  # epochs 0, 1, 2
+    expected = []
+    for epoch, index in stream:
+        dataset.transform.set_epoch(epoch)
+        expected.append(dataset[index]["lq"])
+    first = {i: expected[k] for k, (e, i) in enumerate(stream) if e == 0}
+    assert any(not torch.equal(expected[k], first[i]) for k, (e, i) in enumerate(stream) if e == 1)
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(EpochItems(build_dataset(config.data.train, 16, seed=0)), batch_size=4,
+                                             num_workers=workers, sampler=EndlessEpochSampler(len(dataset), seed=0))
+        it = iter(loader)
+        got = torch.cat([next(it)["lq"] for _ in range(4)])
+        assert torch.equal(got, torch.stack(expected)), workers
+
+
+# ----------------------------------------------------------------------------- training
+def _initial_val_l1(config, dataset):
+    torch.manual_seed(config.train.seed)
+    model = create_model(config.model.name, **config.model.args).eval()
+    with torch.no_grad():
+        return float(np.mean([float((model(dataset[i]["lq"][None]) - dataset[i]["hq"][None]).abs().mean())
+                              for i in range(len(dataset))]))
+
+
+def test_a_short_run_learns_and_writes_last_best_and_weights(tmp_path):
+    data = _pairs(tmp_path / "data")
+    config = load_config(_config(tmp_path, data, iterations=36), ["train.val_every=12", "train.save_every=12"])
+    before = _initial_val_l1(config, build_dataset(config.data.val, None, 0))
+    result = Trainer(config, quiet=True).fit()
+    run = tmp_path / "runs" / "tiny"
+    assert result["last"]["l1"] < 0.5 * before, (result, before)
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["best"]["psnr"] == pytest.approx(result["best"]["psnr"]) and best["iteration"] == result["best"]["iteration"]
+    model, card = load_model(run / "model.safetensors")
+    assert card.task == "ct_denoise" and card.conventions["ct"]["eval_window"] == [-160.0, 240.0]
+    assert card.iterations == result["best"]["iteration"] and card.metrics["psnr"] == pytest.approx(result["best"]["psnr"])
+    reference = create_model(config.model.name, **config.model.args)
+    reference.load_state_dict(best["model"])
+    x = build_dataset(config.data.val, None, 0)[0]["lq"][None]
+    with torch.no_grad():
+        assert torch.equal(model(x), reference.eval()(x))  # the exported weights are the best checkpoint's
+    with open(run / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["iteration"]) for r in rows] == list(range(3, 37, 3))
+    assert [r["val_psnr"] != "" for r in rows] == [int(r["iteration"]) % 12 == 0 for r in rows]
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, ema):
+    data = _pairs(tmp_path / "data")
+    extra = {"ema_decay": ema} if ema else {}
+    whole = load_config(_config(tmp_path, data, iterations=10, **extra), ["name=whole"])
+    Trainer(whole, quiet=True).fit()
+    pieces = load_config(_config(tmp_path, data, iterations=10, **extra), ["name=pieces"])
+    Trainer(pieces, quiet=True, until=4).fit()
+    assert load_checkpoint(tmp_path / "runs" / "pieces" / "checkpoints" / "last.pt")["iteration"] == 4
+    Trainer(pieces, quiet=True, until=7).fit()  # a second sitting
+    Trainer(pieces, quiet=True).fit()  # the last one, resumed automatically
+    a = load_checkpoint(tmp_path / "runs" / "whole" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "runs" / "pieces" / "checkpoints" / "last.pt")
+    assert a["iteration"] == b["iteration"] == 10
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.equal(value["exp_avg_sq"], b["optimizer"]["state"][key]["exp_avg_sq"])
+    if ema:
+        for name in a["ema"]["shadow"]:
+            assert torch.equal(a["ema"]["shadow"][name], b["ema"]["shadow"][name]), name
+
+
+def test_starting_fresh_over_an_earlier_run_is_refused(tmp_path, capsys):
+    data = _pairs(tmp_path / "data", n_train=4, n_val=1)
+    path = _config(tmp_path, data, iterations=2)
+    assert main(["train", "--config", str(path), "--quiet"]) == 0
+    assert main(["train", "--config", str(path), "--quiet", "--resume", "none"]) == 2
+    assert "holds a checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- DDP over gloo
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, config_path: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    trainer = Trainer(load_config(config_path, ["name=ddp"]), quiet=True)
+    trainer.fit()
+    torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+
+
+def test_two_gloo_processes_train_like_one_process_and_only_rank_0_writes(tmp_path):
+    data = _pairs(tmp_path / "data", n_train=8, n_val=3)
+    path = str(_config(tmp_path, data, iterations=6))
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), path, str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name  # identical parameters on every rank
+    single = Trainer(load_config(path, ["name=single"]), quiet=True)
+    single.fit()
+    for name, value in single.model.state_dict().items():  # same samples per step, gradients averaged
+        torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5)
+    run = tmp_path / "runs" / "ddp"
+    with open(run / "log.csv") as fh:
+        assert [int(r["iteration"]) for r in csv.DictReader(fh)] == [3, 6]  # one writer, no duplicate rows
+    assert len(load_checkpoint(run / "checkpoints" / "last.pt")["rng"]) == 2  # every rank's random state
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "log.csv", "model.json",
+                                                     "model.safetensors"]

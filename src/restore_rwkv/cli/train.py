@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -35,6 +37,8 @@ def _run(args) -> int:
         raise InputError(None, f"--until must be >= 1, got {args.until}")
     result = Trainer(config, resume=resume, quiet=args.quiet, until=args.until).fit()
     best = result.get("best") or {}
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     if best:
         print(f"{config.name}: {result['iteration']} iterations; best validation PSNR {best['psnr']:.2f} dB, "
               f"SSIM {best['ssim']:.4f} at iteration {best.get('iteration')}; weights {config.run_dir / 'model.safetensors'}")

@@ -23,6 +23,7 @@ import csv
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,10 @@ class Trainer:
             if info.is_main and not self.quiet:
                 print(f"resuming {self.run_dir.name} from {resume_from} at iteration {iteration}")
 
+        if info.distributed:
+            # Depthwise kernels (C, 1, k, k) get channels-last gradients whose strides differ from the bucket's
+            # only along the size-1 axis: the same memory layout, so DDP's performance warning does not apply.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                if info.distributed else model)
         local_batch = cfg.data.batch_size // info.world_size

@@ -228,3 +228,21 @@ def test_two_gloo_processes_train_like_one_process_and_only_rank_0_writes(tmp_pa
     assert len(load_checkpoint(run / "checkpoints" / "last.pt")["rng"]) == 2  # every rank's random state
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "log.csv", "model.json",
                                                      "model.safetensors"]
+
+
+def test_ema_follows_its_definition():
+    from restore_rwkv.engine.state import ExponentialMovingAverage
+
+    model = torch.nn.Linear(2, 1)
+    ema = ExponentialMovingAverage(model, decay=0.5)
+    expected = model.weight.detach().clone().double()
+    for n in range(4):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * model.weight.detach().double()
+        ema.update(model)
+    torch.testing.assert_close(ema.shadow["weight"].double(), expected, rtol=0, atol=1e-6)
+    copy = torch.nn.Linear(2, 1)
+    ema.copy_to(copy)
+    assert torch.equal(copy.weight, ema.shadow["weight"]) and ema.state_dict()["updates"] == 4

@@ -19,19 +19,25 @@ from restore_rwkv.utils.files import atomic_file
 
 
 class ExponentialMovingAverage:
-    """A float32 copy of a model's floating parameters and buffers, ``ema = d * ema + (1 - d) * current``."""
+    """A float32 copy of a model's floating parameters and buffers, ``ema = d * ema + (1 - d) * current``.
+
+    The decay of update n is ``min(decay, (1 + n) / (10 + n))``, so early averages are not
+    dominated by the random initial weights (a short run's EMA follows the model).
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0 < decay < 1:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        self.decay = float(decay)
+        self.decay, self.updates = float(decay), 0
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items() if v.is_floating_point()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
         for name, value in model.state_dict().items():
             if name in self.shadow:
-                self.shadow[name].mul_(self.decay).add_(value.detach().float(), alpha=1 - self.decay)
+                self.shadow[name].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
 
     def copy_to(self, model: nn.Module) -> None:
         """Load the averaged weights into ``model`` (a model of the same architecture)."""
@@ -40,10 +46,10 @@ class ExponentialMovingAverage:
         model.load_state_dict(merged)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay = float(state["decay"])
+        self.decay, self.updates = float(state["decay"]), int(state.get("updates", 0))
         self.shadow = {k: v.float() for k, v in state["shadow"].items()}
 
 

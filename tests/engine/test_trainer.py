@@ -246,3 +246,17 @@ def test_ema_follows_its_definition():
     copy = torch.nn.Linear(2, 1)
     ema.copy_to(copy)
     assert torch.equal(copy.weight, ema.shadow["weight"]) and ema.state_dict()["updates"] == 4
+
+
+def test_tensorboard_gets_scalars_and_a_validation_picture(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = _pairs(tmp_path / "data", n_train=4, n_val=2)
+    Trainer(load_config(_config(tmp_path, data, iterations=6)), quiet=True).fit()
+    events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"loss", "lr", "val_psnr", "val_ssim", "val_l1"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val_psnr")] == [6]
+    (image,) = events.Images("validation/lq_restored_hq")
+    assert (image.width, image.height) == (3 * 24, 24)  # LQ | restored | HQ of the first validation slice

@@ -105,6 +105,7 @@ class Trainer:
                  until: int | None = None) -> None:
         self.config, self.resume, self.quiet, self.until = config, resume, quiet, until
         self.model: nn.Module | None = None
+        self.sample_grid: torch.Tensor | None = None
         self.run_dir = config.run_dir
         self.history: list[dict] = []
 
@@ -295,7 +296,8 @@ class Trainer:
             net = copy.deepcopy(model)
             ema.copy_to(net)
         net.eval()
-        sums = [0.0, 0.0, 0.0, 0.0]  # l1, psnr, ssim, count
+        sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # l1, psnr, ssim, images, images with a finite score
+        self.sample_grid = None
         for index in range(info.rank, len(dataset), info.world_size):
             item = dataset[index]
             lq, hq = item["lq"][None].to(device), item["hq"][None].to(device)
@@ -303,12 +305,18 @@ class Trainer:
                 out = net(lq)
             out = out.float()
             scores = evaluate_normalized(out, hq, get_convention(item["modality"]))
+            psnr, ssim = float(scores["psnr"].sum()), float(scores["ssim"].sum())
             sums[0] += float((out - hq).abs().mean())
-            sums[1] += float(scores["psnr"].sum())
-            sums[2] += float(scores["ssim"].sum())
             sums[3] += 1
-        l1, psnr, ssim, count = all_sum(sums, info, device)
-        return {"l1": l1 / count, "psnr": psnr / count, "ssim": ssim / count}
+            if math.isfinite(psnr) and math.isfinite(ssim):  # a flat label has no data range: NaN, left out
+                sums[1] += psnr
+                sums[2] += ssim
+                sums[4] += 1
+            if self.sample_grid is None:
+                self.sample_grid = torch.cat([lq, out.clamp(0, 1), hq], dim=-1)[0].cpu()  # LQ | restored | HQ
+        l1, psnr, ssim, count, scored = all_sum(sums, info, device)
+        return {"l1": l1 / count, "psnr": psnr / scored if scored else math.nan,
+                "ssim": ssim / scored if scored else math.nan}
 
     # ------------------------------------------------------------------ outputs
     def _open_logs(self, info: ProcessInfo):
@@ -342,6 +350,8 @@ class Trainer:
             for key in ("loss", "lr", "data_wait", "val_l1", "val_psnr", "val_ssim"):
                 if key in row:
                     writer.add_scalar(key, row[key], row["iteration"])
+            if "val_psnr" in row and getattr(self, "sample_grid", None) is not None:
+                writer.add_image("validation/lq_restored_hq", self.sample_grid, row["iteration"])
 
     def _save(self, model, optimizer, scheduler, scaler, ema, iteration: int, best: dict, info: ProcessInfo,
               name: str) -> None:

@@ -226,8 +226,10 @@ def test_two_gloo_processes_train_like_one_process_and_only_rank_0_writes(tmp_pa
     with open(run / "log.csv") as fh:
         assert [int(r["iteration"]) for r in csv.DictReader(fh)] == [3, 6]  # one writer, no duplicate rows
     assert len(load_checkpoint(run / "checkpoints" / "last.pt")["rng"]) == 2  # every rank's random state
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "log.csv", "model.json",
-                                                     "model.safetensors"]
+    assert sorted(p.name for p in run.iterdir() if p.name != "tb") == ["checkpoints", "config.yaml", "log.csv",
+                                                                       "model.json", "model.safetensors"]
+    if (run / "tb").exists():
+        assert len(list((run / "tb").iterdir())) == 1  # one event file: rank 0's
 
 
 def test_ema_follows_its_definition():

@@ -176,10 +176,16 @@ def test_a_manifest_is_filtered_by_split_and_by_what_the_card_knows(tiny, tmp_pa
     assert [r["name"] for r in rows] == ["ct_a.npy", "ct_b.npy", "ct_c.npy"]  # test split, CT only
     assert "left out 2 pair(s)" in capsys.readouterr().err
     status = main(["evaluate", "--weights", str(tiny["ct"]), "--data", str(tiny["manifest"]), "--force",
-                   "--out", str(tmp_path / "forced"), "--device", "cpu", "--quiet"])
+                   "--ssim-boundary", "zero", "--out", str(tmp_path / "forced"), "--device", "cpu", "--quiet"])
     assert status == 0
     _, rows = _read_csv(tmp_path / "forced" / "per_image.csv")
     assert [r["name"] for r in rows] == [name for _, name, _ in IMAGES]  # MRI pairs too
+    for row, (folder, name, _) in zip(rows, IMAGES):  # the reference code's zero-padded SSIM
+        lq, hq = (np.load(tiny["root"] / folder / "test" / kind / name) for kind in ("LQ", "HQ"))
+        expected = evaluate_physical(lq, hq, folder.lower(), ssim_boundary="zero")["ssim"]
+        assert float(row["ssim_in"]) == pytest.approx(float(expected), rel=1e-5)
+    summary = json.loads((tmp_path / "forced" / "summary.json").read_text())
+    assert summary["protocol"]["ssim"]["boundary"] == "zero"
     status = main(["evaluate", "--weights", str(tiny["ct"]), "--data", str(tiny["manifest"]), "--split", "all",
                    "--max-images", "4", "--out", str(tmp_path / "all"), "--device", "cpu", "--quiet"])
     assert status == 0

@@ -34,6 +34,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same size only)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="fp32, or autocast in bf16/fp16 (default fp32)")
+    parser.add_argument("--ssim-boundary", default="valid", choices=("valid", "zero"),
+                        help="valid: SSIM over the window positions inside the image (Wang et al., scikit-image; "
+                             "default); zero: zero-padded as in the Restore-RWKV reference code (docs/metrics.md)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N pairs only")
     parser.add_argument("--force", action="store_true",
                         help="also evaluate tasks or modalities the weights' card does not list "
@@ -160,7 +163,8 @@ def run(args) -> int:
     with atomic_folder(out, replace=args.overwrite) as stage:
         rows = evaluate_model(model, dataset, device=device, batch_size=args.batch_size, precision=args.precision,
                               conventions={c.name: c for c in conventions.values()}, max_images=args.max_images,
-                              save_dir=stage / "images" if args.save_images else None, quiet=args.quiet)
+                              save_dir=stage / "images" if args.save_images else None, quiet=args.quiet,
+                              ssim_boundary=args.ssim_boundary)
         summary = summarize(rows)
         _write_csv(stage / "per_image.csv", rows)
         report = {
@@ -173,7 +177,7 @@ def run(args) -> int:
             "split": args.split,
             "protocol": {
                 "data_range": "label max - min per image, after windowing",
-                "ssim": {"window": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "boundary": "valid"},
+                "ssim": {"window": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "boundary": args.ssim_boundary},
                 "std": "population (ddof 0), over finite values",
                 "conventions": {c.name: {"unit": c.unit, "norm_range": list(c.norm_range),
                                          "eval_window": list(c.eval_window)}

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from restore_rwkv.data.modality import ModalityConvention, get_convention
-from restore_rwkv.metrics import evaluate_normalized, resolve_convention
+from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_normalized, resolve_convention
 from restore_rwkv.utils.files import atomic_file
 from restore_rwkv.utils.progress import progress_bar
 
@@ -92,7 +92,7 @@ def _batches(dataset, indices: Sequence[int], batch_size: int) -> Iterator[list[
 def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu", batch_size: int = 1,
                    precision: str = "fp32", conventions: Mapping[str, Any] | None = None,
                    max_images: int | None = None, save_dir: str | os.PathLike | None = None,
-                   quiet: bool = False) -> list[dict]:
+                   quiet: bool = False, ssim_boundary: str = "valid") -> list[dict]:
     """Restore every item of ``dataset`` (whole slices) and score input and output; returns the rows.
 
     Items are dicts with ``lq``, ``hq`` ((1, H, W) in [0, 1]), ``task``, ``modality`` and
@@ -104,6 +104,7 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
     physical units (float32 ``.npy``, neither clipped nor windowed) as
     ``<task>/<index>_<name stem>.npy`` (the index makes names unique). The model runs in eval
     mode under ``torch.inference_mode``; its previous mode is restored afterwards.
+    ``ssim_boundary="zero"`` reproduces the reference code's SSIM (``metrics.ssim``).
 
     Under ``torch.distributed`` rank r evaluates items ``r::world_size`` and the rows are gathered
     (``all_gather_object``), so every rank returns all rows in dataset order. A DDP-wrapped model
@@ -111,6 +112,8 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    if ssim_boundary not in SSIM_BOUNDARIES:
+        raise ValueError(f"ssim_boundary must be one of {SSIM_BOUNDARIES}; got {ssim_boundary!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}")
     device = torch.device(device)
@@ -137,8 +140,8 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
                 for k, (index, item) in enumerate(batch):
                     modality = item["modality"]
                     convention = known.get(modality) or get_convention(modality)
-                    before = evaluate_normalized(lq[k], hq[k], convention)
-                    after = evaluate_normalized(restored[k], hq[k], convention)
+                    before = evaluate_normalized(lq[k], hq[k], convention, ssim_boundary=ssim_boundary)
+                    after = evaluate_normalized(restored[k], hq[k], convention, ssim_boundary=ssim_boundary)
                     row = {"name": item["name"], "task": item["task"], "modality": convention.name}
                     row.update({f"{key}_in": float(before[key]) for key in ("psnr", "ssim", "rmse")})
                     row.update({f"{key}_out": float(after[key]) for key in ("psnr", "ssim", "rmse")})

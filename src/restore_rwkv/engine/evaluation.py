@@ -1,0 +1,220 @@
+"""Evaluate a model over a dataset of (LQ, HQ) pairs under the paper's protocol, on full slices.
+
+One row per item: ``name, task, modality`` and PSNR/SSIM/RMSE of the input (LQ against HQ,
+``*_in``) and of the output (restored against HQ, ``*_out``), both in physical units after the
+modality's evaluation window (``restore_rwkv.metrics.evaluate_normalized``). In a
+``torch.distributed`` run each rank evaluates its share and every rank returns all rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from restore_rwkv.data.modality import ModalityConvention, get_convention
+from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_normalized, resolve_convention
+from restore_rwkv.utils.files import atomic_file
+from restore_rwkv.utils.progress import progress_bar
+
+COLUMNS = ("name", "task", "modality", "psnr_in", "ssim_in", "rmse_in", "psnr_out", "ssim_out", "rmse_out")
+METRIC_COLUMNS = COLUMNS[3:]
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel/DataParallel: their forward would synchronise ranks
+    (buffer broadcasts), which hangs when ranks evaluate different numbers of items."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _conventions_for(dataset, conventions: Mapping | None) -> dict[str, ModalityConvention]:
+    """Explicit conventions, else those the dataset normalised with, keyed by modality name."""
+    if conventions is None:
+        conventions = getattr(dataset, "conventions", None) or {}
+        single = getattr(dataset, "convention", None)  # SimulatedPairDataset
+        if single is not None:
+            conventions = {single.name: single, **conventions}
+    return {get_convention(key).name if _known(key) else key: resolve_convention(spec, name=key)
+            for key, spec in conventions.items()}
+
+
+def _known(name: str) -> bool:
+    try:
+        get_convention(name)
+    except ValueError:
+        return False
+    return True
+
+
+def safe_file_name(name: str) -> str:
+    """A file name stem for an item name: its file suffix dropped, ``#<slice>`` as ``_slice<slice>``, and
+    every character but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    base, _, slice_index = name.partition("#")
+    if base.lower().endswith(".nii.gz"):
+        base = base[:-7]
+    elif Path(base).suffix:
+        base = base[: -len(Path(base).suffix)]
+    if slice_index:
+        base = f"{base}_slice{slice_index}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".") or "image"
+
+
+def _batches(dataset, indices: Sequence[int], batch_size: int) -> Iterator[list[tuple[int, dict]]]:
+    """Consecutive items of ``indices`` in batches of up to ``batch_size`` images of one size."""
+    batch: list[tuple[int, dict]] = []
+    for index in indices:
+        item = dataset[index]
+        if batch and (len(batch) == batch_size or batch[0][1]["lq"].shape != item["lq"].shape):
+            yield batch
+            batch = []
+        batch.append((index, item))
+    if batch:
+        yield batch
+
+
+def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu", batch_size: int = 1,
+                   precision: str = "fp32", conventions: Mapping[str, Any] | None = None,
+                   max_images: int | None = None, save_dir: str | os.PathLike | None = None,
+                   quiet: bool = False, ssim_boundary: str = "valid") -> list[dict]:
+    """Restore every item of ``dataset`` (whole slices) and score input and output; returns the rows.
+
+    Items are dicts with ``lq``, ``hq`` ((1, H, W) in [0, 1]), ``task``, ``modality`` and
+    ``name`` (``PairedSliceDataset``, ``SimulatedPairDataset``). ``conventions`` (modality ->
+    name, ``ModalityConvention`` or card entry) must be those the dataset normalised with; by
+    default the dataset's own, else the modality's default. Consecutive items of one size are
+    batched (up to ``batch_size``). ``precision``: ``fp32``, or autocast in ``bf16``/``fp16``.
+    ``max_images`` keeps the first items. ``save_dir`` receives each restored image in
+    physical units (float32 ``.npy``, neither clipped nor windowed) as
+    ``<task>/<index>_<name stem>.npy`` (the index makes names unique). The model runs in eval
+    mode under ``torch.inference_mode``; its previous mode is restored afterwards.
+    ``ssim_boundary="zero"`` reproduces the reference code's SSIM (``metrics.ssim``).
+
+    Under ``torch.distributed`` rank r evaluates items ``r::world_size`` and the rows are gathered
+    (``all_gather_object``), so every rank returns all rows in dataset order. A DDP-wrapped model
+    is unwrapped first; pass the device of this rank.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    if ssim_boundary not in SSIM_BOUNDARIES:
+        raise ValueError(f"ssim_boundary must be one of {SSIM_BOUNDARIES}; got {ssim_boundary!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}")
+    device = torch.device(device)
+    net = _unwrap(model)
+    known = _conventions_for(dataset, conventions)
+    count = len(dataset) if max_images is None else max(0, min(len(dataset), int(max_images)))
+    rank, world = _distributed()
+    indices = range(count)[rank::world]
+    digits = len(str(max(count - 1, 0)))
+    autocast = (torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+                if PRECISIONS[precision] is not None else contextlib.nullcontext())
+
+    was_training = net.training
+    net.eval()
+    mine: list[tuple[int, dict]] = []
+    try:
+        with progress_bar(total=len(indices), desc="evaluate", quiet=quiet or rank != 0) as bar:
+            for batch in _batches(dataset, indices, batch_size):
+                lq = torch.stack([item["lq"] for _, item in batch]).to(device)
+                hq = torch.stack([item["hq"] for _, item in batch]).to(device)
+                with torch.inference_mode(), autocast:
+                    restored = net(lq)
+                restored = restored.float()
+                for k, (index, item) in enumerate(batch):
+                    modality = item["modality"]
+                    convention = known.get(modality) or get_convention(modality)
+                    before = evaluate_normalized(lq[k], hq[k], convention, ssim_boundary=ssim_boundary)
+                    after = evaluate_normalized(restored[k], hq[k], convention, ssim_boundary=ssim_boundary)
+                    row = {"name": item["name"], "task": item["task"], "modality": convention.name}
+                    row.update({f"{key}_in": float(before[key]) for key in ("psnr", "ssim", "rmse")})
+                    row.update({f"{key}_out": float(after[key]) for key in ("psnr", "ssim", "rmse")})
+                    mine.append((index, row))
+                    if save_dir is not None:
+                        image = convention.denormalize(restored[k, 0].double()).float().cpu().numpy()
+                        path = (Path(save_dir) / safe_file_name(item["task"])
+                                / f"{index:0{digits}d}_{safe_file_name(item['name'])}.npy")
+                        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+                            np.save(fh, image)
+                bar.update(len(batch))
+    finally:
+        net.train(was_training)
+
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, mine)
+        mine = [pair for part in gathered for pair in part]
+    return [row for _, row in sorted(mine, key=lambda pair: pair[0])]
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task (in order of first appearance): ``count`` and, per metric, ``mean``, ``std`` and ``n``.
+
+    Means and (population) standard deviations are over the finite values; ``n`` says how many
+    there were (a flat label gives NaN PSNR/SSIM, an exact restoration infinite PSNR: both are
+    left out). ``mean``/``std`` are None when no value is finite.
+    """
+    summary: dict[str, dict[str, Any]] = {}
+    for task in dict.fromkeys(row["task"] for row in rows):
+        mine = [row for row in rows if row["task"] == task]
+        entry: dict[str, Any] = {"count": len(mine)}
+        for column in METRIC_COLUMNS:
+            values = np.asarray([float(row[column]) for row in mine], dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            entry[column] = {"mean": float(finite.mean()) if finite.size else None,
+                             "std": float(finite.std()) if finite.size else None, "n": int(finite.size)}
+        summary[task] = entry
+    return summary
+
+
+def _decimals(metric: str, mean: float) -> int:
+    """Decimals shown: PSNR 2, SSIM 4, RMSE about 4 significant digits of its mean (units differ by modality)."""
+    if metric == "psnr":
+        return 2
+    if metric == "ssim":
+        return 4
+    magnitude = math.floor(math.log10(abs(mean))) if mean != 0 else 0
+    return int(min(6, max(0, 3 - magnitude)))
+
+
+def format_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """``summary`` as a text table: one line per task, ``mean ± std`` of each metric, input then output."""
+    header = ["task", "n"] + [f"{metric.upper()} {side}" for metric in ("psnr", "ssim", "rmse") for side in ("in", "out")]
+    lines = [header]
+    notes = []
+    for task, entry in summary.items():
+        cells = [task, str(entry["count"])]
+        for metric in ("psnr", "ssim", "rmse"):
+            for side in ("in", "out"):
+                stats = entry[f"{metric}_{side}"]
+                if stats["mean"] is None:
+                    cells.append("-")
+                else:
+                    d = _decimals(metric, stats["mean"])
+                    cells.append(f"{stats['mean']:.{d}f} ± {stats['std']:.{d}f}")
+                if stats["n"] != entry["count"]:
+                    notes.append(f"{task} {metric}_{side}: {entry['count'] - stats['n']} of {entry['count']} "
+                                 "value(s) not finite, left out")
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text + notes)
+

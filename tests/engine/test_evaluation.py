@@ -1,0 +1,258 @@
+"""`restore-rwkv evaluate` and `evaluate_model` on a tiny paired dataset, in one process and under gloo."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from restore_rwkv.cli import main
+from restore_rwkv.data.datasets import PairedSliceDataset, reference_layout, write_manifest
+from restore_rwkv.data.modality import get_convention
+from restore_rwkv.engine.evaluation import COLUMNS, evaluate_model, format_table, summarize
+from restore_rwkv.metrics import evaluate_physical
+from restore_rwkv.models import ModelCard, create_model, load_model, save_model_with_card
+
+ISSUE_COLUMNS = "name,task,modality,psnr_in,ssim_in,rmse_in,psnr_out,ssim_out,rmse_out".split(",")  # issue 12
+ARGS = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}
+CONVENTIONS = {"ct": {"unit": "HU", "norm_range": [-1024.0, 3072.0], "eval_window": [-160.0, 240.0]},
+               "mri": {"unit": "a.u.", "norm_range": [0.0, 4095.0], "eval_window": [0.0, 4095.0]}}
+# (modality folder, file name, shape): two sizes, one not a multiple of 8, so batches split by size
+# in the order reference_layout lists them (MRI, CT, PET)
+IMAGES = [("MRI", "mri_a.npy", (16, 24)), ("MRI", "mri_b.npy", (16, 24)),
+          ("CT", "ct_a.npy", (24, 20)), ("CT", "ct_b.npy", (24, 20)), ("CT", "ct_c.npy", (16, 16))]
+
+
+def _write_dataset(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for folder, name, shape in IMAGES:
+        if folder == "CT":  # HU well outside the [-160, 240] window on both sides
+            hq = rng.uniform(-1000.0, 1000.0, shape)
+            lq = hq + rng.normal(0.0, 40.0, shape)
+        else:
+            hq = rng.uniform(0.0, 3000.0, shape)
+            lq = np.clip(hq + rng.normal(0.0, 150.0, shape), 0, None)
+        for kind, image in (("HQ", hq), ("LQ", lq)):
+            path = root / folder / "test" / kind / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, image.astype(np.float32))
+        # one training pair, which a test split must leave out
+        for kind in ("HQ", "LQ"):
+            path = root / folder / "train" / kind / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, hq.astype(np.float32))
+
+
+def _save_weights(path: Path, task: str, modalities) -> Path:
+    torch.manual_seed(0)
+    model = create_model("restore_rwkv_light", **ARGS)
+    card = ModelCard(model="restore_rwkv_light", task=task, model_args=ARGS,
+                     conventions={m: CONVENTIONS[m] for m in modalities})
+    return save_model_with_card(model, path, card)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
+    _write_dataset(base / "data")
+    records = reference_layout(base / "data", "test") + reference_layout(base / "data", "train")
+    write_manifest(base / "data" / "manifest.csv", records)
+    return {"root": base / "data", "manifest": base / "data" / "manifest.csv",
+            "all": _save_weights(base / "w" / "all.safetensors", "all_in_one", ("ct", "mri")),
+            "ct": _save_weights(base / "w" / "ct" / "ct.safetensors", "ct_denoise", ("ct",))}
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_evaluate_writes_one_row_per_image_with_the_protocols_metrics(tiny, tmp_path, capsys):
+    out = tmp_path / "eval"
+    status = main(["evaluate", "--weights", str(tiny["all"]), "--data", str(tiny["root"]), "--split", "test",
+                   "--out", str(out), "--device", "cpu", "--batch-size", "2", "--save-images", "--quiet"])
+    assert status == 0
+    header, rows = _read_csv(out / "per_image.csv")
+    assert header == ISSUE_COLUMNS and list(COLUMNS) == ISSUE_COLUMNS
+    assert [(r["name"], r["task"], r["modality"]) for r in rows] == \
+        [(name, "ct_denoise" if folder == "CT" else "mri_sr", folder.lower()) for folder, name, _ in IMAGES]
+    for row, (folder, name, _) in zip(rows, IMAGES):
+        lq = np.load(tiny["root"] / folder / "test" / "LQ" / name)
+        hq = np.load(tiny["root"] / folder / "test" / "HQ" / name)
+        expected = evaluate_physical(lq, hq, folder.lower())  # independently, from the files
+        for key in ("psnr", "ssim", "rmse"):
+            assert float(row[f"{key}_in"]) == pytest.approx(float(expected[key]), rel=1e-5), (name, key)
+            assert np.isfinite(float(row[f"{key}_out"])), (name, key)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["per_task"]) == ["mri_sr", "ct_denoise"] and summary["images"] == len(IMAGES)
+    for task, entry in summary["per_task"].items():
+        mine = [r for r in rows if r["task"] == task]
+        assert entry["count"] == len(mine)
+        for column in COLUMNS[3:]:
+            values = np.array([float(r[column]) for r in mine])
+            assert entry[column]["mean"] == pytest.approx(values.mean(), rel=1e-12)
+            assert entry[column]["std"] == pytest.approx(values.std(), rel=1e-9, abs=1e-12)
+            assert entry[column]["n"] == len(mine)
+    printed = capsys.readouterr().out
+    assert "ct_denoise" in printed and "mri_sr" in printed and "±" in printed
+
+    # restored images: physical units, float32, one per item, the model's output
+    saved = sorted((out / "images").rglob("*.npy"))
+    assert [p.relative_to(out / "images").as_posix() for p in saved] == \
+        ["ct_denoise/2_ct_a.npy", "ct_denoise/3_ct_b.npy", "ct_denoise/4_ct_c.npy",
+         "mri_sr/0_mri_a.npy", "mri_sr/1_mri_b.npy"]
+    model, _ = load_model(tiny["all"])
+    for index, (folder, name, shape) in enumerate(IMAGES):
+        convention = get_convention(folder)
+        lq = np.load(tiny["root"] / folder / "test" / "LQ" / name)
+        with torch.no_grad():
+            restored = model(torch.from_numpy(convention.normalize(lq))[None, None])[0, 0]
+        task = "ct_denoise" if folder == "CT" else "mri_sr"
+        image = np.load(out / "images" / task / f"{index}_{name[:-4]}.npy")
+        assert image.dtype == np.float32 and image.shape == shape
+        np.testing.assert_allclose(image, convention.denormalize(restored.double()).numpy(), rtol=1e-5, atol=1e-3)
+
+
+class _Identity(torch.nn.Module):
+    """Returns its input; records the mode and grad state of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[bool, bool]] = []
+
+    def forward(self, x):
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        return x
+
+
+def test_identity_model_scores_output_as_input_and_batches_equal_single_items(tiny):
+    dataset = PairedSliceDataset(reference_layout(tiny["root"], "test"))
+    identity = _Identity().train()
+    rows = evaluate_model(identity, dataset, batch_size=3, quiet=True)
+    assert len(identity.calls) == 3  # sizes (16, 24) x2, (24, 20) x2, (16, 16)
+    assert set(identity.calls) == {(False, False)} and identity.training  # eval mode, no grad; mode restored
+    assert len(rows) == len(IMAGES) and all(list(r) == ISSUE_COLUMNS for r in rows)
+    for row in rows:
+        for key in ("psnr", "ssim", "rmse"):
+            assert row[f"{key}_out"] == row[f"{key}_in"]
+    model, _ = load_model(tiny["all"])
+    single = evaluate_model(model, dataset, batch_size=1, quiet=True)
+    batched = evaluate_model(model, dataset, batch_size=4, quiet=True)
+    assert [r["name"] for r in batched] == [r["name"] for r in single]
+    for a, b in zip(single, batched):
+        for column in COLUMNS[3:]:
+            assert a[column] == pytest.approx(b[column], rel=1e-5, abs=1e-7), column
+    assert len(evaluate_model(model, dataset, max_images=2, quiet=True)) == 2
+
+
+def test_exact_restorations_and_flat_labels_are_left_out_of_the_means():
+    rows = [{"name": "a", "task": "t", "modality": "ct", "psnr_in": 20.0, "ssim_in": 0.5, "rmse_in": 3.0,
+             "psnr_out": float("inf"), "ssim_out": 1.0, "rmse_out": 0.0},
+            {"name": "b", "task": "t", "modality": "ct", "psnr_in": 30.0, "ssim_in": 0.7, "rmse_in": 1.0,
+             "psnr_out": float("nan"), "ssim_out": float("nan"), "rmse_out": 2.0}]
+    summary = summarize(rows)
+    assert summary["t"]["count"] == 2
+    assert summary["t"]["psnr_in"] == {"mean": 25.0, "std": 5.0, "n": 2}
+    assert summary["t"]["psnr_out"] == {"mean": None, "std": None, "n": 0}
+    assert summary["t"]["ssim_out"] == {"mean": 1.0, "std": 0.0, "n": 1}
+    table = format_table(summary)
+    assert "25.00 ± 5.00" in table and "t psnr_out: 2 of 2 value(s) not finite" in table
+
+
+def test_a_manifest_is_filtered_by_split_and_by_what_the_card_knows(tiny, tmp_path, capsys):
+    out = tmp_path / "ct"
+    status = main(["evaluate", "--weights", str(tiny["ct"].parent), "--data", str(tiny["manifest"]),
+                   "--out", str(out), "--device", "cpu", "--quiet"])
+    assert status == 0
+    _, rows = _read_csv(out / "per_image.csv")
+    assert [r["name"] for r in rows] == ["ct_a.npy", "ct_b.npy", "ct_c.npy"]  # test split, CT only
+    assert "left out 2 pair(s)" in capsys.readouterr().err
+    status = main(["evaluate", "--weights", str(tiny["ct"]), "--data", str(tiny["manifest"]), "--force",
+                   "--ssim-boundary", "zero", "--out", str(tmp_path / "forced"), "--device", "cpu", "--quiet"])
+    assert status == 0
+    _, rows = _read_csv(tmp_path / "forced" / "per_image.csv")
+    assert [r["name"] for r in rows] == [name for _, name, _ in IMAGES]  # MRI pairs too
+    for row, (folder, name, _) in zip(rows, IMAGES):  # the reference code's zero-padded SSIM
+        lq, hq = (np.load(tiny["root"] / folder / "test" / kind / name) for kind in ("LQ", "HQ"))
+        expected = evaluate_physical(lq, hq, folder.lower(), ssim_boundary="zero")["ssim"]
+        assert float(row["ssim_in"]) == pytest.approx(float(expected), rel=1e-5)
+    summary = json.loads((tmp_path / "forced" / "summary.json").read_text())
+    assert summary["protocol"]["ssim"]["boundary"] == "zero"
+    status = main(["evaluate", "--weights", str(tiny["ct"]), "--data", str(tiny["manifest"]), "--split", "all",
+                   "--max-images", "4", "--out", str(tmp_path / "all"), "--device", "cpu", "--quiet"])
+    assert status == 0
+    _, rows = _read_csv(tmp_path / "all" / "per_image.csv")
+    assert [r["name"] for r in rows] == ["ct_a.npy", "ct_b.npy", "ct_c.npy", "ct_a.npy"]  # test, then train
+
+
+def _one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("restore-rwkv: error:") and match in err, err
+
+
+def test_bad_requests_are_one_line_errors_that_write_nothing(tiny, tmp_path, capsys):
+    base = ["--weights", str(tiny["ct"]), "--device", "cpu", "--quiet"]
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    _one_line_error(capsys, ["evaluate", *base, "--data", str(tiny["root"]), "--out", str(full)], "not empty")
+    assert (full / "keep.txt").exists()
+    _one_line_error(capsys, ["evaluate", *base, "--data", str(tiny["root"]), "--out", str(tiny["root"]),
+                             "--overwrite"], "an input of this evaluation")
+    _one_line_error(capsys, ["evaluate", *base, "--data", str(tiny["root"]), "--out", str(tiny["ct"].parent),
+                             "--overwrite"], "an input of this evaluation")
+    _one_line_error(capsys, ["evaluate", *base, "--data", str(tiny["manifest"]), "--split", "validation",
+                             "--out", str(tmp_path / "a")], "no pairs of split 'validation'")
+    mri_only = tmp_path / "mri_only"
+    _write_dataset(mri_only)
+    for folder in ("CT",):
+        for path in sorted((mri_only / folder).rglob("*.npy")):
+            path.unlink()
+    _one_line_error(capsys, ["evaluate", *base, "--data", str(mri_only), "--out", str(tmp_path / "b")],
+                    "not trained for (mri_sr/mri (2)")
+    _one_line_error(capsys, ["evaluate", *base, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")],
+                    "no such folder or manifest")
+    if not torch.cuda.is_available():
+        _one_line_error(capsys, ["evaluate", "--weights", str(tiny["ct"]), "--device", "cuda", "--data",
+                                 str(tiny["root"]), "--out", str(tmp_path / "d")], "not available")
+    assert not any((tmp_path / n).exists() for n in "abcd")
+    main(["evaluate", *base, "--data", str(tiny["root"]), "--out", str(full), "--overwrite"])
+    assert not (full / "keep.txt").exists() and (full / "per_image.csv").exists()
+
+
+def _distributed_worker(rank: int, world: int, init_file: str, weights: str, root: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, _ = load_model(weights)
+        dataset = PairedSliceDataset(reference_layout(root, "test"))
+        rows = evaluate_model(model, dataset, quiet=True, save_dir=Path(out) / "images")
+        Path(out, f"rows{rank}.json").write_text(json.dumps(rows))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_return_the_rows_of_one_process(tiny, tmp_path):
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tiny["all"]), str(tiny["root"]), str(tmp_path)),
+             nprocs=2, join=True)
+    rank0 = json.loads((tmp_path / "rows0.json").read_text())
+    rank1 = json.loads((tmp_path / "rows1.json").read_text())
+    assert rank0 == rank1  # every rank returns all rows
+    model, _ = load_model(tiny["all"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers, so that float32 sums are taken in the same order
+    try:
+        alone = evaluate_model(model, PairedSliceDataset(reference_layout(tiny["root"], "test")), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert rank0 == alone
+    assert len(list((tmp_path / "images").rglob("*.npy"))) == len(IMAGES)  # ranks wrote their own shares

@@ -34,9 +34,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same size only)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="fp32, or autocast in bf16/fp16 (default fp32)")
-    parser.add_argument("--ssim-boundary", default="valid", choices=("valid", "zero"),
-                        help="valid: SSIM over the window positions inside the image (Wang et al., scikit-image; "
-                             "default); zero: zero-padded as in the Restore-RWKV reference code (docs/metrics.md)")
+    parser.add_argument("--ssim-boundary", default="zero", choices=("valid", "zero"),
+                        help="zero (default): zero-padded SSIM averaged over the whole map, the paper's protocol "
+                             "and the reference code's; valid: only window positions inside the image (Wang et al., "
+                             "scikit-image) (docs/metrics.md)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N pairs only")
     parser.add_argument("--force", action="store_true",
                         help="also evaluate tasks or modalities the weights' card does not list "

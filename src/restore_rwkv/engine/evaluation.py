@@ -92,7 +92,7 @@ def _batches(dataset, indices: Sequence[int], batch_size: int) -> Iterator[list[
 def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu", batch_size: int = 1,
                    precision: str = "fp32", conventions: Mapping[str, Any] | None = None,
                    max_images: int | None = None, save_dir: str | os.PathLike | None = None,
-                   quiet: bool = False, ssim_boundary: str = "valid") -> list[dict]:
+                   quiet: bool = False, ssim_boundary: str = "zero") -> list[dict]:
     """Restore every item of ``dataset`` (whole slices) and score input and output; returns the rows.
 
     Items are dicts with ``lq``, ``hq`` ((1, H, W) in [0, 1]), ``task``, ``modality`` and

@@ -79,7 +79,7 @@ def _evaluate(batch: _Batch, convention: ModalityConvention, data_range: str | D
 
 def evaluate_physical(restored: Array, reference: Array, modality: ConventionSpec,
                       data_range: str | DataRange = "label", window: tuple[float, float] | None = None,
-                      ssim_boundary: str = "valid") -> dict[str, Array]:
+                      ssim_boundary: str = "zero") -> dict[str, Array]:
     """PSNR, SSIM and RMSE per image of ``restored`` against ``reference``, both in physical units.
 
     Both are clipped to ``window`` (default: the modality's ``eval_window``). ``data_range="label"``
@@ -87,14 +87,15 @@ def evaluate_physical(restored: Array, reference: Array, modality: ConventionSpe
     A flat windowed reference (range 0, e.g. a CT slice of air only) has no label range: its
     PSNR and SSIM are NaN and its RMSE is still given. RMSE is in physical units, after windowing.
     ``modality`` is a name, a :class:`ModalityConvention` or a model card's convention entry.
-    Returns ``{"psnr", "ssim", "rmse"}``, each of shape ``()`` or ``(B,)`` (see ``metrics.psnr``).
+    SSIM is zero-padded and averaged over the whole map (the paper's protocol; ``ssim_boundary="valid"``
+    for the textbook variant). Returns ``{"psnr", "ssim", "rmse"}``, each of shape ``()`` or ``(B,)`` (see ``metrics.psnr``).
     """
     return _evaluate(_Batch(restored, reference), resolve_convention(modality), data_range, window, ssim_boundary)
 
 
 def evaluate_normalized(restored01: Array, reference01: Array, modality: ConventionSpec,
                         data_range: str | DataRange = "label", window: tuple[float, float] | None = None,
-                        ssim_boundary: str = "valid") -> dict[str, Array]:
+                        ssim_boundary: str = "zero") -> dict[str, Array]:
     """:func:`evaluate_physical` of network-range images: both are first mapped from [0, 1] to
     physical units with the convention's ``norm_range`` (in float64, without clipping)."""
     convention = resolve_convention(modality)

@@ -262,3 +262,41 @@ def test_tensorboard_gets_scalars_and_a_validation_picture(tmp_path):
     assert [e.step for e in events.Scalars("val_psnr")] == [6]
     (image,) = events.Images("validation/lq_restored_hq")
     assert (image.width, image.height) == (3 * 24, 24)  # LQ | restored | HQ of the first validation slice
+
+
+def test_gradient_checkpointing_and_bf16_run_the_same_recipe(tmp_path):
+    data = _pairs(tmp_path / "data", n_train=4, n_val=1)
+    runs = {}
+    for name, extra in (("plain", []), ("checkpointed", ["train.gradient_checkpointing=true"]),
+                        ("bf16", ["train.precision=bf16"])):
+        trainer = Trainer(load_config(_config(tmp_path, data, iterations=3), [f"name={name}", *extra]), quiet=True)
+        trainer.fit()
+        runs[name] = trainer.model.state_dict()
+    for key, value in runs["plain"].items():
+        assert torch.equal(value, runs["checkpointed"][key]), key  # recomputation changes nothing on CPU
+    moved = [key for key, value in runs["plain"].items() if value.is_floating_point()
+             and not torch.equal(value, runs["bf16"][key])]
+    assert moved and all(torch.isfinite(runs["bf16"][k]).all() for k in moved)  # bf16 trained, finite
+    for key in moved:
+        torch.testing.assert_close(runs["bf16"][key], runs["plain"][key], rtol=0.1, atol=2e-2)
+
+
+def test_hq_files_degraded_on_the_fly_give_fresh_noise_each_epoch(tmp_path):
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(3):
+        image = np.full((24, 24), -1000.0, np.float32)
+        image[4:20, 4:20] = 40.0 + 300.0 * (rng.random((16, 16)) > 0.7)
+        np.save(hq / f"s{k}.npy", image)
+    config = load_config(_config(tmp_path, tmp_path, iterations=4),
+                         ["data.train={hq: [" + str(hq) + "], simulate: ct_denoise, degradation: {incident_flux: 3000}}",
+                          "data.val=", "data.batch_size=3"])
+    dataset = build_dataset(config.data.train, None, seed=0)
+    first = dataset[0]
+    dataset.set_epoch(1)
+    again = dataset[0]
+    assert torch.equal(first["hq"], again["hq"]) and not torch.equal(first["lq"], again["lq"])
+    assert first["task"] == "ct_denoise" and first["modality"] == "ct"
+    Trainer(config, quiet=True).fit()
+    assert (tmp_path / "runs" / "tiny" / "model.safetensors").exists()

@@ -300,3 +300,48 @@ def test_hq_files_degraded_on_the_fly_give_fresh_noise_each_epoch(tmp_path):
     assert first["task"] == "ct_denoise" and first["modality"] == "ct"
     Trainer(config, quiet=True).fit()
     assert (tmp_path / "runs" / "tiny" / "model.safetensors").exists()
+
+
+def test_resume_takes_this_configs_optimiser_settings_and_rewrites_the_log(tmp_path):
+    data = _pairs(tmp_path / "data", n_train=4, n_val=1)
+    path = _config(tmp_path, data, iterations=8)
+    Trainer(load_config(path, ["train.log_every=1"]), quiet=True, until=6).fit()
+    log = tmp_path / "runs" / "tiny" / "log.csv"
+    with open(log) as fh:
+        assert [int(r["iteration"]) for r in csv.DictReader(fh)] == list(range(1, 7))
+    checkpoint = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"
+    state = load_checkpoint(checkpoint)
+    state["iteration"] = state["scheduler"]["last_epoch"] = 4  # as if killed after saving at 4, logging up to 6
+    torch.save(state, checkpoint)
+    trainer = Trainer(load_config(path, ["train.log_every=1", "optim.lr=1e-4"]), quiet=True)
+    trainer.fit()
+    with open(log) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 9))  # no duplicate rows
+    from restore_rwkv.engine.trainer import CosineWithWarmup
+
+    factor = CosineWithWarmup(8, 0, 1e-6 / 1e-4)
+    for r in rows[4:]:  # the resumed steps ran with this config's learning rate
+        assert float(r["lr"]) == pytest.approx(1e-4 * factor(int(r["iteration"]) - 1), rel=1e-4)
+
+
+def test_stopping_before_any_validation_or_beyond_the_schedule(tmp_path, capsys):
+    data = _pairs(tmp_path / "data", n_train=4, n_val=1)
+    path = str(_config(tmp_path, data, iterations=8))
+    assert main(["train", "--config", path, "--quiet", "--until", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 iterations" in out and "no weights exported yet" in out
+    assert main(["train", "--config", path, "--quiet"]) == 0
+    assert main(["train", "--config", path, "--quiet", "--set", "schedule.iterations=4"]) == 2
+    assert "beyond schedule.iterations 4" in capsys.readouterr().err
+
+
+def test_schedule_and_config_holes_are_refused(tmp_path, capsys):
+    data = _pairs(tmp_path / "data", n_train=2, n_val=1)
+    path = str(_config(tmp_path, data))
+    for override, fragment in (("schedule.warmup=50", "warmup (50) must be below iterations"),
+                               ("schedule.min_lr=1", "above optim.lr")):
+        assert main(["train", "--config", path, "--quiet", "--set", override]) == 2
+        assert fragment in capsys.readouterr().err
+    config = load_config(path, ["data.val=", "data.val.root=" + str(data), "name=2024"])
+    assert config.data.val.root == str(data) and config.name == "2024"

@@ -39,9 +39,8 @@ def _run(args) -> int:
     best = result.get("best") or {}
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    if best:
-        print(f"{config.name}: {result['iteration']} iterations; best validation PSNR {best['psnr']:.2f} dB, "
-              f"SSIM {best['ssim']:.4f} at iteration {best.get('iteration')}; weights {config.run_dir / 'model.safetensors'}")
-    else:
-        print(f"{config.name}: {result['iteration']} iterations; weights {config.run_dir / 'model.safetensors'}")
+    weights = f"; weights {result['weights']}" if result.get("weights") else "; no weights exported yet (run again to go on)"
+    scores = (f"; best validation PSNR {best['psnr']:.2f} dB, SSIM {best['ssim']:.4f} at iteration {best['iteration']}"
+              if best else "")
+    print(f"{config.name}: {result['iteration']} iterations{scores}{weights}")
     return 0

@@ -21,7 +21,7 @@ TASK_NAMES = ("mri_sr", "ct_denoise", "pet", "all_in_one")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class ModelConfig(_Strict):
@@ -80,6 +80,12 @@ class ScheduleConfig(_Strict):
     min_lr: float = Field(default=1e-6, ge=0)
     warmup: int = Field(default=0, ge=0)
 
+    @model_validator(mode="after")
+    def _warmup_within(self) -> ScheduleConfig:
+        if self.warmup >= self.iterations:
+            raise ValueError(f"warmup ({self.warmup}) must be below iterations ({self.iterations})")
+        return self
+
 
 class TrainConfig(_Strict):
     """How the loop runs."""
@@ -92,7 +98,6 @@ class TrainConfig(_Strict):
     val_every: int = Field(default=1000, ge=1)
     save_every: int = Field(default=1000, ge=1)
     log_every: int = Field(default=50, ge=1)
-    val_batch_size: int = Field(default=1, ge=1)
     deterministic: bool = True
     threads: Optional[int] = Field(default=None, ge=1)
 
@@ -108,6 +113,12 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _min_lr_below_lr(self) -> RunConfig:
+        if self.schedule.min_lr > self.optim.lr:
+            raise ValueError(f"schedule.min_lr ({self.schedule.min_lr}) is above optim.lr ({self.optim.lr})")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -125,7 +136,7 @@ def shipped_configs() -> list[str]:
 
 def _read_yaml(name_or_path: str | Path) -> tuple[dict, str]:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise InputError(path, "no such config file")
         text, where = path.read_text(), str(path)
@@ -155,9 +166,11 @@ def _apply_override(data: dict, assignment: str) -> None:
     value = yaml.safe_load(raw) if raw.strip() else None
     node = data
     for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part, {}), dict):
+        if node.get(part) is None:
+            node[part] = {}  # a section that was empty or removed (data.val: null) gets the new key
+        if not isinstance(node[part], dict):
             raise InputError(None, f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
-        node = node.setdefault(part, {})
+        node = node[part]
     node[parts[-1]] = value
 
 

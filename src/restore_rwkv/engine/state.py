@@ -48,13 +48,14 @@ class ExponentialMovingAverage:
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore a saved average, onto ``device`` (the model's) when given."""
         self.decay, self.updates = float(state["decay"]), int(state.get("updates", 0))
-        self.shadow = {k: v.float() for k, v in state["shadow"].items()}
+        self.shadow = {k: v.float().to(device) if device is not None else v.float() for k, v in state["shadow"].items()}
 
 
 def rng_state() -> dict:
-    """The random states of this process (torch CPU and CUDA, numpy's global, Python's)."""
+    """The random states of this process (torch CPU and its current CUDA device, numpy's global, Python's)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -62,8 +63,8 @@ def rng_state() -> dict:
                   "cached": float(cached)},
         "python": _to_lists(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only (ranks may see other GPU sets)
     return state
 
 
@@ -74,7 +75,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     random.setstate(_to_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _to_lists(value):

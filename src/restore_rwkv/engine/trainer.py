@@ -129,6 +129,38 @@ class Trainer:
             return None
         return Path(self.resume)
 
+    def _agreed_resume_path(self, info: ProcessInfo) -> Path | None:
+        """Rank 0's resume decision, checked to be readable by every rank (one run folder on shared storage)."""
+        decision = None
+        error = None
+        if info.is_main:
+            try:
+                decision = self._resume_path()
+            except InputError as exc:
+                error = str(exc)
+        decision, error = broadcast_object((None if decision is None else str(decision), error), info)
+        if error:
+            raise InputError(None, error)
+        readable = gather_objects(decision is None or Path(decision).is_file(), info)
+        if not all(readable):
+            raise InputError(decision, "is not readable on every node: with several nodes the run folder (out) "
+                                       "must be on storage that all of them share")
+        return None if decision is None else Path(decision)
+
+    def _trim_log(self, iteration: int) -> None:
+        """Keep only the log rows up to ``iteration`` (a resumed run rewrites the rows after its checkpoint)."""
+        path = self.run_dir / "log.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
+        from restore_rwkv.utils.files import atomic_file
+
+        with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
+            out = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+            out.writeheader()
+            out.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
+
     def _amp(self, device: torch.device):
         precision = self.config.train.precision
         if precision == "fp32":
@@ -172,24 +204,42 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
 
         iteration, best = 0, {"psnr": -math.inf}
-        resume_from = self._resume_path()
+        resume_from = self._agreed_resume_path(info)
         if resume_from is not None:
             state = load_checkpoint(resume_from)
-            model.load_state_dict(state["model"])
+            if int(state["iteration"]) > cfg.schedule.iterations:
+                raise InputError(resume_from, f"is at iteration {state['iteration']}, beyond schedule.iterations "
+                                              f"{cfg.schedule.iterations}")
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError as exc:
+                raise InputError(resume_from, "its weights do not fit this config's model "
+                                              f"({' '.join(str(exc).split())[:200]})") from None
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scheduler.lr_lambdas = [CosineWithWarmup(cfg.schedule.iterations, cfg.schedule.warmup,
-                                                     cfg.schedule.min_lr / cfg.optim.lr)]  # this config's schedule
+            # this config's optimiser settings and schedule win over the checkpoint's (config.yaml says what runs)
+            factor = CosineWithWarmup(cfg.schedule.iterations, cfg.schedule.warmup, cfg.schedule.min_lr / cfg.optim.lr)
+            scheduler.base_lrs = [cfg.optim.lr for _ in optimizer.param_groups]
+            scheduler.lr_lambdas = [factor for _ in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group.update(lr=cfg.optim.lr * factor(scheduler.last_epoch), betas=tuple(cfg.optim.betas),
+                             weight_decay=cfg.optim.weight_decay, initial_lr=cfg.optim.lr)
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             if ema is not None and state.get("ema"):
-                ema.load_state_dict(state["ema"])
+                ema.load_state_dict(state["ema"], device=device)
+                ema.decay = float(cfg.train.ema_decay)
             iteration, best = int(state["iteration"]), dict(state.get("best") or best)
+            if "iteration" in best:
+                best["iteration"] = int(best["iteration"])
             states = state.get("rng") or []
             if len(states) == info.world_size:
                 set_rng_state(states[info.rank])
-            if info.is_main and not self.quiet:
+            if info.is_main:
                 print(f"resuming {self.run_dir.name} from {resume_from} at iteration {iteration}")
+                self._trim_log(iteration)
+        elif info.is_main:
+            self._trim_log(0)
 
         if info.distributed:
             # Depthwise kernels (C, 1, k, k) get channels-last gradients whose strides differ from the bucket's
@@ -242,6 +292,7 @@ class Trainer:
                 scaler.update()
             else:
                 optimizer.step()
+            step_lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             if ema is not None:
                 ema.update(model)
@@ -260,7 +311,7 @@ class Trainer:
                 mean_loss, data_wait = all_sum([float(window["loss"]) / max(1, window["n"]),
                                                 window["data"] / max(elapsed, 1e-9)], info, device)
                 row = {"iteration": iteration, "loss": mean_loss / info.world_size,
-                       "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed,
+                       "lr": step_lr, "seconds": elapsed,
                        "data_wait": data_wait / info.world_size}
                 window = {"loss": 0.0, "n": 0, "data": 0.0, "start": time.perf_counter()}
             if val_now:
@@ -275,6 +326,8 @@ class Trainer:
                 self._log(row, writer, bar, info)
             if iteration % cfg.train.save_every == 0 or iteration in (cfg.schedule.iterations, stop):
                 self._save(model, optimizer, scheduler, scaler, ema, iteration, best, info, "last.pt")
+            if row is not None or val_now:
+                window["start"] = time.perf_counter()  # validation and saving are not part of the next window
         if val_set is None and iteration == cfg.schedule.iterations:
             self._export(model, ema, iteration, {}, modalities, info)
         if bar is not None:
@@ -282,7 +335,9 @@ class Trainer:
         if writer is not None:
             writer.close()
         barrier(info)
-        return {"iteration": iteration, "last": last_val, "best": best if val_set is not None else {}}
+        exported = (self.run_dir / "model.safetensors").exists()
+        return {"iteration": iteration, "last": last_val, "best": best if "iteration" in best else {},
+                "weights": str(self.run_dir / "model.safetensors") if exported else None}
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()

@@ -697,7 +697,8 @@ def _headers_from_geometry(volume: np.ndarray, meta: ImageMeta, modality: str | 
 
 
 def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: ImageMeta,
-                       description: str = "restored by restore-rwkv", modality: str | None = None) -> Path:
+                       description: str = "restored by restore-rwkv", modality: str | None = None,
+                       replace: bool = False) -> Path:
     """Write ``volume`` (physical units) as a DICOM series folder, whole or not at all.
 
     With ``meta`` of a DICOM series, ``volume`` is (slice, row, column) and each file is derived
@@ -707,7 +708,8 @@ def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: Imag
     padding converted to the new rescale. With ``meta`` of another format (NIfTI, ITK) the
     headers are made from its affine (converted to LPS) and slices are taken along
     ``meta.slice_axis``; ``modality`` (default ``meta.modality``, else ``OT``) names the storage class.
-    Pixels are stored uncompressed as 16-bit integers.
+    Pixels are stored uncompressed as 16-bit integers. ``replace``: an existing folder is replaced
+    once the new one is complete.
     """
     folder = Path(folder)
     volume = np.asarray(volume, dtype=np.float64)
@@ -721,7 +723,7 @@ def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: Imag
         headers = meta.datasets
     else:
         volume, headers = _headers_from_geometry(volume, meta or ImageMeta(), modality, folder)
-    return _write_derived(folder, headers, iter(volume), description)
+    return _write_derived(folder, headers, iter(volume), description, replace=replace)
 
 
 def _write_derived(folder: Path, headers: list, slices, description: str, replace: bool = False) -> Path:

@@ -153,7 +153,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
                  axis: int | None = None, batch_size: int = 4, device: str | torch.device = "auto",
                  precision: str = "fp32", max_memory: int | None = None, tile: int | None = None,
                  force: bool = False, overwrite: bool = False, series_uid: str | None = None,
-                 keep_slices: int = 0, quiet: bool = True) -> RestoreResult:
+                 keep_slices: int = 0, model_name: str | None = None, quiet: bool = True) -> RestoreResult:
     """Restore one image file or DICOM series folder ``input`` into ``output``.
 
     The model comes from ``weights`` (file, card, folder or shipped name) or is given as
@@ -162,6 +162,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
     volume is cut along ``axis`` (default: ``meta.slice_axis``, the acquisition plane). The
     convention comes from the card (:func:`choose_convention`; ``modality`` and ``force``).
     ``keep_slices`` evenly spaced (input, output) slices are kept in the result for a preview.
+    ``model_name`` names the model in a DICOM output's SeriesDescription (default: the weights' file stem).
     Bad input raises InputError naming the file before anything is written; outputs are
     written under a temporary name and renamed; an existing ``output`` needs ``overwrite``.
     """
@@ -181,7 +182,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
         raise ValueError("a model given directly needs its card (for the intensity convention)")
     model.eval()
     budget = default_max_memory(device) if max_memory is None else int(max_memory)
-    description = _model_label(card, weights_path)
+    description = f"restored by restore-rwkv {model_name}" if model_name else _model_label(card, weights_path)
 
     if source.is_dir() and _is_series_output(output):
         meta = scan_dicom_series(source, series_uid=series_uid)

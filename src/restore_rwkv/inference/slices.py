@@ -107,7 +107,7 @@ def plan_slices(model: nn.Module, height: int, width: int, batch_size: int = 1, 
     if tile is None:
         one = estimate_memory(model, height, width)
         if one <= budget:
-            return SlicePlan(batch=max(1, min(batch_size, int(budget // one))))
+            return SlicePlan(batch=_fitting(batch_size, budget, one))
         per_pixel = estimate_memory(model, _MULTIPLE, _MULTIPLE) / _MULTIPLE ** 2
         tile = int(math.sqrt(budget / per_pixel)) // _MULTIPLE * _MULTIPLE
         if tile < 64:
@@ -119,7 +119,12 @@ def plan_slices(model: nn.Module, height: int, width: int, batch_size: int = 1, 
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile); got {overlap} for tile {tile}")
     one_tile = estimate_memory(model, min(tile, height), min(tile, width))
-    return SlicePlan(batch=max(1, min(batch_size, int(budget // one_tile))), tile=int(tile), overlap=overlap)
+    return SlicePlan(batch=_fitting(batch_size, budget, one_tile), tile=int(tile), overlap=overlap)
+
+
+def _fitting(batch_size: int, budget: float, one: int) -> int:
+    """Images per pass: ``batch_size``, cut to what ``budget`` holds (at least 1)."""
+    return batch_size if budget == float("inf") else max(1, min(batch_size, int(budget // max(one, 1))))
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:

@@ -5,13 +5,15 @@ series (int16 HU), then times ``restore_file`` (streamed read, restore, derived-
 and the bare model over the same slices (normalised tensors already in memory, same batch),
 so restore / bare shows what I/O and conversion add.
 
-    python benchmarks/restore.py                       # light model: 64 slices whole and tiled, 256 slices
+    python benchmarks/restore.py                       # light model: 64 slices whole and tiled; 64 vs 256 slices
+    python benchmarks/restore.py --slices 8 --skip-long  # quicker
     python benchmarks/restore.py --paper-slices 4      # add the paper model on 4 slices (extrapolated to 64)
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -38,9 +40,15 @@ def _series(folder: Path, slices: int, size: int) -> None:
     write_dicom_series(folder, np.rint(volume), meta, modality="CT")
 
 
+TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}
+
+
 def measure(model: str, slices: int, size: int = 512, tile: int | None = None, batch_size: int = 4,
-            bare: bool = True) -> dict:
-    """One cell: restore time and peak memory rise, and the bare model's time on the same slices."""
+            bare: bool = True, tiny: bool = False, allocator: str = "speed") -> dict:
+    """One cell: restore time and peak memory rise, and the bare model's time on the same slices.
+
+    ``tiny``: a width-8 model with one block per level (fast; for the memory-versus-length cells).
+    """
     import torch
 
     from restore_rwkv.data.io import read_image
@@ -48,15 +56,19 @@ def measure(model: str, slices: int, size: int = 512, tile: int | None = None, b
     from restore_rwkv.inference import restore_file
     from restore_rwkv.models.card import ModelCard, save_model_with_card
     from restore_rwkv.models.registry import create_model
-    from restore_rwkv.utils.runtime import tune_cpu_allocator
+    from restore_rwkv.utils.runtime import release_free_memory, tune_cpu_allocator
 
-    tune_cpu_allocator("speed")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _series(tmp / "in", slices, size)
-        net = create_model(model).eval()
-        card = ModelCard(model=model, task="ct_denoise", conventions={"ct": {"unit": "HU"}})
+        gc.collect()
+        release_free_memory()  # the synthetic volume's pages leave before the measurement starts
+        if allocator != "default":
+            tune_cpu_allocator(allocator)  # what the restore command sets (speed)
+        args = TINY if tiny else {}
+        net = create_model(model, **args).eval()
+        card = ModelCard(model=model, task="ct_denoise", conventions={"ct": {"unit": "HU"}}, model_args=dict(args))
         weights = save_model_with_card(net, tmp / f"{model}.safetensors", card)
         reset_peak_rss()
         base = peak_rss_mb()
@@ -64,7 +76,7 @@ def measure(model: str, slices: int, size: int = 512, tile: int | None = None, b
         restore_file(tmp / "in", tmp / "out", weights, device="cpu", batch_size=batch_size, tile=tile)
         seconds = time.perf_counter() - start
         peak = peak_rss_mb() - base
-        result = {"model": model, "slices": slices, "size": size, "tile": tile, "batch": batch_size,
+        result = {"model": model + (" (tiny)" if tiny else ""), "slices": slices, "size": size, "tile": tile, "batch": batch_size,
                   "restore_s": seconds, "peak_rise_mb": peak}
         if bare and tile is None:
             volume, _ = read_image(tmp / "in")
@@ -81,7 +93,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--long-slices", type=int, default=256, help="the second series length for peak memory")
-    parser.add_argument("--long-model-dim", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, default=256, help="tile side of the tiled cells")
     parser.add_argument("--paper-slices", type=int, default=0, help="paper-model slices (0: skip; time is extrapolated)")
     parser.add_argument("--skip-long", action="store_true")
@@ -89,8 +100,9 @@ def main() -> None:
     print(machine_summary())
     cells = [dict(model="restore_rwkv_light", slices=args.slices),
              dict(model="restore_rwkv_light", slices=args.slices, tile=args.tile)]
-    if not args.skip_long:
-        cells.append(dict(model="restore_rwkv_light", slices=args.long_slices, bare=False))
+    if not args.skip_long:  # peak memory against series length, with a tiny model to keep it short
+        cells += [dict(model="restore_rwkv_light", slices=n, bare=False, tiny=True)
+                  for n in (args.slices, args.long_slices)]
     if args.paper_slices:
         cells += [dict(model="restore_rwkv", slices=args.paper_slices),
                   dict(model="restore_rwkv", slices=args.paper_slices, tile=args.tile)]

@@ -14,12 +14,15 @@ temporary name (``restore_rwkv.utils.files``) and never replace the input.
 
 from restore_rwkv.data.io.arrays import read_array, read_reference_bin, write_array
 from restore_rwkv.data.io.dicom import (
+    iter_dicom_series,
     list_dicom_series,
     read_dicom,
     read_dicom_files,
     read_dicom_series,
+    scan_dicom_series,
     write_dicom,
     write_dicom_series,
+    write_dicom_series_stream,
 )
 from restore_rwkv.data.io.itk import read_itk, write_itk
 from restore_rwkv.data.io.meta import ImageMeta, voxel_centres
@@ -38,7 +41,7 @@ from restore_rwkv.data.io.registry import (
 
 __all__ = [
     "FORMATS", "IMAGE_SUFFIXES", "ImageFormat", "ImageMeta", "file_suffix", "format_of", "is_image_file",
-    "list_dicom_series", "read_array", "read_dicom", "read_dicom_files", "read_dicom_series", "read_image", "read_itk", "read_nifti",
-    "read_nifti_canonical", "read_picture", "read_reference_bin", "voxel_centres", "write_array", "write_dicom",
-    "write_dicom_series", "write_image", "write_itk", "write_nifti", "write_picture", "write_preview",
+    "iter_dicom_series", "list_dicom_series", "read_array", "read_dicom", "read_dicom_files", "read_dicom_series", "read_image", "read_itk", "read_nifti",
+    "read_nifti_canonical", "read_picture", "read_reference_bin", "scan_dicom_series", "voxel_centres", "write_array", "write_dicom",
+    "write_dicom_series", "write_dicom_series_stream", "write_image", "write_itk", "write_nifti", "write_picture", "write_preview",
 ]

@@ -350,17 +350,8 @@ def _series_headers(folder: Path) -> tuple[dict[str, list], list[str]]:
     return series, ignored
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, ImageMeta]:
-    """A folder of single-frame DICOM images of one series, as a (slice, row, column) volume.
-
-    Slices are ordered by position along the slice normal (ImagePositionPatient projected on
-    the cross product of ImageOrientationPatient), not by file name. Refused with an
-    InputError: several series without ``series_uid``, slices that share a position, slices not
-    evenly spaced (a missing file), one slice without a position while others have one, mixed
-    orientations or sizes. A series with no geometry at all is ordered by InstanceNumber and
-    gets no affine. DICOMDIR files and non-image objects in the folder are ignored.
-    """
-    folder = Path(folder)
+def _pick_series(folder: Path, series_uid: str | None) -> tuple[list, list[str]]:
+    """The ``(path, header)`` pairs of the one series in ``folder`` (or of ``series_uid``), and the ignored files."""
     series, ignored = _series_headers(folder)
     if not series:
         raise InputError(folder, "no DICOM image files in this folder" + (f" ({'; '.join(ignored)})" if ignored else ""))
@@ -373,6 +364,21 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         raise InputError(folder, f"holds {len(series)} DICOM series ({labels}); pick one with series_uid")
     else:
         headers = next(iter(series.values()))
+    return headers, ignored
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """A folder of single-frame DICOM images of one series, as a (slice, row, column) volume.
+
+    Slices are ordered by position along the slice normal (ImagePositionPatient projected on
+    the cross product of ImageOrientationPatient), not by file name. Refused with an
+    InputError: several series without ``series_uid``, slices that share a position, slices not
+    evenly spaced (a missing file), one slice without a position while others have one, mixed
+    orientations or sizes. A series with no geometry at all is ordered by InstanceNumber and
+    gets no affine. DICOMDIR files and non-image objects in the folder are ignored.
+    """
+    folder = Path(folder)
+    headers, ignored = _pick_series(folder, series_uid)
     return _volume_from_headers(folder, headers, ignored)
 
 
@@ -403,6 +409,35 @@ def read_dicom_files(files: list[str | os.PathLike], source: str | os.PathLike |
 
 def _volume_from_headers(folder: Path, headers: list, ignored: list[str]) -> tuple[np.ndarray, ImageMeta]:
     """Stack the files of one series (``(path, header)`` pairs, any order) in spatial order."""
+    meta = _series_meta(folder, headers, ignored)
+    slices, datasets = [], []
+    for p in meta.extra["files"]:
+        ds, pixels = _read_series_slice(p, slices[0].shape if slices else None)
+        slices.append(pixels)
+        datasets.append(_strip_pixels(ds))
+    meta.datasets = datasets
+    meta.dtype = _stored_dtype(datasets[0])
+    return np.stack(slices), meta
+
+
+def _read_series_slice(path: Path, shape: tuple[int, ...] | None) -> tuple:
+    """(dataset, physical pixels) of one single-frame file of a series; ``shape``: the series' slice shape."""
+    ds = _dcmread(path)
+    _check_image_dataset(ds, path)
+    pixels = _pixels(ds, path)
+    if pixels.ndim != 2:
+        raise InputError(path, f"expected one 2-D slice per file in a series, got shape {pixels.shape}")
+    if shape is not None and pixels.shape != tuple(shape):
+        raise InputError(path, f"slice of shape {pixels.shape} in a series of {tuple(shape)}")
+    return ds, pixels
+
+
+def _series_meta(folder: Path, headers: list, ignored: list[str]) -> ImageMeta:
+    """The ImageMeta of a series from its headers alone: slice order, geometry, the pixel-less headers.
+
+    ``extra["files"]`` lists the files in slice order; ``datasets`` are the headers read
+    without pixel data (``stop_before_pixels``).
+    """
     planes = [_plane(ds) for _, ds in headers]
     has_position = [pl[0] is not None and pl[1] is not None for pl in planes]
     affine, along = None, None
@@ -425,30 +460,52 @@ def _volume_from_headers(folder: Path, headers: list, ignored: list[str]) -> tup
     if all(has_position):
         affine, along = _stack_geometry([pl[0] for pl in planes], planes[0][1], pixel_spacing, planes[0][3],
                                         [p.name for p, _ in headers], folder)
-
-    slices, datasets = [], []
-    for p, _ in headers:
-        ds = _dcmread(p)
-        _check_image_dataset(ds, p)
-        pixels = _pixels(ds, p)
-        if pixels.ndim != 2:
-            raise InputError(p, f"expected one 2-D slice per file in a series, got shape {pixels.shape}")
-        if slices and pixels.shape != slices[0].shape:
-            raise InputError(p, f"slice of shape {pixels.shape} in a series of {slices[0].shape}")
-        slices.append(pixels)
-        datasets.append(_strip_pixels(ds))
-    volume = np.stack(slices)
-    first = datasets[0]
+    first = headers[0][1]
     step = float(np.linalg.norm(affine[:3, 0])) if affine is not None else planes[0][3]
     meta = ImageMeta(source=folder, format="dicom-series", modality=str(first.get("Modality", "")) or None,
                      spacing=None if step is None else (step, *pixel_spacing), affine=affine,
-                     space="LPS" if affine is not None else None, slice_axis=0, datasets=datasets,
-                     dtype=_stored_dtype(first))
+                     space="LPS" if affine is not None else None, slice_axis=0,
+                     datasets=[ds for _, ds in headers], dtype=_stored_dtype(first))
     meta.extra["files"] = [p for p, _ in headers]
     # along the slice normal, mm, ascending; None for a series without geometry
     meta.extra["positions"] = None if along is None else [float(x) for x in along]
     meta.extra["ignored"] = ignored
-    return volume, meta
+    return meta
+
+
+def scan_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> ImageMeta:
+    """What :func:`read_dicom_series` learns, without reading pixels: for streaming a large series.
+
+    Same checks of the series and its geometry (the size and decodability of each slice are
+    checked when :func:`iter_dicom_series` reads it). ``extra["files"]`` holds the files in
+    slice order and ``extra["shape"]`` the volume's (slice, row, column) shape from the headers.
+    """
+    folder = Path(folder)
+    headers, ignored = _pick_series(folder, series_uid)
+    for p, ds in headers:
+        _check_image_dataset_header(ds, p)
+    meta = _series_meta(folder, headers, ignored)
+    first = meta.datasets[0]
+    meta.extra["shape"] = (len(headers), int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0))
+    return meta
+
+
+def _check_image_dataset_header(ds, path: Path) -> None:
+    """The checks of :func:`_check_image_dataset` a pixel-less header allows (no pixel-data test)."""
+    reason = _non_image_reason(ds)
+    if reason:
+        raise InputError(path, reason)
+    if not ds.get("Rows") or not ds.get("Columns"):
+        raise InputError(path, "DICOM file has no Rows/Columns (not an image)")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise InputError(path, "expected one 2-D slice per file in a series, got a multi-frame file")
+
+
+def iter_dicom_series(meta: ImageMeta):
+    """Yield each slice of a scanned series (:func:`scan_dicom_series`) in order, physical float32 (rows, columns)."""
+    shape = meta.extra["shape"][1:]
+    for p in meta.extra["files"]:
+        yield _read_series_slice(Path(p), shape)[1]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -640,7 +697,8 @@ def _headers_from_geometry(volume: np.ndarray, meta: ImageMeta, modality: str | 
 
 
 def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: ImageMeta,
-                       description: str = "restored by restore-rwkv", modality: str | None = None) -> Path:
+                       description: str = "restored by restore-rwkv", modality: str | None = None,
+                       replace: bool = False) -> Path:
     """Write ``volume`` (physical units) as a DICOM series folder, whole or not at all.
 
     With ``meta`` of a DICOM series, ``volume`` is (slice, row, column) and each file is derived
@@ -650,10 +708,9 @@ def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: Imag
     padding converted to the new rescale. With ``meta`` of another format (NIfTI, ITK) the
     headers are made from its affine (converted to LPS) and slices are taken along
     ``meta.slice_axis``; ``modality`` (default ``meta.modality``, else ``OT``) names the storage class.
-    Pixels are stored uncompressed as 16-bit integers.
+    Pixels are stored uncompressed as 16-bit integers. ``replace``: an existing folder is replaced
+    once the new one is complete.
     """
-    from pydicom.uid import generate_uid
-
     folder = Path(folder)
     volume = np.asarray(volume, dtype=np.float64)
     if volume.ndim == 2:
@@ -666,12 +723,43 @@ def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: Imag
         headers = meta.datasets
     else:
         volume, headers = _headers_from_geometry(volume, meta or ImageMeta(), modality, folder)
+    return _write_derived(folder, headers, iter(volume), description, replace=replace)
+
+
+def _write_derived(folder: Path, headers: list, slices, description: str, replace: bool = False) -> Path:
+    """Derive one file per header from the matching slice of the iterable ``slices``, staged, then renamed."""
+    from pydicom.uid import generate_uid
+
     series_uid = generate_uid()
-    with atomic_folder(folder) as stage:
-        for index, (header, values) in enumerate(zip(headers, volume)):
+    with atomic_folder(folder, replace=replace) as stage:
+        index = -1
+        for index, values in enumerate(slices):
+            if index >= len(headers):
+                raise InputError(folder, f"more slices to write than the {len(headers)} DICOM header(s) to derive them from")
+            values = np.asarray(values, dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise InputError(folder, f"slice {index}: refusing to write NaN or infinite values to DICOM")
             try:
-                ds = _derive(header, values, series_uid, description)
+                ds = _derive(headers[index], values, series_uid, description)
             except InputError as exc:
                 raise InputError(folder, f"slice {index}: {exc.problem}") from None
             ds.save_as(str(stage / f"IM{index + 1:05d}.dcm"), enforce_file_format=True)
+        if index + 1 != len(headers):
+            raise InputError(folder, f"{index + 1} slice(s) written but {len(headers)} DICOM header(s) to derive them from")
     return folder
+
+
+def write_dicom_series_stream(folder: str | os.PathLike, slices, meta: ImageMeta,
+                              description: str = "restored by restore-rwkv", replace: bool = False) -> Path:
+    """Write a derived series slice by slice from an iterable of (row, column) physical arrays.
+
+    ``meta`` is a DICOM series' (:func:`scan_dicom_series` or :func:`read_dicom_series`); each
+    slice is derived from the header at its index as in :func:`write_dicom_series` and saved
+    into a staged folder at once, so memory holds one slice; the folder appears only when
+    every slice is written (``replace``: an existing folder is replaced then).
+    """
+    folder = Path(folder)
+    if meta is None or meta.format != "dicom-series" or not meta.datasets:
+        raise InputError(folder, "streaming a DICOM series needs the headers of the series it derives from")
+    refuse_input_target(folder, meta.source)
+    return _write_derived(folder, meta.datasets, slices, description, replace=replace)

@@ -1,0 +1,254 @@
+"""Restoring stacks of 2-D slices with a model: batching, precision, the memory estimate and tiling.
+
+Whole slices by default (the Re-WKV attention is global and linear in pixels). When the
+estimated memory of one slice exceeds ``max_memory``, each slice is cut into overlapping
+square tiles whose outputs are blended with raised-cosine weights, so no seam appears. The
+Re-WKV decay is divided by the token count, so a tile sees a slightly different model than
+the whole slice: tiled and whole-slice results differ a little (docs/inference.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from restore_rwkv.data.modality import ModalityConvention
+from restore_rwkv.utils.errors import InputError
+from restore_rwkv.utils.progress import progress_bar
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Bytes per padded pixel and per channel of the model's first level that one whole-slice forward
+# pass (inference mode) needs at its peak: calibrated on the paper model (C = 48) on CPU, whose
+# peak rise was 2.66-3.05 GiB at 1024^2 (2.6-3.0 kB per pixel, i.e. 54-63 bytes x C) and
+# 10.1-10.6 GiB at 2048^2 (docs/performance.md); 64 keeps the estimate on the safe side.
+BYTES_PER_PIXEL_CHANNEL = 64
+MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8, "mps": 0.5}  # of the free memory, the default --max-memory
+_MULTIPLE = 8  # RestoreRWKV pads to a multiple of 8
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda, mps or cpu (the first available); a named device must be available."""
+    if isinstance(name, torch.device):
+        return name
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
+    if name == "auto":
+        name = next(n for n in ("cuda", "mps", "cpu") if available[n])
+    if name not in available:
+        raise InputError(None, f"unknown device {name!r}; expected auto, cpu, cuda or mps")
+    if not available[name]:
+        raise InputError(None, f"device {name} is not available on this machine")
+    return torch.device(name)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` now (CPU: the kernel's MemAvailable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def default_max_memory(device: torch.device) -> int:
+    """The default memory budget of one forward pass: a safe share of the free memory (``MEMORY_SHARE``)."""
+    return int(free_memory(device) * MEMORY_SHARE.get(device.type, 0.5))
+
+
+def model_width(model: nn.Module) -> int:
+    """Channels of the model's first level (``patch_embed``), 48 when it has none."""
+    embed = getattr(model, "patch_embed", None)
+    return int(getattr(embed, "out_channels", 48))
+
+
+def estimate_memory(model: nn.Module, height: int, width: int, batch: int = 1) -> int:
+    """Estimated peak bytes of one inference pass of ``batch`` images of ``height`` x ``width``.
+
+    ``batch x padded pixels x C x BYTES_PER_PIXEL_CHANNEL`` (C: the first level's width), a
+    CPU measurement of float32 passes; autocast passes are estimated the same (conservative).
+    """
+    padded = math.ceil(height / _MULTIPLE) * _MULTIPLE * math.ceil(width / _MULTIPLE) * _MULTIPLE
+    return int(batch) * padded * model_width(model) * BYTES_PER_PIXEL_CHANNEL
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """How slices are run: ``batch`` images (or tiles) per pass; ``tile`` side (None: whole slices) and ``overlap``."""
+
+    batch: int
+    tile: int | None = None
+    overlap: int = 0
+
+
+def plan_slices(model: nn.Module, height: int, width: int, batch_size: int = 1, max_memory: int | None = None,
+                tile: int | None = None, overlap: int | None = None) -> SlicePlan:
+    """Whole slices when one fits ``max_memory`` (batch cut to what fits), else the largest square
+    tile (multiple of 8) that fits; ``tile`` forces tiles of that side (``overlap`` default: tile / 4)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    budget = float("inf") if max_memory is None else float(max_memory)
+    if tile is None:
+        one = estimate_memory(model, height, width)
+        if one <= budget:
+            return SlicePlan(batch=_fitting(batch_size, budget, one))
+        per_pixel = estimate_memory(model, _MULTIPLE, _MULTIPLE) / _MULTIPLE ** 2
+        tile = int(math.sqrt(budget / per_pixel)) // _MULTIPLE * _MULTIPLE
+        if tile < 64:
+            raise InputError(None, f"--max-memory {budget / 2**20:.0f} MiB is too small even for 64x64 tiles "
+                                   f"(needs about {estimate_memory(model, 64, 64) / 2**20:.0f} MiB)")
+    if tile < 16:
+        raise ValueError(f"tile must be at least 16 pixels; got {tile}")
+    overlap = tile // 4 // _MULTIPLE * _MULTIPLE if overlap is None else int(overlap)
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile); got {overlap} for tile {tile}")
+    one_tile = estimate_memory(model, min(tile, height), min(tile, width))
+    return SlicePlan(batch=_fitting(batch_size, budget, one_tile), tile=int(tile), overlap=overlap)
+
+
+def _fitting(batch_size: int, budget: float, one: int) -> int:
+    """Images per pass: ``batch_size``, cut to what ``budget`` holds (at least 1)."""
+    return batch_size if budget == float("inf") else max(1, min(batch_size, int(budget // max(one, 1))))
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start indices of tiles of ``tile`` pixels stepping by ``tile - overlap``; the last ends at ``size``."""
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step))
+    return starts + [size - tile]
+
+
+def blend_ramp(length: int, overlap: int, left: bool, right: bool) -> np.ndarray:
+    """Weights of one tile along one axis: a raised-cosine ramp over ``overlap`` pixels on each side
+    that has a neighbour (``left``/``right``), 1 elsewhere; never 0, so every pixel has weight."""
+    weights = np.ones(length, dtype=np.float64)
+    ramp_length = min(overlap, length // 2)
+    if ramp_length > 0:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp_length) + 0.5) / ramp_length)
+        if left:
+            weights[:ramp_length] = np.minimum(weights[:ramp_length], ramp)
+        if right:
+            weights[length - ramp_length:] = np.minimum(weights[length - ramp_length:], ramp[::-1])
+    return weights
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}")
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _forward(model: nn.Module, images: torch.Tensor, batch: int, device: torch.device, precision: str) -> torch.Tensor:
+    """The model over (N, H, W) images in chunks of ``batch``, as float32 on the CPU."""
+    outputs = []
+    for start in range(0, images.shape[0], batch):
+        chunk = images[start:start + batch, None].to(device)
+        with torch.inference_mode(), _autocast(device, precision):
+            out = model(chunk)
+        outputs.append(out[:, 0].float().cpu())
+    return torch.cat(outputs)
+
+
+def _forward_tiled(model: nn.Module, images: torch.Tensor, plan: SlicePlan, device: torch.device,
+                   precision: str) -> torch.Tensor:
+    """Overlapping tiles of (N, H, W) ``images``, each output weighted by its raised-cosine window, then normalised."""
+    n, height, width = images.shape
+    th, tw = min(plan.tile, height), min(plan.tile, width)
+    rows, cols = tile_starts(height, th, plan.overlap), tile_starts(width, tw, plan.overlap)
+    total = torch.zeros((n, height, width), dtype=torch.float64)
+    weight = torch.zeros((height, width), dtype=torch.float64)
+    for y in rows:
+        wy = blend_ramp(th, plan.overlap, y > 0, y + th < height)
+        for x in cols:
+            wx = blend_ramp(tw, plan.overlap, x > 0, x + tw < width)
+            w = torch.from_numpy(np.outer(wy, wx))
+            out = _forward(model, images[:, y:y + th, x:x + tw], plan.batch, device, precision)
+            total[:, y:y + th, x:x + tw] += out.double() * w
+            weight[y:y + th, x:x + tw] += w
+    return (total / weight).float()
+
+
+def restore_slices(model: nn.Module, slices: Iterable[np.ndarray], convention: ModalityConvention,
+                   batch_size: int = 4, device: str | torch.device = "cpu", precision: str = "fp32",
+                   max_memory: int | None = None, tile: int | None = None, total: int | None = None,
+                   quiet: bool = True) -> Iterator[np.ndarray]:
+    """Yield each 2-D slice of ``slices`` (physical units) restored, float32 in physical units.
+
+    Slices are normalised with ``convention`` (clipped to its ``norm_range``), run ``batch_size``
+    at a time (whole, or tiled when ``plan_slices`` says so), and mapped back. The iterable is
+    consumed lazily, one batch ahead, so a reader and writer around it stream. ``total`` sizes
+    the progress bar. The model must already be on ``device`` and in eval mode.
+    """
+    device = resolve_device(device)
+    with progress_bar(total=total, desc="restore", quiet=quiet) as bar:
+        pending: list[np.ndarray] = []
+
+        def flush() -> Iterator[np.ndarray]:
+            stacked = torch.from_numpy(np.stack([np.asarray(s, dtype=np.float32) for s in pending]))
+            plan = plan_slices(model, stacked.shape[1], stacked.shape[2], batch_size, max_memory, tile)
+            normalized = convention.normalize(stacked)
+            if plan.tile is None:
+                out = _forward(model, normalized, plan.batch, device, precision)
+            else:
+                out = _forward_tiled(model, normalized, plan, device, precision)
+            restored = convention.denormalize(out.double()).float().numpy()
+            bar.update(len(pending))
+            pending.clear()
+            yield from restored
+
+        for image in slices:
+            image = np.asarray(image)
+            if image.ndim != 2:
+                raise ValueError(f"slices must be 2-D; got shape {image.shape}")
+            if pending and (len(pending) == batch_size or image.shape != pending[0].shape):
+                yield from flush()
+            pending.append(image)
+        if pending:
+            yield from flush()
+
+
+def restore_volume(model: nn.Module, volume: np.ndarray, convention: ModalityConvention, axis: int | None = None,
+                   batch_size: int = 4, device: str | torch.device = "cpu", precision: str = "fp32",
+                   max_memory: int | None = None, tile: int | None = None, quiet: bool = True) -> np.ndarray:
+    """A 2-D image or 3-D volume (physical units) restored slice by slice along ``axis``; float32, same shape.
+
+    ``axis`` defaults to 0 for a volume. See :func:`restore_slices` for the other arguments;
+    ``max_memory`` (bytes) defaults to :func:`default_max_memory` of the device.
+    """
+    volume = np.asarray(volume)
+    device = resolve_device(device)
+    if max_memory is None:
+        max_memory = default_max_memory(device)
+    if volume.ndim == 2:
+        slices, axis = volume[None], 0
+    elif volume.ndim == 3:
+        axis = 0 if axis is None else int(axis)
+        if not -3 <= axis < 3:
+            raise ValueError(f"axis must be 0, 1 or 2 for a volume; got {axis}")
+        slices = np.moveaxis(volume, axis, 0)
+    else:
+        raise ValueError(f"expected a 2-D image or 3-D volume; got shape {volume.shape}")
+    out = np.empty(slices.shape, dtype=np.float32)
+    for k, restored in enumerate(restore_slices(model, slices, convention, batch_size, device, precision,
+                                                max_memory, tile, total=slices.shape[0], quiet=quiet)):
+        out[k] = restored
+    return out[0] if volume.ndim == 2 else np.moveaxis(out, 0, axis)

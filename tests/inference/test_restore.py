@@ -1,0 +1,204 @@
+"""Restoring files: geometry and metadata kept, identity reproduced, tiles seamless, bad input refused."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+import restore_rwkv.data.io as io
+from restore_rwkv.cli import main
+from restore_rwkv.data.modality import get_convention
+from restore_rwkv.inference import blend_ramp, plan_slices, restore_file, restore_volume, tile_starts
+from restore_rwkv.models.card import ModelCard, save_model_with_card
+from restore_rwkv.models.registry import create_model
+from restore_rwkv.utils.errors import InputError
+from tests.data.conftest import make_ct_series, make_enhanced_ct
+
+TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
+CT = {"unit": "HU", "norm_range": [-1024.0, 3072.0], "eval_window": [-160.0, 240.0]}
+PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "FrameOfReferenceUID")
+
+
+def tiny_model(identity: bool) -> torch.nn.Module:
+    model = create_model("restore_rwkv_light", **TINY).eval()
+    if identity:  # the global residual then returns the (normalised) input itself
+        with torch.no_grad():
+            model.output.weight.zero_()
+            model.output.bias.zero_()
+    return model
+
+
+def card() -> ModelCard:
+    return ModelCard(model="restore_rwkv_light", task="ct_denoise", conventions={"ct": dict(CT)},
+                     model_args={**TINY, "num_blocks": list(TINY["num_blocks"])})
+
+
+@pytest.fixture
+def weights(tmp_path):
+    def make(identity: bool = True):
+        name = "identity" if identity else "random"
+        return save_model_with_card(tiny_model(identity), tmp_path / "weights" / f"{name}.safetensors", card())
+    return make
+
+
+def test_dicom_series_keeps_geometry_patient_and_gets_new_uids(tmp_path, weights):
+    hu = make_ct_series(tmp_path / "ct", slices=5, rows=24, cols=20)
+    volume, meta = io.read_image(tmp_path / "ct")
+    assert main(["restore", str(tmp_path / "ct"), "--weights", str(weights(True)), "-o", str(tmp_path / "out"),
+                 "--quiet", "--device", "cpu"]) == 0
+    restored, out_meta = io.read_image(tmp_path / "out")
+    assert restored.shape == volume.shape
+    np.testing.assert_array_equal(restored, hu)  # identity: exact in int16 HU
+    np.testing.assert_allclose(io.voxel_centres(out_meta.affine_in("LPS"), restored.shape),
+                               io.voxel_centres(meta.affine_in("LPS"), volume.shape), atol=1e-4)
+    before, after = meta.datasets[0], out_meta.datasets[0]
+    for tag in PATIENT_TAGS:
+        if tag in before:
+            assert after[tag].value == before[tag].value, tag
+    assert after.SeriesInstanceUID != before.SeriesInstanceUID
+    assert {ds.SOPInstanceUID for ds in out_meta.datasets}.isdisjoint({ds.SOPInstanceUID for ds in meta.datasets})
+    assert "DERIVED" in list(after.ImageType) and "identity" in after.SeriesDescription
+    assert out_meta.dtype == np.int16
+
+
+def test_nifti_volume_keeps_shape_affine_header_and_dtype(tmp_path, weights):
+    rng = np.random.default_rng(1)
+    data = rng.integers(-1000, 1500, size=(19, 17, 4)).astype(np.int16)
+    affine = np.array([[0.0, 0.0, 2.5, -30], [-0.8, 0.0, 0.0, 40], [0.0, 0.7, 0.0, -12], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "in.nii.gz"))
+    result = restore_file(tmp_path / "in.nii.gz", tmp_path / "out.nii.gz", weights(True), device="cpu")
+    restored, meta = io.read_image(tmp_path / "out.nii.gz")
+    assert restored.dtype == np.int16 and restored.shape == data.shape
+    np.testing.assert_array_equal(restored, data)
+    np.testing.assert_allclose(io.voxel_centres(meta.affine, restored.shape), io.voxel_centres(affine, data.shape),
+                               atol=1e-4)  # NIfTI stores the affine in float32
+    assert result.axis == io.read_image(tmp_path / "in.nii.gz")[1].slice_axis
+
+
+def test_random_model_keeps_geometry_and_writes_other_format(tmp_path, weights):
+    make_ct_series(tmp_path / "ct", slices=3, rows=16, cols=24)
+    volume, meta = io.read_image(tmp_path / "ct")
+    restore_file(tmp_path / "ct", tmp_path / "out.nii.gz", weights(False), device="cpu")
+    restored, out_meta = io.read_image(tmp_path / "out.nii.gz")
+    assert restored.shape == volume.shape and restored.dtype == np.int16
+    np.testing.assert_allclose(io.voxel_centres(out_meta.affine_in("LPS"), restored.shape),
+                               io.voxel_centres(meta.affine_in("LPS"), volume.shape), atol=1e-4)
+    assert not np.array_equal(restored, volume)
+
+
+def test_tiled_identity_is_exact_and_random_tiles_leave_no_seam():
+    rng = np.random.default_rng(2)
+    ct = get_convention("ct")
+    volume = rng.integers(-1000, 1500, size=(2, 80, 72)).astype(np.float32)
+    plan = plan_slices(tiny_model(True), 80, 72, 2, tile=32)
+    assert plan.tile == 32 and len(tile_starts(80, 32, plan.overlap)) > 1
+    same = restore_volume(tiny_model(True), volume, ct, tile=32, batch_size=2)
+    np.testing.assert_array_equal(np.rint(same), volume)
+    np.testing.assert_allclose(same, volume, atol=1e-3)
+
+    # two tiles side by side (columns 0-63 and 48-111, overlap 48-63) with random models
+    for seed in range(3):
+        image = np.random.default_rng(seed).integers(-1000, 1500, size=(1, 64, 112)).astype(np.float32)
+        torch.manual_seed(seed)
+        model = tiny_model(False)
+        assert tile_starts(112, 64, plan_slices(model, 64, 112, 1, tile=64).overlap) == [0, 48]
+        tiled = restore_volume(model, image, ct, tile=64)[0].astype(np.float64)
+        whole = restore_volume(model, image, ct)[0].astype(np.float64)
+        steps = np.abs(np.diff(tiled, axis=1)).mean(axis=0)  # mean |difference| of columns j and j + 1
+        band, outside = steps[47:64], np.r_[steps[:47], steps[64:]]
+        assert band.max() <= outside.max()
+        # the tiling's own contribution (tiled - whole) changes smoothly across the overlap: its largest
+        # step there is well under the image's typical neighbour difference (a hard cut reaches 0.4-1.7 x)
+        seam = np.abs(np.diff(tiled - whole, axis=1)).mean(axis=0)[47:64].max()
+        assert seam < 0.25 * steps.mean()
+
+
+def test_blend_ramp_is_smooth_and_positive():
+    ramp = blend_ramp(32, 8, True, True)
+    assert ramp.min() > 0 and ramp.max() == 1.0
+    assert np.all(np.diff(ramp[:8]) > 0) and np.all(np.diff(ramp[-8:]) < 0)
+    np.testing.assert_allclose(ramp[:8] + ramp[:8][::-1], 1.0)
+
+
+def test_max_memory_switches_to_tiles():
+    model = tiny_model(True)
+    assert plan_slices(model, 512, 512, 4).tile is None
+    tiled = plan_slices(model, 512, 512, 4, max_memory=64 << 20)
+    assert tiled.tile is not None and tiled.tile % 8 == 0 and tiled.tile < 512
+
+
+def test_batch_with_a_corrupt_file(tmp_path, weights, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(4)
+    for name in ("a", "c"):
+        nib.save(nib.Nifti1Image(rng.integers(-900, 900, (12, 10, 3)).astype(np.int16), np.eye(4)),
+                 str(inputs / f"{name}.nii.gz"))
+    (inputs / "b.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    code = main(["restore", str(inputs), "--weights", str(weights(True)), "-o", str(tmp_path / "out"), "--quiet",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "c.nii.gz"]
+    assert "b.nii.gz" in err and "Traceback" not in err
+
+
+def test_all_bad_inputs_exit_2_and_write_nothing(tmp_path, weights, capsys):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    assert main(["restore", str(bad), "--weights", str(weights(True)), "-o", str(tmp_path / "out.dcm"), "--quiet",
+                 "--device", "cpu"]) == 2
+    assert not (tmp_path / "out.dcm").exists()
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_nan_and_4d_nifti_are_refused(tmp_path, weights):
+    nan = np.zeros((8, 8, 2), np.float32)
+    nan[1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), str(tmp_path / "nan.nii"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2, 3), np.float32), np.eye(4)), str(tmp_path / "t.nii"))
+    for name in ("nan.nii", "t.nii"):
+        with pytest.raises(InputError, match=name):
+            restore_file(tmp_path / name, tmp_path / f"out_{name}", weights(True), device="cpu")
+        assert not (tmp_path / f"out_{name}").exists()
+
+
+def test_refuses_input_target_existing_output_and_wrong_modality(tmp_path, weights, capsys):
+    make_ct_series(tmp_path / "ct", slices=2, rows=8, cols=8)
+    w = str(weights(True))
+    assert main(["restore", str(tmp_path / "ct"), "--weights", w, "-o", str(tmp_path / "ct" / "x"), "--quiet"]) == 2
+    (tmp_path / "exists.nii.gz").write_bytes(b"x")
+    assert main(["restore", str(tmp_path / "ct"), "--weights", w, "-o", str(tmp_path / "exists.nii.gz"), "--quiet"]) == 2
+    make_ct_series(tmp_path / "mr", slices=2, rows=8, cols=8, edit=lambda ds, k: setattr(ds, "Modality", "MR"))
+    assert main(["restore", str(tmp_path / "mr"), "--weights", w, "-o", str(tmp_path / "mr_out"), "--quiet"]) == 2
+    assert "trained on ct, not mri" in capsys.readouterr().err
+    assert not (tmp_path / "mr_out").exists()
+    assert main(["restore", str(tmp_path / "mr"), "--weights", w, "-o", str(tmp_path / "mr_out"), "--quiet",
+                 "--force"]) == 0
+
+
+def test_odd_size_single_slice_and_preview(tmp_path, weights):
+    make_ct_series(tmp_path / "odd", slices=1, rows=511, cols=497)
+    volume, _ = io.read_image(tmp_path / "odd")
+    assert main(["restore", str(tmp_path / "odd"), "--weights", str(weights(True)), "-o", str(tmp_path / "out"),
+                 "--quiet", "--device", "cpu", "--preview", str(tmp_path / "p.png"),
+                 "--reference", str(tmp_path / "odd")]) == 0
+    restored, _ = io.read_image(tmp_path / "out")
+    assert restored.shape == (1, 511, 497)
+    np.testing.assert_array_equal(restored, volume)
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_multiframe_dicom(tmp_path, weights):
+    make_ct_series(tmp_path / "series", slices=3, rows=12, cols=10, shuffle=False)
+    make_enhanced_ct(tmp_path / "series", tmp_path / "multi.dcm")
+    volume, meta = io.read_image(tmp_path / "multi.dcm")
+    restore_file(tmp_path / "multi.dcm", tmp_path / "out.dcm", weights(True), device="cpu")
+    restored, out_meta = io.read_image(tmp_path / "out.dcm")
+    np.testing.assert_array_equal(restored, volume)
+    ds = pydicom.dcmread(tmp_path / "out.dcm")
+    assert ds.SeriesInstanceUID != meta.datasets[0].SeriesInstanceUID and ds.PatientID == meta.datasets[0].PatientID
+    np.testing.assert_allclose(out_meta.affine, meta.affine, atol=1e-5)

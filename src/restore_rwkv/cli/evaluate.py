@@ -47,19 +47,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def resolve_device(name: str):
-    """``auto`` -> cuda, mps or cpu (the first available); a named device must be available."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
-    if name == "auto":
-        name = next(n for n in ("cuda", "mps", "cpu") if available[n])
-    if not available.get(name, False):
-        raise InputError(None, f"--device {name}: not available on this machine")
-    return torch.device(name)
-
-
 def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
     from restore_rwkv.utils.files import check_writable_target
 
@@ -148,6 +135,8 @@ def run(args) -> int:
     out, data = Path(args.out), Path(args.data)
     weights = resolve_weights(args.weights)
     _check_out(out, [data, weights], args.overwrite)
+    from restore_rwkv.utils.devices import resolve_device
+
     device = resolve_device(args.device)
 
     records, note = _known_pairs(_records(data, args.split), load_model_card(weights), args.force)

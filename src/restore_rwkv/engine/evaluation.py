@@ -8,7 +8,6 @@ modality's evaluation window (``restore_rwkv.metrics.evaluate_normalized``). In 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from restore_rwkv.utils.devices import PRECISIONS, autocast
 from restore_rwkv.data.modality import ModalityConvention, get_convention
 from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_normalized, resolve_convention
 from restore_rwkv.utils.files import atomic_file
@@ -26,7 +26,6 @@ from restore_rwkv.utils.progress import progress_bar
 
 COLUMNS = ("name", "task", "modality", "psnr_in", "ssim_in", "rmse_in", "psnr_out", "ssim_out", "rmse_out")
 METRIC_COLUMNS = COLUMNS[3:]
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _distributed() -> tuple[int, int]:
@@ -123,8 +122,7 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
     rank, world = _distributed()
     indices = range(count)[rank::world]
     digits = len(str(max(count - 1, 0)))
-    autocast = (torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
-                if PRECISIONS[precision] is not None else contextlib.nullcontext())
+    amp = autocast(device, precision)
 
     was_training = net.training
     net.eval()
@@ -134,7 +132,7 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
             for batch in _batches(dataset, indices, batch_size):
                 lq = torch.stack([item["lq"] for _, item in batch]).to(device)
                 hq = torch.stack([item["hq"] for _, item in batch]).to(device)
-                with torch.inference_mode(), autocast:
+                with torch.inference_mode(), amp:
                     restored = net(lq)
                 restored = restored.float()
                 for k, (index, item) in enumerate(batch):

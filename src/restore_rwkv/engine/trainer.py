@@ -52,27 +52,15 @@ from restore_rwkv.engine.state import (
     set_rng_state,
 )
 from restore_rwkv.models import ModelCard, create_model, save_model_with_card
+from restore_rwkv.utils.devices import autocast, resolve_device
 from restore_rwkv.utils.errors import InputError
 
 LOG_FIELDS = ("iteration", "loss", "lr", "seconds", "data_wait", "val_l1", "val_psnr", "val_ssim")
 
 
 def pick_device(choice: str, info: ProcessInfo | None = None) -> torch.device:
-    """``auto``: CUDA (this process's local GPU), else MPS, else CPU; other choices are checked to exist."""
-    local = info.local_rank if info else 0
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(None, "train.device is cuda but no CUDA device is available")
-        return torch.device("cuda", local)
-    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InputError(None, "train.device is mps but MPS is not available")
-    return torch.device(choice)
+    """``train.device``: ``auto`` (CUDA on this process's local GPU, else MPS, else CPU) or an available device."""
+    return resolve_device(choice, info.local_rank if info else 0)
 
 
 class CosineWithWarmup:
@@ -162,10 +150,7 @@ class Trainer:
             out.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
 
     def _amp(self, device: torch.device):
-        precision = self.config.train.precision
-        if precision == "fp32":
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        return autocast(device, self.config.train.precision)
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict:

@@ -8,17 +8,16 @@ from restore_rwkv.inference.files import RestoreResult, choose_convention, outpu
 from restore_rwkv.inference.preview import write_restore_preview
 from restore_rwkv.inference.slices import (
     BYTES_PER_PIXEL_CHANNEL,
-    PRECISIONS,
     SlicePlan,
     blend_ramp,
     default_max_memory,
     estimate_memory,
     plan_slices,
-    resolve_device,
     restore_slices,
     restore_volume,
     tile_starts,
 )
+from restore_rwkv.utils.devices import PRECISIONS, resolve_device
 
 __all__ = [
     "BYTES_PER_PIXEL_CHANNEL", "PRECISIONS", "RestoreResult", "SlicePlan", "blend_ramp", "choose_convention",

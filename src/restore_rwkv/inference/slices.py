@@ -9,7 +9,6 @@ the whole slice: tiled and whole-slice results differ a little (docs/inference.m
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ import torch
 from torch import nn
 
 from restore_rwkv.data.modality import ModalityConvention
+from restore_rwkv.utils.devices import resolve_device
+from restore_rwkv.utils.devices import autocast as _autocast
 from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.progress import progress_bar
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Bytes per padded pixel and per channel of the model's first level that one whole-slice forward
 # pass (inference mode) needs at its peak: calibrated on the paper model (C = 48) on CPU, whose
 # peak rise was 2.66-3.05 GiB at 1024^2 (2.6-3.0 kB per pixel, i.e. 54-63 bytes x C) and
@@ -31,21 +31,6 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 BYTES_PER_PIXEL_CHANNEL = 64
 MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.8, "mps": 0.5}  # of the free memory, the default --max-memory
 _MULTIPLE = 8  # RestoreRWKV pads to a multiple of 8
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda, mps or cpu (the first available); a named device must be available."""
-    if isinstance(name, torch.device):
-        return name
-    mps = getattr(torch.backends, "mps", None)
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available())}
-    if name == "auto":
-        name = next(n for n in ("cuda", "mps", "cpu") if available[n])
-    if name not in available:
-        raise InputError(None, f"unknown device {name!r}; expected auto, cpu, cuda or mps")
-    if not available[name]:
-        raise InputError(None, f"device {name} is not available on this machine")
-    return torch.device(name)
 
 
 def free_memory(device: torch.device) -> int:
@@ -148,13 +133,6 @@ def blend_ramp(length: int, overlap: int, left: bool, right: bool) -> np.ndarray
         if right:
             weights[length - ramp_length:] = np.minimum(weights[length - ramp_length:], ramp[::-1])
     return weights
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}; got {precision!r}")
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _forward(model: nn.Module, images: torch.Tensor, batch: int, device: torch.device, precision: str) -> torch.Tensor:

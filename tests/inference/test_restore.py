@@ -202,3 +202,17 @@ def test_multiframe_dicom(tmp_path, weights):
     ds = pydicom.dcmread(tmp_path / "out.dcm")
     assert ds.SeriesInstanceUID != meta.datasets[0].SeriesInstanceUID and ds.PatientID == meta.datasets[0].PatientID
     np.testing.assert_allclose(out_meta.affine, meta.affine, atol=1e-5)
+
+
+def test_a_training_runs_model_file_is_named_after_its_run(tmp_path):
+    """A run folder's ``model.safetensors`` names the run (not "model") in the derived series and the preview title."""
+    from restore_rwkv.models.card import weights_name
+
+    run_weights = save_model_with_card(tiny_model(True), tmp_path / "runs" / "ct_demo" / "model.safetensors", card())
+    assert weights_name(run_weights) == "ct_demo"
+    assert weights_name(tmp_path / "ct_denoise_light.safetensors") == "ct_denoise_light"
+    make_ct_series(tmp_path / "ct", slices=2, rows=16, cols=16)
+    assert main(["restore", str(tmp_path / "ct"), "--weights", str(tmp_path / "runs" / "ct_demo"), "-o",
+                 str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
+    _, out_meta = io.read_image(tmp_path / "out")
+    assert out_meta.datasets[0].SeriesDescription.endswith("(restored by restore-rwkv ct_demo)")

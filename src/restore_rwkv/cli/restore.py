@@ -140,7 +140,7 @@ def run(args) -> int:
     from restore_rwkv.data.io import read_image
     from restore_rwkv.inference import choose_convention, resolve_device, restore_file, write_restore_preview
     from restore_rwkv.inference.files import kept_slices_of
-    from restore_rwkv.models.card import load_model, resolve_weights
+    from restore_rwkv.models.card import load_model, resolve_weights, weights_name
     from restore_rwkv.utils.progress import progress_bar
     from restore_rwkv.utils.runtime import tune_cpu_allocator
 
@@ -172,7 +172,7 @@ def run(args) -> int:
                                   max_memory=args.max_memory, tile=args.tile, force=args.force,
                                   overwrite=args.overwrite, series_uid=args.series_uid,
                                   keep_slices=3 if args.preview else 0, quiet=args.quiet,
-                                  model_name=weights.stem)
+                                  model_name=weights_name(weights))
             done += 1
             how = f"tiles of {result.tile}" if result.tile else "whole slices"
             print(f"{source} -> {target} ({'x'.join(map(str, result.shape))}, {result.modality}, {how}, "
@@ -187,7 +187,7 @@ def run(args) -> int:
                                                          f"shape {result.shape}")
                     references = kept_slices_of(ref, None, result.axis, sorted(result.kept))
                 write_restore_preview(_preview_path(Path(args.preview), source, batch), result.kept, convention,
-                                      references, title=f"{source.name}: {weights.stem} ({result.modality})")
+                                      references, title=f"{source.name}: restored by {weights_name(weights)} ({result.modality})")
         except InputError as exc:
             failures.append(str(exc))
             print(f"restore-rwkv: error: {exc}", file=sys.stderr)

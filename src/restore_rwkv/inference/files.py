@@ -31,7 +31,7 @@ from restore_rwkv.data.io import (
 from restore_rwkv.data.modality import ModalityConvention, get_convention
 from restore_rwkv.inference.slices import default_max_memory, plan_slices, resolve_device, restore_slices
 from restore_rwkv.metrics import resolve_convention
-from restore_rwkv.models.card import ModelCard, load_model, resolve_weights
+from restore_rwkv.models.card import ModelCard, load_model, resolve_weights, weights_name
 from restore_rwkv.utils.errors import InputError, check_finite
 from restore_rwkv.utils.files import refuse_input_target
 
@@ -144,7 +144,7 @@ def _check_output(output: Path, source: Path, overwrite: bool) -> None:
 
 
 def _model_label(card: ModelCard, weights: Path | None) -> str:
-    name = weights.stem if weights is not None else card.model
+    name = weights_name(weights) if weights is not None else card.model
     return f"restored by restore-rwkv {name}"
 
 

@@ -135,6 +135,14 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
     raise InputError(spec, f"no such weights file or folder, and not a shipped model (shipped: {known})")
 
 
+def weights_name(weights: str | os.PathLike) -> str:
+    """A short name for a weights file: its stem, or its folder's name for a training run's ``model.safetensors``."""
+    path = Path(weights)
+    if path.stem == "model" and path.parent.name:
+        return path.parent.name
+    return path.stem
+
+
 def load_model_card(spec: str | os.PathLike) -> ModelCard:
     """The card of the weights ``spec`` names (see :func:`resolve_weights`)."""
     weights = resolve_weights(spec)

@@ -32,3 +32,20 @@ def reference_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The demo dataset, built once per session (about 40 s), with network connections refused."""
+    import socket
+
+    from restore_rwkv.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    with pytest.MonkeyPatch.context() as patch:
+        def no_network(*args, **kwargs):
+            raise AssertionError("prepare demo tried to open a network connection")
+
+        patch.setattr(socket.socket, "connect", no_network)
+        assert main(["prepare", "demo", "--out", str(out), "--quiet"]) == 0
+    return out

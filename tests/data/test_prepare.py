@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 
 import numpy as np
 
@@ -123,27 +122,62 @@ def test_prepare_refuses_bad_sources_without_leaving_output(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "user data"
 
 
-def test_prepare_demo_builds_all_tasks_offline(tmp_path, monkeypatch):
-    def no_network(*args, **kwargs):
-        raise AssertionError("prepare demo tried to open a network connection")
+def _noise_hu(image: np.ndarray) -> float:
+    """Robust noise estimate (HU) in soft tissue (0-80 HU): MAD of the residual of a 3 x 3 mean."""
+    from scipy import ndimage
 
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    out = tmp_path / "demo"
-    assert main(["prepare", "demo", "--out", str(out), "--quiet"]) == 0
-    rows = _rows(out)
+    image = image.astype(np.float64)
+    soft = ndimage.binary_erosion((image > 0) & (image < 80), iterations=3)
+    residual = image - ndimage.uniform_filter(image, 3)
+    return float(np.median(np.abs(residual[soft])) * 1.4826 / np.sqrt(1 - 1 / 9))
+
+
+def _same_up_to_dihedral(a: np.ndarray, b: np.ndarray) -> bool:
+    for k in range(4):
+        for candidate in (np.rot90(b, k), np.rot90(b[::-1], k)):
+            if candidate.shape == a.shape and np.allclose(candidate, a, atol=1e-3):
+                return True
+    return False
+
+
+def test_prepare_demo_builds_all_tasks_offline(demo_root):
+    rows = _rows(demo_root)
     for task, folder in (("mri_sr", "MRI"), ("ct_denoise", "CT"), ("pet", "PET")):
         mine = [r for r in rows if r["task"] == task]
         for split in ("train", "validation", "test"):
             assert any(r["split"] == split for r in mine), (task, split)
         assert all(r["hq"].startswith(folder + "/") for r in mine)
         for r in mine[:3] + mine[-3:]:
-            lq, hq = np.load(out / r["lq"]), np.load(out / r["hq"])
-            assert lq.shape == hq.shape == (128, 128) and np.isfinite(lq).all() and np.isfinite(hq).all()
+            lq, hq = np.load(demo_root / r["lq"]), np.load(demo_root / r["hq"])
+            assert lq.shape == hq.shape and np.isfinite(lq).all() and np.isfinite(hq).all()
             assert not np.array_equal(lq, hq)
+    ct = [r for r in rows if r["task"] == "ct_denoise"]
+    assert {np.load(demo_root / r["hq"]).shape for r in ct} == {(512, 512)}  # CT as scanners write it
+
+
+def test_demo_test_images_are_real_clean_and_never_seen_in_training(demo_root):
+    rows = _rows(demo_root)
+    for task in ("mri_sr", "ct_denoise"):
+        train = [np.load(demo_root / r["hq"]) for r in rows if r["task"] == task and r["split"] == "train"]
+        test = [r for r in rows if r["task"] == task and r["split"] == "test"]
+        assert test
+        for r in test:
+            hq = np.load(demo_root / r["hq"])
+            assert not any(_same_up_to_dihedral(hq, t) for t in train), r["hq"]  # not a training image, nor its rotation
     ct_test = [r for r in rows if r["task"] == "ct_denoise" and r["split"] == "test"]
-    assert all("pydicom_CT_small" in r["hq"] for r in ct_test)
-    hq = np.load(out / ct_test[0]["hq"])
-    assert -1100 < hq.min() < -500 and hq.max() > 200  # a real CT slice in HU
+    assert all("jxd191021006_head" in r["hq"] for r in ct_test)  # a third patient, real
+    hq, lq = np.load(demo_root / ct_test[0]["hq"]), np.load(demo_root / ct_test[0]["lq"])
+    assert hq.min() >= -1024 and hq.max() > 1000  # HU with bone, out-of-field padding floored at air
+    assert _noise_hu(hq) < 5.0  # a reference clean enough to be one (pydicom's CT_small: about 15 HU)
+    soft = (hq > 0) & (hq < 80)
+    assert 15.0 < float(np.std((lq - hq)[soft])) < 80.0  # quarter dose: clearly noisy (about 29 HU), not destroyed
+    mri_test = [r for r in rows if r["task"] == "mri_sr" and r["split"] == "test"]
+    assert [np.load(demo_root / r["hq"]).shape for r in mri_test] == [(484, 484)]  # a real abdominal MR slice
+    notes = json.loads((demo_root / "summary.json").read_text())["notes"]
+    for task in ("mri_sr", "ct_denoise"):  # the subjects are recorded, and no test subject is a training subject
+        train = next(n for n in notes if n.startswith(f"{task} train subjects: ")).split(": ")[1].split(", ")
+        test = next(n for n in notes if n.startswith(f"{task} test subjects: ")).split(": ")[1].split(", ")
+        assert test and not set(test) & set(train), (task, train, test)
 
 
 def test_prepare_never_writes_into_or_over_its_input(tmp_path, capsys):

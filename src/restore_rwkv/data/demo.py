@@ -1,37 +1,69 @@
-"""The offline demo dataset: all three tasks at 128x128 from data that ships with installed packages.
+"""The offline demo dataset: real anatomy and phantoms that ship inside installed packages.
 
 Sources (see docs/data.md for licences):
-- MRI: the MNI ICBM152 2009a T1 template inside nilearn's package (``nilearn/datasets/data``).
-- CT: training and validation from phantoms (scikit-image's Shepp-Logan and random body
-  phantoms in HU); test from the real CT slice ``CT_small.dcm`` in pydicom's test data,
-  in its four 90-degree rotations.
-- PET: FDG-like activity from the MNI152 grey- and white-matter probability maps in nilearn.
-LQ images come from the degradations of ``restore_rwkv.physics`` with fixed seeds.
+- CT (512 x 512, in HU): real head and abdomen slices from pydicom's and pydicom-data's test
+  files (training: two patients; test: a third patient), plus random body phantoms and
+  scikit-image's Shepp-Logan phantom (training and validation).
+- MRI: axial slices of the MNI ICBM152 2009a T1 template inside nilearn's package (training
+  and validation) and crops of a real shoulder MR slice (training); test: a real abdominal
+  MR slice (another subject and series).
+- PET: FDG-like activity from the MNI152 grey- and white-matter probability maps in nilearn
+  (separate stretches of the brain for the three splits; no real PET ships offline).
+LQ images come from the degradations of ``restore_rwkv.physics`` with fixed seeds; each
+real CT training slice is degraded several times (independent noise) for more pairs.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from restore_rwkv.data.io import read_nifti_canonical
-from restore_rwkv.data.prepare import PairWriter, PreparationReport, staged_output
+from restore_rwkv.data.prepare import PairWriter, PreparationReport, ct_air_floor, staged_output
 from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.progress import progress_bar
 
-SIZE = 128
 MNI_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
-# Photons per view per mm of detector at full dose for the demo's CT (see LowDoseCT; default 3e5).
-DEMO_CT_FLUX = 3e3
-# Demo sizes per task and split.
+
+
+@dataclass(frozen=True)
+class RealSlice:
+    """A real DICOM slice inside an installed package: where it is, what to call it, whose it is."""
+
+    package: str
+    parts: tuple[str, ...]
+    name: str
+    subject: str
+
+
+# Real slices. pydicom-data's top-level package is ``data_store``; pydicom ships ``test_files``.
+CT_TRAIN = (RealSlice("data_store", ("data", "693_UNCR.dcm"), "cq500_ct310_head", "CQ500-CT-310"),
+            RealSlice("data_store", ("data", "explicit_VR-UN.dcm"), "tcia_pancreas0001_abdomen", "PANCREAS_0001"))
+CT_TEST = (RealSlice("pydicom", ("data", "test_files", "J2K_pixelrep_mismatch.dcm"), "jxd191021006_head",
+                     "JXD191021006"),)
+MRI_TRAIN = (RealSlice("data_store", ("data", "MR2_UNCR.dcm"), "shoulder_t1_se", "5MR2"),)
+MRI_TEST = (RealSlice("data_store", ("data", "MR-SIEMENS-DICOM-WithOverlays.dcm"), "abdomen_t1_vibe", "021234567"),)
+
+CT_SIZE = 512  # CT slices as scanners write them
+MRI_SIZE = 256  # MNI slices (1 mm) on a 256 x 256 grid; real MR slices keep their own size
+PET_SIZE = 128  # PET reconstructions are small (2-4 mm pixels)
+CT_FOV_MM = 320.0  # field of view of the phantoms (0.625 mm pixels at 512)
+# Photons per view per mm of detector at full dose (LowDoseCT's unit; its default, 3e5, is clinical dose).
+DEMO_CT_FLUX = 3e5
+CT_REALIZATIONS = 6  # independent quarter-dose noise draws per real CT training slice
+CT_PHANTOMS = {"train": 12, "validation": 3}
+# MNI slices per split (separate stretches of the brain) and the PET slices.
 COUNTS = {"train": 40, "validation": 6, "test": 12}
+MRI_COUNTS = {"train": 40, "validation": 6}
+MRI_SCALE = 3000.0  # an MR image's foreground 99th percentile is put here (of the 0..4095 range)
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -80,67 +112,124 @@ def _split_interleaved(indices: list[int]) -> dict[str, list[int]]:
     return {"train": train, "validation": val, "test": test}
 
 
-def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, seed: int = 0) -> PreparationReport:
-    """Build the demo dataset under ``out`` (about 10 s on 2 CPU cores, no network)."""
-    import pydicom
-
+def _real_slice(source: RealSlice) -> tuple[np.ndarray, float]:
+    """The slice's physical values (float32) and its pixel spacing in mm (first frame of a multi-frame file)."""
     from restore_rwkv.data.io import read_dicom
+
+    values, meta = read_dicom(package_file(source.package, *source.parts))
+    values = np.asarray(values, np.float32)
+    if values.ndim == 3:
+        values = values[0]
+    spacing = float(meta.spacing[-1]) if meta.spacing else 1.0
+    return values, spacing
+
+
+def _mr_scaled(image: np.ndarray) -> np.ndarray:
+    """An MR image scaled so its foreground's 99th percentile is ``MRI_SCALE``, clipped to [0, 4095]."""
+    image = np.maximum(np.asarray(image, np.float64), 0.0)
+    foreground = image[image > 0.1 * image.max()]
+    return np.clip(image * (MRI_SCALE / np.percentile(foreground, 99)), 0.0, 4095.0).astype(np.float32)
+
+
+def _crops(image: np.ndarray, size: int, stride: int, min_foreground: float = 0.3) -> list[tuple[int, int, np.ndarray]]:
+    """Square crops (row, column, crop) on a grid with ``stride`` holding at least ``min_foreground`` of signal."""
+    threshold = 0.1 * float(image.max())
+    found = []
+    for y in range(0, image.shape[0] - size + 1, stride):
+        for x in range(0, image.shape[1] - size + 1, stride):
+            crop = image[y:y + size, x:x + size]
+            if (crop > threshold).mean() >= min_foreground:
+                found.append((y, x, crop))
+    return found
+
+
+def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, seed: int = 0) -> PreparationReport:
+    """Build the demo dataset under ``out`` (about a minute on 2 CPU cores, no network)."""
     from restore_rwkv.data.phantoms import fdg_activity, random_body_phantom, shepp_logan_hu
     from restore_rwkv.physics import KSpaceTruncation, LowCountPET, LowDoseCT
 
     started = time.perf_counter()
-    total = sum(COUNTS.values())
     t1, grey, white = _mni_volume("t1"), _mni_volume("gm"), _mni_volume("wm")
     grey, white = grey / grey.max(), white / white.max()  # stored 0..255 in nilearn's copies; probabilities here
-    ct_test_file = package_file("pydicom", "data", "test_files", "CT_small.dcm")
-    del pydicom
+    real_ct = {s.name: (s, *_real_slice(s)) for s in CT_TRAIN + CT_TEST}
+    real_mr = {s.name: (s, *_real_slice(s)) for s in MRI_TRAIN + MRI_TEST}
     with staged_output(out, overwrite) as stage:
         writer = PairWriter(stage, Path(out))
         bar = progress_bar(None, total=3, desc="demo tasks", quiet=quiet)  # one step per task
 
-        # MRI: template slices, intensities scaled so the brain's 99th percentile sits at 3000 of [0, 4095].
-        slices = _split_interleaved(_brain_slices(t1, total + 12))
-        scale = 3000.0 / np.percentile(t1[t1 > 0], 99)
+        # MRI x4: MNI template slices (1 mm, on 256 x 256) for training and validation, crops of a real shoulder
+        # slice (binned 2 x 2 to 0.39 mm) for training; a real abdominal slice of another subject for the test.
         mri = KSpaceTruncation(4)
-        for split, indices in slices.items():
-            for i in indices[: COUNTS[split]]:
-                hq = _to_square(_axial(t1, i) * scale, SIZE)
-                writer.write("mri_sr", split, f"mni152_t1_z{i:03d}", mri(hq), hq)
-
+        slices = _split_interleaved(_brain_slices(t1, sum(COUNTS.values()) + 12))
+        scale = MRI_SCALE / np.percentile(t1[t1 > 0], 99)
+        for split in ("train", "validation"):
+            for i in slices[split][: MRI_COUNTS[split]]:
+                hq = np.clip(_to_square(_axial(t1, i) * scale, MRI_SIZE), 0.0, 4095.0)
+                writer.write("mri_sr", split, f"mni152_t1_z{i:03d}", mri(hq), hq, subject="MNI152")
+        for source, image, _ in (real_mr[s.name] for s in MRI_TRAIN):
+            binned = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
+            binned = binned.reshape(binned.shape[0] // 2, 2, binned.shape[1] // 2, 2).mean(axis=(1, 3))
+            for y, x, crop in _crops(_mr_scaled(binned), MRI_SIZE, MRI_SIZE // 2):
+                writer.write("mri_sr", "train", f"{source.name}_y{y:03d}_x{x:03d}", mri(crop), crop, subject=source.subject)
+        for source, image, _ in (real_mr[s.name] for s in MRI_TEST):
+            hq = _mr_scaled(image)
+            writer.write("mri_sr", "test", source.name, mri(hq), hq, subject=source.subject)
         bar.update()
 
-        # CT: quarter dose from phantoms (train/validation) and from a real slice (test), in HU. The flux is
-        # set so these 128² images carry the soft-tissue noise of quarter-dose clinical slices (16-56 HU)
-        # although their pixels are large (2.5 mm phantoms, 0.66 mm real slice).
+        # CT quarter dose at 512 x 512 with the clinical flux: phantoms (0.625 mm) for training and validation,
+        # real slices of two patients (several noise draws each) for training, a third patient for the test.
         rng = np.random.default_rng(seed)
-        ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=320.0 / SIZE)
-        phantoms = [shepp_logan_hu(SIZE)] + [random_body_phantom(SIZE, rng) for _ in range(COUNTS["train"] + COUNTS["validation"] - 1)]
-        lq = ct(np.stack(phantoms), seed=seed + 1)
+        phantom_ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=CT_FOV_MM / CT_SIZE)
+        count = sum(CT_PHANTOMS.values())
+        phantoms = [shepp_logan_hu(CT_SIZE)] + [random_body_phantom(CT_SIZE, rng) for _ in range(count - 1)]
+        lq = phantom_ct(np.stack(phantoms), seed=seed + 1)
         for k, (h, l) in enumerate(zip(phantoms, lq)):
-            split = "train" if k < COUNTS["train"] else "validation"
+            split = "train" if k < CT_PHANTOMS["train"] else "validation"
             name = "shepp_logan" if k == 0 else f"body_phantom_{k:03d}"
-            writer.write("ct_denoise", split, name, l, h)
-        real, meta = read_dicom(ct_test_file)
-        real = _to_square(real, SIZE, fill=-1000.0)
-        spacing = float(meta.spacing[0]) if meta.spacing else 0.7
-        ct_real = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=spacing * real.shape[0] / SIZE)
-        rotations = np.stack([np.rot90(real, k).copy() for k in range(4)])
-        lq = ct_real(rotations, seed=seed + 2)
-        for k in range(4):
-            writer.write("ct_denoise", "test", f"pydicom_CT_small_rot{90 * k}", lq[k], rotations[k])
-
+            writer.write("ct_denoise", split, name, l, h, subject=name)
+        for k, source in enumerate(CT_TRAIN + CT_TEST):
+            _, image, spacing = real_ct[source.name]
+            (hq,) = ct_air_floor(_to_square(image, CT_SIZE, fill=-1024.0) if image.shape != (CT_SIZE, CT_SIZE) else image)
+            ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=spacing * image.shape[0] / CT_SIZE)
+            if source in CT_TRAIN:
+                draws = ct(np.repeat(hq[None], CT_REALIZATIONS, axis=0), seed=seed + 10 + k)
+                for d, l in enumerate(draws):
+                    writer.write("ct_denoise", "train", f"{source.name}_dose{d}", l, hq, subject=source.subject)
+            else:
+                writer.write("ct_denoise", "test", source.name, ct(hq, seed=seed + 10 + k), hq, subject=source.subject)
         bar.update()
 
         # PET: FDG-like activity from tissue maps; HQ and LQ (dose / 12) both reconstructed by OSEM.
         pet = LowCountPET(dose_reduction=12, total_counts=2e6, iterations=3, subsets=6, n_views=96, post_filter_fwhm=1.5)
-        slices = _split_interleaved(_brain_slices(grey + white, total + 12))
+        slices = _split_interleaved(_brain_slices(grey + white, sum(COUNTS.values()) + 12))
         for split, indices in slices.items():
             chosen = indices[: COUNTS[split]]
-            activity = np.stack([_to_square(fdg_activity(_axial(grey, i), _axial(white, i)), SIZE) for i in chosen])
+            activity = np.stack([_to_square(fdg_activity(_axial(grey, i), _axial(white, i)), PET_SIZE) for i in chosen])
             hq, lq = pet.simulate_pair(activity, seed=seed + 3 + len(chosen))
             for i, h, l in zip(chosen, hq, lq):
-                writer.write("pet", split, f"mni152_fdg_z{i:03d}", l, h)
+                writer.write("pet", split, f"mni152_fdg_z{i:03d}", l, h, subject="MNI152")
         bar.update()
         bar.close()
-        report = writer.finish(started)
+        by_split: dict[str, set[str]] = {}
+        notes = []
+        for task in ("mri_sr", "ct_denoise", "pet"):
+            mine = [p for p in writer.pairs if p.task == task]
+            for split in ("train", "validation", "test"):
+                names = sorted({p.subject for p in mine if p.split == split})
+                by_split.setdefault(split, set()).update(names)
+                if split != "validation":
+                    shown = [n for n in names if not n.startswith(("body_phantom", "shepp"))]
+                    phantoms = len(names) - len(shown)
+                    notes.append(f"{task} {split} subjects: " + ", ".join(shown + ([f"{phantoms} phantoms"] if phantoms else [])))
+        report = writer.finish(started, notes=notes, subjects={k: len(v) for k, v in by_split.items()})
     return report
+
+
+def demo_pixel_spacing(task: str, name: str) -> float:
+    """In-plane pixel size (mm) of a demo test image, for writing it in a format with geometry."""
+    for source in CT_TEST + MRI_TEST:
+        if source.name == name:
+            image, spacing = _real_slice(source)
+            return spacing * max(image.shape) / CT_SIZE if task == "ct_denoise" and image.shape != (CT_SIZE, CT_SIZE) else spacing
+    extent = 233.0  # the MNI 2009a grid's largest in-plane side (1 mm voxels), put on a square of the task's size
+    return extent / (PET_SIZE if task == "pet" else MRI_SIZE)

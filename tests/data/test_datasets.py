@@ -220,3 +220,15 @@ def test_the_volume_cache_keeps_within_its_budget(tmp_path):
     assert cache.reads == 4  # v0 was dropped when v2 came in (2 KiB fit, 3 do not)
     cache.slice(str(tmp_path / "v2.npz"), 0)
     assert cache.reads == 4
+
+
+def test_random_patches_redraw_flat_reference_crops():
+    """A crop of pure background teaches nothing: with retries, crops of a mostly-air image hold tissue."""
+    hq = torch.full((1, 256, 256), 0.0)
+    hq[:, 160:, 160:] = torch.rand(1, 96, 96) + 0.5  # a textured corner in a flat field
+    item = {"lq": hq + 0.01, "hq": hq}
+    flat = lambda patch: float(patch.max() - patch.min()) <= 1e-6  # noqa: E731
+    without = [flat(RandomPatchPairs(64, seed=s, flat_retries=0)(item, 0)["hq"]) for s in range(40)]
+    with_retries = [flat(RandomPatchPairs(64, seed=s, flat_retries=50)(item, 0)["hq"]) for s in range(40)]
+    assert sum(without) > 20  # most plain crops are flat here
+    assert sum(with_retries) == 0

@@ -271,12 +271,15 @@ class SimulatedPairDataset(Dataset):
 class RandomPatchPairs:
     """Transform: the same random crop (default 128x128), flips and 90-degree rotation on LQ and HQ.
 
-    Images smaller than the patch are reflect-padded. Randomness comes from ``seed`` and the
+    A crop whose HQ is flat (air or background only) is drawn again, up to ``flat_retries``
+    times. Images smaller than the patch are reflect-padded. Randomness comes from ``seed`` and the
     item index (and ``epoch`` via ``set_epoch``), so workers and ranks agree.
     """
 
-    def __init__(self, patch: int = 128, flips: bool = True, rotations: bool = True, seed: int = 0) -> None:
+    def __init__(self, patch: int = 128, flips: bool = True, rotations: bool = True, seed: int = 0,
+                 flat_retries: int = 8) -> None:
         self.patch, self.flips, self.rotations, self.seed, self.epoch = patch, flips, rotations, seed, 0
+        self.flat_retries = int(flat_retries)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -291,8 +294,11 @@ class RandomPatchPairs:
             lq = torch.nn.functional.pad(lq[None], pad, mode="reflect" if min(h, w) > max(ph, pw) else "replicate")[0]
             hq = torch.nn.functional.pad(hq[None], pad, mode="reflect" if min(h, w) > max(ph, pw) else "replicate")[0]
             h, w = hq.shape[-2:]
-        top, left = int(rng.integers(0, h - self.patch + 1)), int(rng.integers(0, w - self.patch + 1))
-        crop = (slice(None), slice(top, top + self.patch), slice(left, left + self.patch))
+        for _ in range(1 + self.flat_retries):  # a flat reference patch (air, background) teaches nothing: redraw
+            top, left = int(rng.integers(0, h - self.patch + 1)), int(rng.integers(0, w - self.patch + 1))
+            crop = (slice(None), slice(top, top + self.patch), slice(left, left + self.patch))
+            if float(hq[crop].max() - hq[crop].min()) > 1e-6:
+                break
         lq, hq = lq[crop], hq[crop]
         if self.flips and rng.random() < 0.5:
             lq, hq = lq.flip(-1), hq.flip(-1)

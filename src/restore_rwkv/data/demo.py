@@ -1,8 +1,8 @@
 """The offline demo dataset: real anatomy and phantoms that ship inside installed packages.
 
 Sources (see docs/data.md for licences):
-- CT (512 x 512, in HU): real head and abdomen slices from pydicom's and pydicom-data's test
-  files (training: two patients; test: a third patient), plus random body phantoms and
+- CT (512 x 512, in HU): real head, brain and abdomen slices from pydicom's and pydicom-data's
+  test files (training: three patients; test: a fourth patient), plus random body phantoms and
   scikit-image's Shepp-Logan phantom (training and validation).
 - MRI: axial slices of the MNI ICBM152 2009a T1 template inside nilearn's package (training
   and validation) and crops of a real shoulder MR slice (training); test: a real abdominal
@@ -42,11 +42,14 @@ class RealSlice:
     parts: tuple[str, ...]
     name: str
     subject: str
+    frame: int = 0  # the frame of a multi-frame file
 
 
 # Real slices. pydicom-data's top-level package is ``data_store``; pydicom ships ``test_files``.
 CT_TRAIN = (RealSlice("data_store", ("data", "693_UNCR.dcm"), "cq500_ct310_head", "CQ500-CT-310"),
-            RealSlice("data_store", ("data", "explicit_VR-UN.dcm"), "tcia_pancreas0001_abdomen", "PANCREAS_0001"))
+            RealSlice("data_store", ("data", "explicit_VR-UN.dcm"), "tcia_pancreas0001_abdomen", "PANCREAS_0001"),
+            RealSlice("data_store", ("data", "eCT_Supplemental.dcm"), "ect_brain_frame0", "eCT_Supplemental", 0),
+            RealSlice("data_store", ("data", "eCT_Supplemental.dcm"), "ect_brain_frame1", "eCT_Supplemental", 1))
 CT_TEST = (RealSlice("pydicom", ("data", "test_files", "J2K_pixelrep_mismatch.dcm"), "jxd191021006_head",
                      "JXD191021006"),)
 MRI_TRAIN = (RealSlice("data_store", ("data", "MR2_UNCR.dcm"), "shoulder_t1_se", "5MR2"),)
@@ -58,7 +61,7 @@ PET_SIZE = 128  # PET reconstructions are small (2-4 mm pixels)
 CT_FOV_MM = 320.0  # field of view of the phantoms (0.625 mm pixels at 512)
 # Photons per view per mm of detector at full dose (LowDoseCT's unit; its default, 3e5, is clinical dose).
 DEMO_CT_FLUX = 3e5
-CT_REALIZATIONS = 6  # independent quarter-dose noise draws per real CT training slice
+CT_REALIZATIONS = 4  # independent quarter-dose noise draws per real CT training slice
 CT_PHANTOMS = {"train": 12, "validation": 3}
 # MNI slices per split (separate stretches of the brain) and the PET slices.
 COUNTS = {"train": 40, "validation": 6, "test": 12}
@@ -119,7 +122,7 @@ def _real_slice(source: RealSlice) -> tuple[np.ndarray, float]:
     values, meta = read_dicom(package_file(source.package, *source.parts))
     values = np.asarray(values, np.float32)
     if values.ndim == 3:
-        values = values[0]
+        values = values[source.frame]
     spacing = float(meta.spacing[-1]) if meta.spacing else 1.0
     return values, spacing
 
@@ -177,7 +180,7 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         bar.update()
 
         # CT quarter dose at 512 x 512 with the clinical flux: phantoms (0.625 mm) for training and validation,
-        # real slices of two patients (several noise draws each) for training, a third patient for the test.
+        # real slices of three patients (several noise draws each) for training, a fourth patient for the test.
         rng = np.random.default_rng(seed)
         phantom_ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=CT_FOV_MM / CT_SIZE)
         count = sum(CT_PHANTOMS.values())

@@ -345,3 +345,20 @@ def test_schedule_and_config_holes_are_refused(tmp_path, capsys):
         assert fragment in capsys.readouterr().err
     config = load_config(path, ["data.val=", "data.val.root=" + str(data), "name=2024"])
     assert config.data.val.root == str(data) and config.name == "2024"
+
+
+def test_zero_init_output_starts_training_from_the_identity():
+    from restore_rwkv.engine.config import load_config
+    from restore_rwkv.engine.trainer import zero_output_layer
+    from restore_rwkv.models.registry import create_model
+    from restore_rwkv.utils.errors import InputError
+
+    model = create_model("restore_rwkv_light", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1).eval()
+    x = torch.rand(2, 1, 24, 20)
+    assert not torch.allclose(model(x), x, atol=1e-3)
+    zero_output_layer(model)
+    torch.testing.assert_close(model(x), x, atol=1e-6, rtol=0)  # the global residual returns the input
+    with pytest.raises(InputError, match="no output convolution"):
+        zero_output_layer(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)))
+    assert load_config("demo_ct_denoise").model.zero_init_output is True
+    assert load_config("ct_denoise").model.zero_init_output is False  # the paper recipe keeps its initialisation

@@ -29,6 +29,9 @@ class ModelConfig(_Strict):
 
     name: str = "restore_rwkv"
     args: dict[str, Any] = Field(default_factory=dict)
+    # Start from the identity: zero the output convolution, so the global residual returns the input
+    # and training learns only the correction (much faster when it is small, e.g. CT noise in [0, 1] units).
+    zero_init_output: bool = False
 
 
 class DataSource(_Strict):

@@ -179,6 +179,8 @@ class Trainer:
             model = create_model(cfg.model.name, **cfg.model.args).to(device)
         except (TypeError, ValueError) as exc:
             raise InputError(None, f"model: {exc}") from None
+        if cfg.model.zero_init_output:
+            zero_output_layer(model)
         if cfg.train.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -425,6 +427,18 @@ class Trainer:
                              notes=f"trained with restore-rwkv train, config {cfg.name}")
             save_model_with_card(net, self.run_dir / "model.safetensors", card)
         broadcast_object(None, info)
+
+
+def zero_output_layer(model: nn.Module) -> None:
+    """Zero the weights and bias of the model's output convolution (``model.output``): with the
+    global residual the model then returns its input (``model.zero_init_output``)."""
+    output = getattr(model, "output", None)
+    if not isinstance(output, nn.Conv2d):
+        raise InputError(None, f"model.zero_init_output: {type(model).__name__} has no output convolution")
+    with torch.no_grad():
+        output.weight.zero_()
+        if output.bias is not None:
+            output.bias.zero_()
 
 
 def _modalities(dataset) -> list[str]:

@@ -362,3 +362,24 @@ def test_zero_init_output_starts_training_from_the_identity():
         zero_output_layer(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)))
     assert load_config("demo_ct_denoise").model.zero_init_output is True
     assert load_config("ct_denoise").model.zero_init_output is False  # the paper recipe keeps its initialisation
+
+
+def test_window_bounds_are_each_modalitys_evaluation_window_in_network_units(tmp_path):
+    from restore_rwkv.data.modality import get_convention
+    from restore_rwkv.engine.trainer import window_bounds
+
+    low, high = window_bounds(["ct", "pet", "ct"], torch.device("cpu"))
+    assert low.shape == high.shape == (3, 1, 1, 1)
+    ct = get_convention("ct")
+    (n0, n1), (w0, w1) = ct.norm_range, ct.eval_window
+    assert float(low[0]) == pytest.approx((w0 - n0) / (n1 - n0)) and float(high[2]) == pytest.approx((w1 - n0) / (n1 - n0))
+    assert float(low[0]) == pytest.approx((-160 + 1024) / 4096)  # the paper's CT window [-160, 240] HU
+    pet = get_convention("pet")
+    assert float(high[1]) == pytest.approx((pet.eval_window[1] - pet.norm_range[0]) / (pet.norm_range[1] - pet.norm_range[0]))
+    assert load_config("demo_ct_denoise").train.window_loss_weight > 0
+    assert load_config("ct_denoise").train.window_loss_weight == 0  # the paper recipe: plain L1
+    data = _pairs(tmp_path / "data")
+    assert main(["train", "--config", str(_config(tmp_path, data, iterations=3, window_loss_weight=5.0)), "--quiet"]) == 0
+    with open(tmp_path / "runs" / "tiny" / "log.csv") as fh:
+        losses = [float(row["loss"]) for row in csv.DictReader(fh) if row["loss"]]
+    assert losses and all(np.isfinite(losses))

@@ -266,6 +266,10 @@ class Trainer:
             with self._amp(device):
                 out = ddp(lq)
             loss = nn.functional.l1_loss(out.float(), hq.float())
+            if cfg.train.window_loss_weight:
+                low, high = window_bounds(batch["modality"], device)
+                loss = loss + cfg.train.window_loss_weight * nn.functional.l1_loss(
+                    torch.minimum(torch.maximum(out.float(), low), high), torch.minimum(torch.maximum(hq.float(), low), high))
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -427,6 +431,19 @@ class Trainer:
                              notes=f"trained with restore-rwkv train, config {cfg.name}")
             save_model_with_card(net, self.run_dir / "model.safetensors", card)
         broadcast_object(None, info)
+
+
+def window_bounds(modalities, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (B, 1, 1, 1) lower and upper bounds of each modality's evaluation window in [0, 1] units."""
+    if isinstance(modalities, str):
+        modalities = [modalities]
+    bounds = []
+    for name in modalities:
+        convention = get_convention(name)
+        lo, hi = convention.norm_range
+        bounds.append([(w - lo) / (hi - lo) for w in convention.eval_window])
+    values = torch.tensor(bounds, dtype=torch.float32, device=device)[:, :, None, None, None]
+    return values[:, 0], values[:, 1]
 
 
 def zero_output_layer(model: nn.Module) -> None:

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned only here, to the CPU build on this project's machines; the package itself accepts a range.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow bench bench-targets clean
+.PHONY: install test test-slow demo bench bench-targets clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,16 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The demo needs only the package and its demo extra (nilearn, pydicom-data), not the test tools.
+$(VENV)/.installed-demo: $(BIN)/python pyproject.toml
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $@
+
+# Builds the demo data (offline), restores its test scans with the shipped models, writes demo_output/.
+demo: $(VENV)/.installed-demo
+	$(BIN)/restore-rwkv demo --out demo_output --data data/demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
@@ -41,4 +51,4 @@ bench-targets: $(BENCH_VENV)/.installed
 	cd benchmarks && ../$(BENCH_VENV)/bin/python targets.py --peers
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info src/*.egg-info .pytest_cache demo_output data/demo

@@ -1,0 +1,187 @@
+"""Ship the demo training runs as the package's pretrained models, with their cards and test fixtures.
+
+For each demo run (``restore-rwkv train --config demo_<task> --out runs``) this
+
+1. scores the run's exported weights (EMA) on the demo test split with ``restore-rwkv evaluate``
+   (the paper's protocol) and puts the scores, the iterations and the training wall time
+   (from the run's ``log.csv``) in the card;
+2. writes ``src/restore_rwkv/weights/<name>.safetensors`` (float16 storage) and ``<name>.json``;
+3. writes ``tests/fixtures/shipped/<name>.npz``: a 48x48 crop of a demo test input and the
+   shipped model's output on it, which ``tests/models/test_shipped.py`` reproduces.
+
+    python scripts/ship_demo_models.py                 # all four runs under runs/
+    python scripts/ship_demo_models.py --only ct_denoise_light
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = {"ct_denoise_light": "demo_ct_denoise", "mri_sr_x4_light": "demo_mri_sr_x4",
+        "pet_synthesis_light": "demo_pet_synthesis", "all_in_one_light": "demo_all_in_one"}
+CROP = 48
+NOTES = ("Demonstration model: the light Restore-RWKV trained for {iterations} iterations on the offline demo "
+         "dataset (restore-rwkv prepare demo) with the shipped config {config} ({hours:.2f} h on a 2-core CPU). "
+         "For trying the tools, not for clinical use. Reproduce: restore-rwkv prepare demo --out data/demo && "
+         "restore-rwkv train --config {config} --out runs. docs/models.md has its model card.")
+
+
+def training_seconds(run: Path) -> float:
+    """Wall time of a run's training windows (log.csv ``seconds``; validation excluded)."""
+    with open(run / "log.csv") as fh:
+        return float(sum(float(row["seconds"] or 0) for row in csv.DictReader(fh)))
+
+
+def finished(run: Path, config: str) -> bool:
+    """Whether ``run`` exported weights and logged the config's last iteration."""
+    from restore_rwkv.engine.config import load_config
+
+    if not (run / "model.safetensors").is_file() or not (run / "log.csv").is_file():
+        return False
+    with open(run / "log.csv") as fh:
+        last = max((int(row["iteration"]) for row in csv.DictReader(fh)), default=0)
+    return last >= load_config(config).schedule.iterations
+
+
+def split_scores(weights: Path, data: Path) -> dict:
+    """``restore-rwkv evaluate`` of ``weights`` on the demo test split: its per-task summary."""
+    from restore_rwkv.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval"
+        if main(["evaluate", "--weights", str(weights), "--data", str(data), "--split", "test",
+                 "--out", str(out), "--quiet", "--device", "cpu"]) != 0:
+            raise SystemExit(f"evaluating {weights} failed")
+        return json.loads((out / "summary.json").read_text())["per_task"]
+
+
+def fixture_crop(data: Path, task: str, card) -> tuple[np.ndarray, str]:
+    """A CROP x CROP window from the middle of the first test input of ``task``, normalised like the card."""
+    from restore_rwkv.data.datasets import read_manifest
+    from restore_rwkv.data.modality import TASKS
+    from restore_rwkv.metrics import resolve_convention
+
+    record = sorted((r for r in read_manifest(data / "manifest.csv") if r.task == task and r.split == "test"),
+                    key=lambda r: r.lq)[0]
+    image = np.load(record.lq).astype(np.float32)
+    modality = TASKS[task]
+    convention = resolve_convention(card.conventions[modality], modality)
+    y, x = (image.shape[0] - CROP) // 2, (image.shape[1] - CROP) // 2
+    crop = np.asarray(convention.normalize(image[y:y + CROP, x:x + CROP]), dtype=np.float32)
+    return crop, Path(record.lq).name
+
+
+def ship(name: str, runs: Path, data: Path) -> dict:
+    from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model, save_model_with_card
+
+    run = runs / RUNS[name]
+    model, card = load_model(run / "model.safetensors")
+    scores = split_scores(run / "model.safetensors", data)
+    metrics = {}
+    for task, entry in scores.items():
+        for column in ("psnr_in", "ssim_in", "psnr_out", "ssim_out"):
+            metrics[f"test_{task}_{column}"] = round(float(entry[column]["mean"]), 4)
+    seconds = training_seconds(run)
+    card = dataclasses.replace(card, metrics=metrics, created="", version="",
+                               notes=NOTES.format(iterations=card.iterations, config=RUNS[name], hours=seconds / 3600))
+    target = save_model_with_card(model, SHIPPED_WEIGHTS / f"{name}.safetensors", card, storage_dtype="float16")
+    shipped, shipped_card = load_model(target)
+    task = card.task if card.task != "all_in_one" else "ct_denoise"
+    crop, source = fixture_crop(data, task, shipped_card)
+    with torch.inference_mode():
+        output = shipped(torch.from_numpy(crop)[None, None])[0, 0].numpy()
+    fixtures = REPO / "tests" / "fixtures" / "shipped"
+    fixtures.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(fixtures / f"{name}.npz", input=crop, output=output, source=np.array(source))
+    return {"name": name, "run": str(run), "iterations": card.iterations, "train_seconds": round(seconds),
+            "metrics": metrics, "bytes": target.stat().st_size}
+
+
+DATA = {"ct_denoise": "CT: 12 phantoms and 4 real 512 × 512 head, brain and abdomen slices of 3 patients × 4 "
+                      "quarter-dose noise draws (train), 3 phantoms (validation), 1 real head slice of a fourth "
+                      "patient (test)",
+        "mri_sr": "MRI ×4: 40 MNI152 template slices and 8 crops of a real shoulder slice (train), 6 template "
+                  "slices (validation), 1 real abdominal slice of another subject (test)",
+        "pet": "PET dose / 12: 40 / 6 / 12 template-brain FDG slices from separate stretches (train / validation / test)"}
+
+
+def write_model_cards(path: Path, shipped: list[dict]) -> None:
+    """docs/models.md from the shipped cards and the configs that trained them."""
+    from restore_rwkv.engine.config import load_config
+    from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model_card
+
+    lines = ["# Shipped models", "",
+             "Four demonstration models ship inside the package (`src/restore_rwkv/weights/`, safetensors in "
+             "float16 with a JSON card each) and are used by `make demo`. Use them by name: "
+             "`restore-rwkv restore scan/ --weights ct_denoise_light -o out/`, "
+             "`restore-rwkv evaluate --weights ct_denoise_light --data data/demo --out eval/`, or "
+             "`restore_rwkv.models.card.load_model(\"ct_denoise_light\")`.", "",
+             "**They are demonstration models, not for clinical use.** Each is the light Restore-RWKV "
+             "(1,238,305 parameters) trained on the small offline demo dataset (docs/data.md) for a few "
+             "thousand iterations on a 2-core CPU; the data they saw holds three real CT patients, two real "
+             "MR slices and one template brain. Some of that data is licensed for non-commercial use only "
+             "(docs/data.md).", "",
+             "Written by `python scripts/ship_demo_models.py`, which scores each run on the demo test split "
+             "with `restore-rwkv evaluate` (the paper's protocol) and exports its EMA weights.", ""]
+    for entry in shipped:
+        name = entry["name"]
+        card = load_model_card(SHIPPED_WEIGHTS / f"{name}.safetensors")
+        config = load_config(RUNS[name])
+        tasks = ["ct_denoise", "mri_sr", "pet"] if card.task == "all_in_one" else [card.task]
+        lines += [f"## `{name}`", "",
+                  f"- Task: {card.task}; modalities and intensity conventions: "
+                  + "; ".join(f"{m} ({v.get('unit', '')}, normalised over {v.get('norm_range')})" for m, v in card.conventions.items()),
+                  "- Data: " + " ".join(DATA[t] + "." for t in tasks),
+                  f"- Recipe: config `{RUNS[name]}`: {config.model.name}, L1 loss, Adam (lr {config.optim.lr:g}, "
+                  f"betas {tuple(config.optim.betas)}), {config.schedule.warmup} warm-up iterations then cosine to "
+                  f"{config.schedule.min_lr:g}, {config.data.batch_size} random {config.data.patch_size} × "
+                  f"{config.data.patch_size} patches per step with flips and 90° rotations, EMA {config.train.ema_decay}"
+                  + (", tasks drawn equally often" if card.task == "all_in_one" else "") + ".",
+                  f"- Iterations: {card.iterations}; training wall time {entry['train_seconds'] / 60:.0f} min "
+                  "(2-core CPU, training windows only; validation excluded).",
+                  "- Demo test split (paper's protocol; mean over images):", "",
+                  "  | task | PSNR input | PSNR output | SSIM input | SSIM output |", "  |---|---|---|---|---|"]
+        for t in tasks:
+            m = card.metrics
+            if f"test_{t}_psnr_out" in m:
+                lines.append(f"  | {t} | {m[f'test_{t}_psnr_in']:.2f} | {m[f'test_{t}_psnr_out']:.2f} | "
+                             f"{m[f'test_{t}_ssim_in']:.4f} | {m[f'test_{t}_ssim_out']:.4f} |")
+        lines += ["", f"- Reproduce: `restore-rwkv prepare demo --out data/demo && restore-rwkv train --config "
+                      f"{RUNS[name]} --out runs && python scripts/ship_demo_models.py --only {name}` "
+                      "(CPU runs repeat to float rounding; thread counts and BLAS builds can change the last digits).",
+                  f"- File: `{name}.safetensors` ({entry['bytes'] / 1e6:.1f} MB) and `{name}.json`.", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=str(REPO / "runs"), help="folder holding the demo runs")
+    parser.add_argument("--data", default=str(REPO / "data" / "demo"), help="the demo dataset")
+    parser.add_argument("--only", action="append", choices=sorted(RUNS), help="ship these models only")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    log = REPO / "scripts" / "shipped_models.json"
+    shipped = {e["name"]: e for e in json.loads(log.read_text())} if log.exists() else {}
+    for name in args.only or RUNS:
+        if not finished(Path(args.runs) / RUNS[name], RUNS[name]):
+            print(f"{name}: no finished run at {Path(args.runs) / RUNS[name]}", file=sys.stderr)
+            continue
+        shipped[name] = ship(name, Path(args.runs), Path(args.data))
+        print(json.dumps(shipped[name]), flush=True)
+    ordered = [shipped[n] for n in RUNS if n in shipped]
+    log.write_text(json.dumps(ordered, indent=1) + "\n")
+    write_model_cards(REPO / "docs" / "models.md", ordered)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,8 @@ def main() -> None:
         difference = tiled - whole
         rows.append({"mode": f"tiles {side} (overlap {side // 4})", **_scores(evaluate_physical(tiled, hq, convention)),
                      "max_abs_diff_to_whole": float(np.abs(difference).max()),
-                     "rms_diff_to_whole": float(np.sqrt(np.mean(difference ** 2)))})
+                     "rms_diff_to_whole": float(np.sqrt(np.mean(difference ** 2))),
+                     "mean_diff_over_mean_correction": float(np.abs(difference).mean() / np.abs(whole - lq).mean())})
     print(json.dumps({"weights": str(args.weights), "image": Path(record.lq).name, "shape": list(lq.shape),
                       "unit": convention.unit, "rows": rows}, indent=1))
 

@@ -86,15 +86,17 @@ def ship(name: str, runs: Path, data: Path) -> dict:
 
     run = runs / RUNS[name]
     model, card = load_model(run / "model.safetensors")
-    scores = split_scores(run / "model.safetensors", data)
+    seconds = training_seconds(run)
+    card = dataclasses.replace(card, metrics={}, created="", version="",
+                               notes=NOTES.format(iterations=card.iterations, config=RUNS[name], hours=seconds / 3600))
+    target = save_model_with_card(model, SHIPPED_WEIGHTS / f"{name}.safetensors", card, storage_dtype="float16")
+    scores = split_scores(target, data)  # the file that ships (float16 storage), not the run's float32 weights
     metrics = {}
     for task, entry in scores.items():
         for column in ("psnr_in", "ssim_in", "psnr_out", "ssim_out"):
             metrics[f"test_{task}_{column}"] = round(float(entry[column]["mean"]), 4)
-    seconds = training_seconds(run)
-    card = dataclasses.replace(card, metrics=metrics, created="", version="",
-                               notes=NOTES.format(iterations=card.iterations, config=RUNS[name], hours=seconds / 3600))
-    target = save_model_with_card(model, SHIPPED_WEIGHTS / f"{name}.safetensors", card, storage_dtype="float16")
+    card = dataclasses.replace(card, metrics=metrics)
+    target = save_model_with_card(model, target, card, storage_dtype="float16")
     shipped, shipped_card = load_model(target)
     task = card.task if card.task != "all_in_one" else "ct_denoise"
     crop, source = fixture_crop(data, task, shipped_card)

@@ -360,6 +360,10 @@ def test_zero_init_output_starts_training_from_the_identity():
     torch.testing.assert_close(model(x), x, atol=1e-6, rtol=0)  # the global residual returns the input
     with pytest.raises(InputError, match="no output convolution"):
         zero_output_layer(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)))
+    two_outputs = create_model("restore_rwkv_light", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1,
+                               out_channels=2)
+    with pytest.raises(InputError, match="no global residual"):  # zeroed, it would be a constant, not the identity
+        zero_output_layer(two_outputs)
     assert load_config("demo_ct_denoise").model.zero_init_output is True
     assert load_config("ct_denoise").model.zero_init_output is False  # the paper recipe keeps its initialisation
 
@@ -379,7 +383,12 @@ def test_window_bounds_are_each_modalitys_evaluation_window_in_network_units(tmp
     assert load_config("demo_ct_denoise").train.window_loss_weight > 0
     assert load_config("ct_denoise").train.window_loss_weight == 0  # the paper recipe: plain L1
     data = _pairs(tmp_path / "data")
-    assert main(["train", "--config", str(_config(tmp_path, data, iterations=3, window_loss_weight=5.0)), "--quiet"]) == 0
-    with open(tmp_path / "runs" / "tiny" / "log.csv") as fh:
-        losses = [float(row["loss"]) for row in csv.DictReader(fh) if row["loss"]]
-    assert losses and all(np.isfinite(losses))
+    first = {}
+    for weight in (0.0, 5.0):  # same seed, same first batch: the window term adds to the first step's loss
+        folder = tmp_path / f"w{weight:g}"
+        folder.mkdir()
+        assert main(["train", "--config", str(_config(folder, data, iterations=3, window_loss_weight=weight)),
+                     "--quiet"]) == 0
+        with open(folder / "runs" / "tiny" / "log.csv") as fh:
+            first[weight] = float(next(csv.DictReader(fh))["loss"])
+    assert np.isfinite(first[5.0]) and first[5.0] > first[0.0] * 1.05

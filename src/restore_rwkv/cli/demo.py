@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
                     "inputs as clinical files (CT: DICOM series, MRI and PET: NIfTI), restores them with the "
                     "shipped single-task and all-in-one light models, and writes OUT/index.html, one figure "
                     "per task, results.json and the restored files; prints PSNR, SSIM and RMSE per task.")
-    parser.add_argument("--out", default="demo_output", help="output folder (default demo_output; rewritten)")
+    parser.add_argument("--out", default="demo_output", help="output folder (default demo_output; its files are replaced)")
     parser.add_argument("--data", default="data/demo", help="demo data root (default data/demo; built if missing)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="auto: CUDA, else MPS, else CPU")
@@ -31,7 +31,7 @@ def run(args) -> int:
     replaced = {}
     for item in args.model:
         name, sep, weights = item.partition("=")
-        if not sep or name not in known:
+        if not sep or name not in known or not weights:
             raise InputError(None, f"--model {item}: expected NAME=WEIGHTS with NAME one of {', '.join(sorted(known))}")
         replaced[name] = weights
     report = run_demo(Path(args.out), Path(args.data), device=args.device, weights=replaced, quiet=args.quiet)

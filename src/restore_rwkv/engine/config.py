@@ -99,7 +99,7 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = False
     ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)
     # Weight of an extra L1 term on both images clipped to the modality's evaluation window (0: the
-    # paper's plain L1). Quarter-dose CT noise is about 0.005 of [-1024, 3072] HU, and plain L1 is
+    # paper's plain L1); only for modalities whose window is narrower than their normalisation range. Quarter-dose CT noise is about 0.005 of [-1024, 3072] HU, and plain L1 is
     # dominated by bone and air edges; the window term puts the soft tissue the metrics see first.
     window_loss_weight: float = Field(default=0.0, ge=0)
     val_every: int = Field(default=1000, ge=1)

@@ -70,21 +70,40 @@ class DemoReport:
         return "\n".join(lines)
 
 
-def _volume_meta(spacing: float, slice_spacing: float, modality: str, space: str) -> ImageMeta:
-    """Geometry of a (slice, row, column) stack of axial slices: rows along y, columns along x."""
-    affine = np.array([[0.0, 0.0, spacing, 0.0], [0.0, spacing, 0.0, 0.0], [slice_spacing, 0.0, 0.0, 0.0],
+def _volume_meta(spacing: float, slice_spacing: float, modality: str, space: str, row_sign: float = 1.0) -> ImageMeta:
+    """Geometry of a (slice, row, column) stack of axial slices in ``space``: columns along +x, rows
+    along ``row_sign`` * y, slices along z."""
+    affine = np.array([[0.0, 0.0, spacing, 0.0], [0.0, row_sign * spacing, 0.0, 0.0], [slice_spacing, 0.0, 0.0, 0.0],
                        [0.0, 0.0, 0.0, 1.0]])
     return ImageMeta(affine=affine, space=space, slice_axis=0, modality=modality)
 
 
-def write_demo_input(task: str, images: np.ndarray, path: Path, spacing: float) -> Path:
-    """Write a task's (slice, row, column) test inputs as its clinical format: a DICOM series or a NIfTI volume."""
+# The demo's slices in patient terms: the real CT and MR test slices keep their DICOM orientation
+# (columns to the patient's left, rows to posterior: +x and +y in LPS); the template slices of PET
+# are shown as radiologists view axial slices (columns to the right, rows from anterior: +x and -y in RAS).
+_ORIENTATION = {"ct_denoise": ("LPS", 1.0), "mri_sr": ("LPS", 1.0), "pet": ("RAS", -1.0)}
+
+
+def write_demo_input(task: str, images: np.ndarray, path: Path, spacing: float,
+                     description: str = "demo input") -> Path:
+    """Write a task's (slice, row, column) test images as its clinical format: a DICOM series or a NIfTI volume."""
+    space, row_sign = _ORIENTATION[task]
     if INPUT_FORMATS[task] == "dicom-series":
-        meta = _volume_meta(spacing, 5.0, "CT", "LPS")
-        return write_dicom_series(path, np.rint(images), meta, description="demo input: simulated quarter dose",
-                                  modality="CT", replace=True)
+        meta = _volume_meta(spacing, 5.0, "CT", space, row_sign)
+        return write_dicom_series(path, np.rint(images), meta, description=description, modality="CT", replace=True)
     modality = {"mri_sr": "MR", "pet": "PT"}[task]
-    return write_nifti(path, np.ascontiguousarray(images, dtype=np.float32), _volume_meta(spacing, 2.0, modality, "RAS"))
+    return write_nifti(path, np.ascontiguousarray(images, dtype=np.float32),
+                       _volume_meta(spacing, 2.0, modality, space, row_sign))
+
+
+def _as_stack(values: np.ndarray, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """``values`` read back from ``path`` as the (slice, row, column) stack it was written from."""
+    values = np.asarray(values, np.float32)
+    if values.ndim == 2 and shape[0] == 1:
+        values = values[None]
+    if values.shape != tuple(shape):
+        raise InputError(path, f"read back with shape {values.shape}, written as {tuple(shape)}")
+    return values
 
 
 def _scores(task: str, method: str, restored: np.ndarray, references: np.ndarray) -> DemoScore:
@@ -108,6 +127,8 @@ def run_demo(out: str | Path = "demo_output", data: str | Path = "data/demo", de
 
     started = time.perf_counter()
     out, data = Path(out), Path(data)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
     shipped: dict[str, str | Path] = {**shipped_models(), **(weights or {})}
     wanted = [DEMO_MODELS[t] for t in tasks] + [ALL_IN_ONE]
     missing = [name for name in wanted if name not in shipped]
@@ -128,11 +149,12 @@ def run_demo(out: str | Path = "demo_output", data: str | Path = "data/demo", de
         first = Path(tests[0].hq).stem
         spacing = demo_pixel_spacing(task, first)
         suffix = "" if INPUT_FORMATS[task] == "dicom-series" else ".nii.gz"
-        source = write_demo_input(task, lq, out / "inputs" / f"{task}{suffix}", spacing)
-        references = write_demo_input(task, hq, out / "references" / f"{task}{suffix}", spacing)
-        stored_input, _ = read_image(source)  # the input as the file stores it (DICOM: whole HU)
-        stored_reference, _ = read_image(references)
-        stored_input, stored_reference = (np.asarray(a, np.float32).reshape(hq.shape) for a in (stored_input, stored_reference))
+        source = write_demo_input(task, lq, out / "inputs" / f"{task}{suffix}", spacing,
+                                  f"demo input: {TASK_TITLES[task]}")
+        references = write_demo_input(task, hq, out / "references" / f"{task}{suffix}", spacing,
+                                      "demo reference (full quality)")
+        stored_input = _as_stack(read_image(source)[0], hq.shape, source)  # as the file stores it (DICOM: whole HU)
+        stored_reference = _as_stack(read_image(references)[0], hq.shape, references)
         report.scores.append(_scores(task, "input", stored_input, stored_reference))
         report.outputs[task] = {"input": source, "reference": references}
         kept = {}
@@ -140,8 +162,7 @@ def run_demo(out: str | Path = "demo_output", data: str | Path = "data/demo", de
             target = out / "restored" / model / f"{task}{suffix}"
             result = restore_file(source, target, shipped[model], modality=TASKS[task], device=device, overwrite=True,
                                   keep_slices=min(3, len(tests)), model_name=model, quiet=quiet)
-            restored, _ = read_image(target)
-            restored = np.asarray(restored, np.float32).reshape(hq.shape)
+            restored = _as_stack(read_image(target)[0], hq.shape, target)
             label = "all-in-one (light)" if model == ALL_IN_ONE else f"{model}"
             report.scores.append(_scores(task, label, restored, stored_reference))
             report.outputs[task][model] = target

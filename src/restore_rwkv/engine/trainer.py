@@ -268,8 +268,10 @@ class Trainer:
             loss = nn.functional.l1_loss(out.float(), hq.float())
             if cfg.train.window_loss_weight:
                 low, high = window_bounds(batch["modality"], device)
-                loss = loss + cfg.train.window_loss_weight * nn.functional.l1_loss(
-                    torch.minimum(torch.maximum(out.float(), low), high), torch.minimum(torch.maximum(hq.float(), low), high))
+                narrower = ((low > 0) | (high < 1)).float().flatten()  # a full-range window adds nothing new
+                per_sample = (torch.minimum(torch.maximum(out.float(), low), high)
+                              - torch.minimum(torch.maximum(hq.float(), low), high)).abs().flatten(1).mean(1)
+                loss = loss + cfg.train.window_loss_weight * (narrower * per_sample).mean()
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -452,6 +454,9 @@ def zero_output_layer(model: nn.Module) -> None:
     output = getattr(model, "output", None)
     if not isinstance(output, nn.Conv2d):
         raise InputError(None, f"model.zero_init_output: {type(model).__name__} has no output convolution")
+    if not getattr(model, "residual", False):
+        raise InputError(None, "model.zero_init_output: the model has no global residual (in_channels != "
+                               "out_channels), so a zeroed output would be a constant, not the identity")
     with torch.no_grad():
         output.weight.zero_()
         if output.bias is not None:

@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = {"ct_denoise_light": "demo_ct_denoise", "mri_sr_x4_light": "demo_mri_sr_x4",
         "pet_synthesis_light": "demo_pet_synthesis", "all_in_one_light": "demo_all_in_one"}
 CROP = 48
-NOTES = ("Demonstration model: the light Restore-RWKV trained for {iterations} iterations on the offline demo "
+NOTES = ("Demonstration model: the light Restore-RWKV, EMA weights at iteration {iterations} (best validation PSNR) "
+         "of a {total}-iteration run on the offline demo "
          "dataset (restore-rwkv prepare demo) with the shipped config {config} ({hours:.2f} h on a 2-core CPU). "
          "For trying the tools, not for clinical use. Reproduce: restore-rwkv prepare demo --out data/demo && "
          "restore-rwkv train --config {config} --out runs. docs/models.md has its model card.")
@@ -82,13 +83,15 @@ def fixture_crop(data: Path, task: str, card) -> tuple[np.ndarray, str]:
 
 
 def ship(name: str, runs: Path, data: Path) -> dict:
+    from restore_rwkv.engine.config import load_config
     from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model, save_model_with_card
 
     run = runs / RUNS[name]
     model, card = load_model(run / "model.safetensors")
     seconds = training_seconds(run)
     card = dataclasses.replace(card, metrics={}, created="", version="",
-                               notes=NOTES.format(iterations=card.iterations, config=RUNS[name], hours=seconds / 3600))
+                               notes=NOTES.format(iterations=card.iterations, total=load_config(RUNS[name]).schedule.iterations,
+                                                  config=RUNS[name], hours=seconds / 3600))
     target = save_model_with_card(model, SHIPPED_WEIGHTS / f"{name}.safetensors", card, storage_dtype="float16")
     scores = split_scores(target, data)  # the file that ships (float16 storage), not the run's float32 weights
     metrics = {}
@@ -157,7 +160,8 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                   f"{config.schedule.min_lr:g}, {config.data.batch_size} random {config.data.patch_size} × "
                   f"{config.data.patch_size} patches per step with flips and 90° rotations, EMA {config.train.ema_decay}"
                   + (", tasks drawn equally often" if card.task == "all_in_one" else "") + ".",
-                  f"- Iterations: {card.iterations}; training wall time {entry['train_seconds'] / 60:.0f} min "
+                  f"- Iterations: EMA weights of iteration {card.iterations} of {config.schedule.iterations} "
+                  f"(best validation PSNR); training wall time {entry['train_seconds'] / 60:.0f} min "
                   "(2-core CPU, training windows only; validation excluded).",
                   "- Demo test split (paper's protocol; mean over images):", "",
                   "  | task | PSNR input | PSNR output | SSIM input | SSIM output |", "  |---|---|---|---|---|"]

@@ -76,7 +76,7 @@ def test_overrides_land_in_the_saved_config(tmp_path):
                  "--set", "optim.lr=5e-4", "--set", "train.val_every=2", "--set", "data.val.max_images=2"]) == 0
     saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 5e-4 and saved["train"]["val_every"] == 2 and saved["data"]["val"]["max_images"] == 2
-    assert saved["schedule"]["iterations"] == 3 and saved["model"] == TINY_MODEL
+    assert saved["schedule"]["iterations"] == 3 and saved["model"] == {**TINY_MODEL, "zero_init_output": False}
 
 
 @pytest.mark.parametrize("override, fragments", [

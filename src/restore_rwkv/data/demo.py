@@ -127,6 +127,11 @@ def _real_slice(source: RealSlice) -> tuple[np.ndarray, float]:
     return values, spacing
 
 
+def _ct_pixel_size(image: np.ndarray, spacing: float) -> float:
+    """Pixel size (mm) of a real CT slice once ``_to_square`` has put it on the CT_SIZE grid."""
+    return spacing * max(image.shape) / CT_SIZE
+
+
 def _mr_scaled(image: np.ndarray) -> np.ndarray:
     """An MR image scaled so its foreground's 99th percentile is ``MRI_SCALE``, clipped to [0, 4095]."""
     image = np.maximum(np.asarray(image, np.float64), 0.0)
@@ -193,7 +198,7 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         for k, source in enumerate(CT_TRAIN + CT_TEST):
             _, image, spacing = real_ct[source.name]
             (hq,) = ct_air_floor(_to_square(image, CT_SIZE, fill=-1024.0) if image.shape != (CT_SIZE, CT_SIZE) else image)
-            ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=spacing * image.shape[0] / CT_SIZE)
+            ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=_ct_pixel_size(image, spacing))
             if source in CT_TRAIN:
                 draws = ct(np.repeat(hq[None], CT_REALIZATIONS, axis=0), seed=seed + 10 + k)
                 for d, l in enumerate(draws):
@@ -233,6 +238,6 @@ def demo_pixel_spacing(task: str, name: str) -> float:
     for source in CT_TEST + MRI_TEST:
         if source.name == name:
             image, spacing = _real_slice(source)
-            return spacing * max(image.shape) / CT_SIZE if task == "ct_denoise" and image.shape != (CT_SIZE, CT_SIZE) else spacing
+            return _ct_pixel_size(image, spacing) if task == "ct_denoise" else spacing
     extent = 233.0  # the MNI 2009a grid's largest in-plane side (1 mm voxels), put on a square of the task's size
     return extent / (PET_SIZE if task == "pet" else MRI_SIZE)

@@ -76,7 +76,8 @@ def test_overrides_land_in_the_saved_config(tmp_path):
                  "--set", "optim.lr=5e-4", "--set", "train.val_every=2", "--set", "data.val.max_images=2"]) == 0
     saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 5e-4 and saved["train"]["val_every"] == 2 and saved["data"]["val"]["max_images"] == 2
-    assert saved["schedule"]["iterations"] == 3 and saved["model"] == {**TINY_MODEL, "zero_init_output": False}
+    assert saved["schedule"]["iterations"] == 3
+    assert saved["model"] == {**TINY_MODEL, "zero_init_output": False, "init_weights": None}
 
 
 @pytest.mark.parametrize("override, fragments", [
@@ -392,3 +393,26 @@ def test_window_bounds_are_each_modalitys_evaluation_window_in_network_units(tmp
         with open(folder / "runs" / "tiny" / "log.csv") as fh:
             first[weight] = float(next(csv.DictReader(fh))["loss"])
     assert np.isfinite(first[5.0]) and first[5.0] > first[0.0] * 1.05
+
+
+def test_init_weights_fine_tunes_from_a_weights_file_and_refuses_bad_ones(tmp_path, capsys):
+    from restore_rwkv.models import save_state_dict
+
+    data = _pairs(tmp_path / "data", n_train=4, n_val=1)
+    torch.manual_seed(123)
+    start = create_model(TINY_MODEL["name"], **TINY_MODEL["args"])
+    weights = save_state_dict(start, tmp_path / "start.safetensors")
+    path = str(_config(tmp_path, data, iterations=1))
+    # with lr 1e-12 the one Adam step moves no weight by more than 1e-11: the run's weights are the file's
+    assert main(["train", "--config", path, "--quiet", "--set", f"model.init_weights={weights}",
+                 "--set", "optim.lr=1e-12", "--set", "schedule.min_lr=1e-12"]) == 0
+    trained, _ = load_model(tmp_path / "runs" / "tiny")
+    for name, value in start.state_dict().items():
+        torch.testing.assert_close(trained.state_dict()[name], value, rtol=0, atol=1e-9, msg=name)
+    wrong = save_state_dict(create_model("restore_rwkv_light"), tmp_path / "wrong.safetensors")
+    assert main(["train", "--config", path, "--quiet", "--set", "name=wrong", "--set",
+                 f"model.init_weights={wrong}"]) == 2
+    assert "wrong.safetensors: weights do not fit" in capsys.readouterr().err
+    assert main(["train", "--config", path, "--quiet", "--set", "name=both", "--set", f"model.init_weights={weights}",
+                 "--set", "model.zero_init_output=true"]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -32,6 +32,15 @@ class ModelConfig(_Strict):
     # Start from the identity: zero the output convolution, so the global residual returns the input
     # and training learns only the correction (much faster when it is small, e.g. CT noise in [0, 1] units).
     zero_init_output: bool = False
+    # Fine-tune: start from these weights (a .safetensors/.pt file, a folder with a card, or a shipped
+    # model's name), loaded strictly; a resumed run continues from its checkpoint instead.
+    init_weights: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_start(self) -> ModelConfig:
+        if self.init_weights and self.zero_init_output:
+            raise ValueError("give init_weights or zero_init_output, not both (the second would erase the first)")
+        return self
 
 
 class DataSource(_Strict):

@@ -52,6 +52,8 @@ from restore_rwkv.engine.state import (
     set_rng_state,
 )
 from restore_rwkv.models import ModelCard, create_model, save_model_with_card
+from restore_rwkv.models.card import resolve_weights
+from restore_rwkv.models.pretrained import load_pretrained
 from restore_rwkv.utils.devices import autocast, resolve_device
 from restore_rwkv.utils.errors import InputError
 
@@ -179,6 +181,8 @@ class Trainer:
             model = create_model(cfg.model.name, **cfg.model.args).to(device)
         except (TypeError, ValueError) as exc:
             raise InputError(None, f"model: {exc}") from None
+        if cfg.model.init_weights:
+            load_pretrained(model, resolve_weights(cfg.model.init_weights))
         if cfg.model.zero_init_output:
             zero_output_layer(model)
         if cfg.train.gradient_checkpointing:

@@ -56,3 +56,21 @@ def restore_rwkv_light(**overrides: Any) -> RestoreRWKV:
     """
     config: dict[str, Any] = dict(dim=16, num_blocks=(2, 2, 2, 2), num_refinement_blocks=2, recurrence=2)
     return RestoreRWKV(**{**config, **overrides})
+
+
+@register_model
+def restormer_light_monai(**overrides: Any) -> nn.Module:
+    """Peer: MONAI's Restormer at the light model's shape (C = 16, N = (2, 2, 2, 2), 2 refinement blocks,
+    heads 1/2/4/8) with the same output convolution and global residual; needs the ``peers`` extra."""
+    from restore_rwkv.models.peers import restormer_peer
+
+    return restormer_peer(**overrides)
+
+
+@register_model
+def unet_light_monai(**overrides: Any) -> nn.Module:
+    """Peer: MONAI's BasicUNet (features 24/24/48/96/192/24) with the same output convolution and
+    global residual; needs the ``peers`` extra."""
+    from restore_rwkv.models.peers import unet_peer
+
+    return unet_peer(**overrides)

@@ -115,8 +115,9 @@ def ship(name: str, runs: Path, data: Path) -> dict:
 DATA = {"ct_denoise": "CT: 12 phantoms and 4 real 512 × 512 head, brain and abdomen slices of 3 patients × 4 "
                       "quarter-dose noise draws (train), 3 phantoms (validation), 1 real head slice of a fourth "
                       "patient (test)",
-        "mri_sr": "MRI ×4: 40 MNI152 template slices and 8 crops of a real shoulder slice (train), 6 template "
-                  "slices (validation), 1 real abdominal slice of another subject (test)",
+        "mri_sr": "MRI ×4: 40 MNI152 template slices with simulated thermal noise and 28 crops of a real shoulder "
+                  "slice at 0.39 and 0.59 mm (train), 6 noisy template slices (validation), 1 real abdominal slice "
+                  "of another subject (test)",
         "pet": "PET dose / 12: 40 / 6 / 12 template-brain FDG slices from separate stretches (train / validation / test)"}
 
 
@@ -134,8 +135,8 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
              "`restore_rwkv.models.card.load_model(\"ct_denoise_light\")`.", "",
              "**They are demonstration models, not for clinical use.** Each is the light Restore-RWKV "
              "(1,238,305 parameters) trained on the small offline demo dataset (docs/data.md) for a few "
-             "thousand iterations on a 2-core CPU; the data they saw holds three real CT patients, two real "
-             "MR slices and one template brain. Some of that data is licensed for non-commercial use only "
+             "thousand iterations on a 2-core CPU; the data they saw holds three real CT patients, one real "
+             "MR slice for training (and another for the test) and one template brain. Some of that data is licensed for non-commercial use only "
              "(docs/data.md).", "",
              "They were trained on 64 × 64 patches, so they have seen small token counts only: on the CT test "
              "slice, tiles score higher than the whole slice (docs/inference.md, `--tile 128`).", "",

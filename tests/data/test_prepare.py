@@ -258,3 +258,33 @@ def test_prepare_ixi_nifti_slices_sit_where_they_were_in_the_volume(tmp_path):
         assert np.array_equal(np.asarray(image.dataobj), np.asarray(volume.dataobj)[:, :, index])
         for i, j in ((0, 0), (5, 7)):  # voxel (i, j) of the slice is voxel (i, j, index) of the volume
             assert np.allclose(image.affine @ [i, j, 0, 1], volume.affine @ [i, j, index, 1])
+
+
+def test_rician_noise_follows_the_rice_distribution():
+    from restore_rwkv.data.demo import _rician
+
+    rng = np.random.default_rng(0)
+    sigma = 30.0
+    background = _rician(np.zeros((400, 400)), sigma, rng)  # no signal: Rayleigh, mean sigma * sqrt(pi / 2)
+    assert abs(float(background.mean()) / (sigma * np.sqrt(np.pi / 2)) - 1) < 0.01
+    signal = _rician(np.full((400, 400), 3000.0), sigma, rng)  # high SNR: mean sqrt(A^2 + sigma^2), std sigma
+    assert abs(float(signal.mean()) - np.sqrt(3000.0**2 + sigma**2)) < 0.5
+    assert abs(float(signal.std()) / sigma - 1) < 0.02
+
+
+def test_demo_template_slices_carry_the_noise_of_one_acquisition(demo_root):
+    from restore_rwkv.data import demo
+
+    rows = [r for r in _rows(demo_root) if r["task"] == "mri_sr" and "mni152" in r["hq"]]
+    assert {r["split"] for r in rows} == {"train", "validation"}
+    t1 = demo._mni_volume("t1")
+    scale = demo.MRI_SCALE / np.percentile(t1[t1 > 0], 99)
+    levels = []
+    for r in rows[:: max(1, len(rows) // 8)]:
+        hq = np.load(demo_root / r["hq"]).astype(np.float64)
+        index = int(r["hq"].split("_z")[1][:3])
+        clean = demo._to_square(demo._axial(t1, index) * scale, demo.MRI_SIZE).astype(np.float64)
+        inside = (clean > 0.3 * demo.MRI_SCALE) & (clean < 0.9 * demo.MRI_SCALE)  # high SNR, below the clip
+        levels.append(float(np.std((hq - clean)[inside])) / demo.MRI_SCALE)  # Rice ~ Gaussian of sigma here
+    assert min(levels) > 0.9 * demo.MRI_NOISE[0] and max(levels) < 1.1 * demo.MRI_NOISE[1], levels
+    assert max(levels) > 1.5 * min(levels)  # a level drawn per slice, not one for all

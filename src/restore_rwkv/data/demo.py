@@ -4,9 +4,9 @@ Sources (see docs/data.md for licences):
 - CT (512 x 512, in HU): real head, brain and abdomen slices from pydicom's and pydicom-data's
   test files (training: three patients; test: a fourth patient), plus random body phantoms and
   scikit-image's Shepp-Logan phantom (training and validation).
-- MRI: axial slices of the MNI ICBM152 2009a T1 template inside nilearn's package (training
-  and validation) and crops of a real shoulder MR slice (training); test: a real abdominal
-  MR slice (another subject and series).
+- MRI: axial slices of the MNI ICBM152 2009a T1 template inside nilearn's package, given Rician
+  thermal noise like one acquisition's (training and validation), and crops of a real shoulder MR
+  slice at two pixel sizes (training); test: a real abdominal MR slice (another subject and series).
 - PET: FDG-like activity from the MNI152 grey- and white-matter probability maps in nilearn
   (separate stretches of the brain for the three splits; no real PET ships offline).
 LQ images come from the degradations of ``restore_rwkv.physics`` with fixed seeds; each
@@ -67,6 +67,10 @@ CT_PHANTOMS = {"train": 12, "validation": 3}
 COUNTS = {"train": 40, "validation": 6, "test": 12}
 MRI_COUNTS = {"train": 40, "validation": 6}
 MRI_SCALE = 3000.0  # an MR image's foreground 99th percentile is put here (of the 0..4095 range)
+# Thermal noise given to the (noise-free, averaged) template slices, as a fraction of MRI_SCALE: the range
+# measured in the real slices' foreground (about 0.6 % abdomen, 1 % binned shoulder, 2 % full-size shoulder).
+MRI_NOISE = (0.005, 0.02)
+MRI_REAL_BINNING = (2, 3)  # the real shoulder slice (0.195 mm pixels) binned to 0.39 and 0.59 mm
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -139,6 +143,19 @@ def _mr_scaled(image: np.ndarray) -> np.ndarray:
     return np.clip(image * (MRI_SCALE / np.percentile(foreground, 99)), 0.0, 4095.0).astype(np.float32)
 
 
+def _rician(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """The magnitude of ``image`` plus complex Gaussian noise of ``sigma`` per channel (an MR magnitude image)."""
+    real = image + rng.normal(0.0, sigma, image.shape)
+    imaginary = rng.normal(0.0, sigma, image.shape)
+    return np.hypot(real, imaginary).astype(np.float32)
+
+
+def _binned(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` averaged over ``factor`` x ``factor`` blocks (a coarser acquisition of the same field of view)."""
+    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
 def _crops(image: np.ndarray, size: int, stride: int, min_foreground: float = 0.3) -> list[tuple[int, int, np.ndarray]]:
     """Square crops (row, column, crop) on a grid with ``stride`` holding at least ``min_foreground`` of signal."""
     threshold = 0.1 * float(image.max())
@@ -152,7 +169,7 @@ def _crops(image: np.ndarray, size: int, stride: int, min_foreground: float = 0.
 
 
 def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, seed: int = 0) -> PreparationReport:
-    """Build the demo dataset under ``out`` (about 40 s on 2 CPU cores, no network)."""
+    """Build the demo dataset under ``out`` (about 50 s on 2 CPU cores, no network)."""
     from restore_rwkv.data.phantoms import fdg_activity, random_body_phantom, shepp_logan_hu
     from restore_rwkv.physics import KSpaceTruncation, LowCountPET, LowDoseCT
 
@@ -165,20 +182,24 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         writer = PairWriter(stage, Path(out))
         bar = progress_bar(None, total=3, desc="demo tasks", quiet=quiet)  # one step per task
 
-        # MRI x4: MNI template slices (1 mm, on 256 x 256) for training and validation, crops of a real shoulder
-        # slice (binned 2 x 2 to 0.39 mm) for training; a real abdominal slice of another subject for the test.
+        # MRI x4: MNI template slices (1 mm, on 256 x 256) with simulated thermal noise for training and
+        # validation; crops of a real shoulder slice binned 2 x 2 and 3 x 3 (0.39 and 0.59 mm) for training;
+        # a real abdominal slice of another subject for the test.
         mri = KSpaceTruncation(4)
+        mr_rng = np.random.default_rng([seed, 7])
         slices = _split_interleaved(_brain_slices(t1, sum(COUNTS.values()) + 12))
         scale = MRI_SCALE / np.percentile(t1[t1 > 0], 99)
         for split in ("train", "validation"):
             for i in slices[split][: MRI_COUNTS[split]]:
-                hq = np.clip(_to_square(_axial(t1, i) * scale, MRI_SIZE), 0.0, 4095.0)
+                clean = _to_square(_axial(t1, i) * scale, MRI_SIZE)
+                hq = np.clip(_rician(clean, mr_rng.uniform(*MRI_NOISE) * MRI_SCALE, mr_rng), 0.0, 4095.0)
                 writer.write("mri_sr", split, f"mni152_t1_z{i:03d}", mri(hq), hq, subject="MNI152")
         for source, image, _ in (real_mr[s.name] for s in MRI_TRAIN):
-            binned = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
-            binned = binned.reshape(binned.shape[0] // 2, 2, binned.shape[1] // 2, 2).mean(axis=(1, 3))
-            for y, x, crop in _crops(_mr_scaled(binned), MRI_SIZE, MRI_SIZE // 2):
-                writer.write("mri_sr", "train", f"{source.name}_y{y:03d}_x{x:03d}", mri(crop), crop, subject=source.subject)
+            for factor in MRI_REAL_BINNING:
+                binned = _binned(image, factor)
+                for y, x, crop in _crops(_mr_scaled(binned), MRI_SIZE, MRI_SIZE // 4):
+                    name = f"{source.name}_bin{factor}_y{y:03d}_x{x:03d}"
+                    writer.write("mri_sr", "train", name, mri(crop), crop, subject=source.subject)
         for source, image, _ in (real_mr[s.name] for s in MRI_TEST):
             hq = _mr_scaled(image)
             writer.write("mri_sr", "test", source.name, mri(hq), hq, subject=source.subject)

@@ -1,4 +1,4 @@
-# Quick start: `make test` sets everything up (a .venv with the package and its test tools) and runs the tests.
+# Quick start: `make demo` (the demo on the shipped data and models) and `make test` (the tests) each set everything up.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

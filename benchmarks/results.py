@@ -29,6 +29,11 @@ SINGLE = {"ct_denoise": "ct_denoise_light", "mri_sr": "mri_sr_x4_light", "pet": 
 ALL_IN_ONE = "all_in_one_light"
 GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # pixels
 BM3D_SIGMAS_HU = (10.0, 15.0, 20.0, 30.0, 40.0, 60.0)  # noise level given to BM3D, in HU
+# Peer networks (docs/models.md): trained by this script with the CT demo config, only the model swapped.
+PEERS = {"restore_rwkv_light": "Restore-RWKV light (ours)", "restormer_light_monai": "Restormer light (MONAI)",
+         "unet_light_monai": "U-Net (MONAI BasicUNet)"}
+PEER_CONFIG = "demo_ct_denoise"
+EFFICIENCY_SIZES = (128, 256, 512, 1024)
 GAINS = {"ct_denoise": 2.0, "mri_sr": 1.5, "pet": 2.0}  # issue 14: least PSNR gain over the input (dB)
 
 
@@ -88,6 +93,21 @@ def bicubic_from_kspace(reference: np.ndarray, scale: int = 4) -> np.ndarray:
     return map_coordinates(low, grid, order=3, mode="grid-wrap")
 
 
+KSPACE_BANDS = ("kept (×4 centre)", "×4 to ×2 ring", "beyond ×2")
+
+
+def kspace_band_mse(image: np.ndarray, reference: np.ndarray) -> list[float]:
+    """The mean squared error of ``image`` split by k-space band (Parseval): the ×4 centre that the
+    degradation keeps, the ring out to the ×2 centre, and the rest. The three add up to the MSE."""
+    from restore_rwkv.physics.mri import kspace_mask
+
+    error = np.fft.fftshift(np.fft.fft2(np.asarray(image, np.float64) - reference))
+    power = np.abs(error) ** 2 / error.size**2
+    kept = kspace_mask(*reference.shape, 4).numpy()
+    half = kspace_mask(*reference.shape, 2).numpy()
+    return [float(power[kept].sum()), float(power[half & ~kept].sum()), float(power[~half].sum())]
+
+
 def tune(task: str, method, grid, data: Path) -> tuple[float, dict[str, float]]:
     """The grid value with the best mean validation PSNR, and its validation scores."""
     _, lq, hq = load_split(data, task, "validation")
@@ -100,14 +120,15 @@ def tune(task: str, method, grid, data: Path) -> tuple[float, dict[str, float]]:
 
 
 def run_models(task: str, names: list[str], lq: list[np.ndarray]) -> dict[str, tuple[list[np.ndarray], float]]:
-    """Each shipped model's restorations of ``lq`` (physical units) and its seconds per image."""
+    """Each model's restorations of ``lq`` (physical units) and its seconds per image; ``names`` are
+    shipped names (skipped when not shipped) or run folders."""
     from restore_rwkv.data.modality import TASKS as MODALITY
     from restore_rwkv.inference import choose_convention, restore_volume
     from restore_rwkv.models.card import load_model, shipped_models
 
     found = {}
     for name in names:
-        if name not in shipped_models():
+        if name not in shipped_models() and not Path(name).is_dir():
             continue
         model, card = load_model(name)
         convention = choose_convention(card, None, MODALITY[task])
@@ -115,6 +136,89 @@ def run_models(task: str, names: list[str], lq: list[np.ndarray]) -> dict[str, t
         outputs = [restore_volume(model, image.astype(np.float32), convention).astype(np.float64) for image in lq]
         found[name] = (outputs, (time.perf_counter() - start) / len(lq))
     return found
+
+
+def shipped_names() -> set[str]:
+    from restore_rwkv.models.card import shipped_models
+
+    return set(shipped_models())
+
+
+def peer_run(runs: Path, model_name: str, data: Path) -> Path:
+    """The run folder of ``model_name`` trained with the CT demo recipe, trained (or resumed) here if unfinished."""
+    import subprocess
+    import sys
+
+    from restore_rwkv.engine.config import load_config
+
+    run = runs / f"{PEER_CONFIG}_{model_name}"
+    iterations = load_config(PEER_CONFIG).schedule.iterations
+    if not _finished(run, iterations):
+        command = [sys.executable, "-m", "restore_rwkv", "train", "--config", PEER_CONFIG, "--out", str(runs),
+                   "--set", f"name={run.name}", "--set", f"model.name={model_name}",
+                   "--set", f"data.train.root={data}", "--set", f"data.val.root={data}"]
+        print("training", run.name, "(resumable: run this script again to continue)")
+        subprocess.run(command, check=True)
+    return run
+
+
+def _finished(run: Path, iterations: int) -> bool:
+    log = run / "log.csv"
+    if not (run / "model.safetensors").exists() or not log.exists():
+        return False
+    rows = [line.split(",") for line in log.read_text().splitlines()[1:] if line.strip()]
+    return bool(rows) and int(rows[-1][0]) >= iterations
+
+
+def training_seconds(run: Path) -> float:
+    """Training wall time of a run: the sum of its log's per-interval seconds (validation excluded)."""
+    rows = [line.split(",") for line in (run / "log.csv").read_text().splitlines()[1:] if line.strip()]
+    return float(sum(float(r[3]) for r in rows))
+
+
+def parameter_count(model_name: str) -> int:
+    from restore_rwkv.models import create_model
+
+    return sum(p.numel() for p in create_model(model_name).parameters())
+
+
+def efficiency(model_names: list[str]) -> list[dict]:
+    """CPU inference latency and peak memory rise per model and square size, each in a fresh process
+    (benchmarks/model.py's measurement: reparameterised model, batch 1, median of up to 5 runs)."""
+    from _common import run_isolated
+
+    rows = []
+    for name in model_names:
+        for size in EFFICIENCY_SIZES:
+            found = run_isolated("model", {"model_name": name, "size": size, "mode": "infer"})
+            rows.append({"model": name, "size": size, "seconds": found.get("seconds"), "peak_mb": found.get("peak_mb"),
+                         "error": found.get("error")})
+    return rows
+
+
+def efficiency_figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name and r["seconds"] is not None]
+        sizes = [r["size"] for r in mine]
+        left.plot(sizes, [r["seconds"] for r in mine], "o-", label=PEERS.get(name, name))
+        right.plot(sizes, [r["peak_mb"] for r in mine], "o-", label=PEERS.get(name, name))
+    for ax, label in ((left, "seconds per image"), (right, "peak memory rise (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("image side (pixels)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    figure.suptitle("CPU inference, batch 1 (2 cores)", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
 
 
 def effective_receptive_field(name: str, images: list[np.ndarray], task: str, size: int = 128) -> np.ndarray:
@@ -160,6 +264,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO / "data" / "demo"))
     parser.add_argument("--out", default=str(REPO / "docs" / "results.md"))
     parser.add_argument("--skip-bm3d", action="store_true")
+    parser.add_argument("--runs", default=str(REPO / "runs"), help="where the peer networks' runs are (or are trained)")
+    parser.add_argument("--skip-peers", action="store_true", help="no peer networks (they take about 40 min to train)")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     torch.manual_seed(0)
@@ -171,6 +277,8 @@ def main() -> None:
     use_bm3d = not args.skip_bm3d and importlib.util.find_spec("bm3d") is not None
     results: dict[str, list[dict]] = {}
     checks: list[str] = []
+    peer_runs: dict[str, Path] = {}
+    mri_bands: dict[str, dict[str, list[float]]] = {}
     for task in TASKS:
         names, lq, hq = load_split(data, task, "test")
         rows = [{"method": "input (LQ)", "parameter": "", **score(task, lq, hq)}]
@@ -189,17 +297,39 @@ def main() -> None:
         for name, (outputs, seconds) in run_models(task, [SINGLE[task], ALL_IN_ONE], lq).items():
             label = "Restore-RWKV light, all-in-one" if name == ALL_IN_ONE else "Restore-RWKV light, single task"
             rows.append({"method": f"{label} (`{name}`)", "parameter": f"{seconds:.2f} s / image", **score(task, outputs, hq)})
+        if task == "ct_denoise" and not args.skip_peers:
+            for model_name in PEERS:
+                if model_name == "restore_rwkv_light":
+                    continue
+                run = peer_run(Path(args.runs), model_name, data)
+                peer_runs[model_name] = run
+                for _, (outputs, seconds) in run_models(task, [str(run)], lq).items():
+                    rows.append({"method": f"peer: {PEERS[model_name]}, same data and recipe",
+                                 "parameter": f"{seconds:.2f} s / image", **score(task, outputs, hq)})
+        if task == "mri_sr" and SINGLE[task] in shipped_names():
+            bands = {}
+            for split in ("validation", "test"):
+                _, split_lq, split_hq = load_split(data, task, split)
+                (outputs, _), = run_models(task, [SINGLE[task]], split_lq).values()
+                bands[split] = {label: np.mean([kspace_band_mse(i, r) for i, r in zip(images, split_hq)], axis=0).tolist()
+                                for label, images in (("input", split_lq), ("model", outputs))}
+            mri_bands.update(bands)
         results[task] = rows
         single = next((r for r in rows if SINGLE[task] in r["method"]), None)
         joint = next((r for r in rows if ALL_IN_ONE in r["method"]), None)
         if single:
             gain = single["psnr"] - rows[0]["psnr"]
-            checks.append(f"{task}: single-task model +{gain:.2f} dB PSNR and {single['ssim'] - rows[0]['ssim']:+.4f} SSIM "
+            checks.append(f"{task}: single-task model {gain:+.2f} dB PSNR and {single['ssim'] - rows[0]['ssim']:+.4f} SSIM "
                           f"over the input (wanted ≥ {GAINS[task]} dB, SSIM up): "
                           f"{'met' if gain >= GAINS[task] and single['ssim'] > rows[0]['ssim'] else 'NOT met'}")
             beaten = all(single["psnr"] > b["psnr"] and single["ssim"] > b["ssim"] for b in baselines)
             checks.append(f"{task}: single-task model beats every classical baseline on PSNR and SSIM: "
                           f"{'met' if beaten else 'NOT met'}")
+        peer_rows = [r for r in rows if r["method"].startswith("peer: ")]
+        if single and peer_rows:
+            best = max(peer_rows, key=lambda r: r["psnr"])
+            checks.append(f"{task}: single-task model against the best peer ({best['method'][6:].split(',')[0]}): "
+                          f"{single['psnr'] - best['psnr']:+.2f} dB PSNR, {single['ssim'] - best['ssim']:+.4f} SSIM")
         if single and joint:
             gap = single["psnr"] - joint["psnr"]
             checks.append(f"{task}: all-in-one model {gap:.2f} dB below the single-task model (wanted ≤ 0.5 dB): "
@@ -210,15 +340,29 @@ def main() -> None:
     if SINGLE["ct_denoise"] in shipped_models():
         _, lq, _ = load_split(data, "ct_denoise", "validation")
         figures["ct"] = REPO / "docs" / "figures" / "erf_ct_denoise.png"
-        erf_figure({"Restore-RWKV light (CT)": effective_receptive_field(SINGLE["ct_denoise"], lq, "ct_denoise")},
-                   figures["ct"])
+        fields = {"Restore-RWKV light (CT)": effective_receptive_field(SINGLE["ct_denoise"], lq, "ct_denoise")}
+        for model_name, run in peer_runs.items():
+            fields[f"{PEERS[model_name]} (CT)"] = effective_receptive_field(str(run), lq, "ct_denoise")
+        erf_figure(fields, figures["ct"])
+    peers = {}
+    if peer_runs:
+        shipped = {m["name"]: m for m in json.loads((REPO / "scripts" / "shipped_models.json").read_text())}
+        peers["training"] = [{"model": name, "parameters": parameter_count(name),
+                              "seconds": training_seconds(peer_runs[name]) if name in peer_runs
+                              else shipped[SINGLE["ct_denoise"]]["train_seconds"]} for name in PEERS]
+        peers["efficiency"] = efficiency(list(PEERS))
+        figures["efficiency"] = REPO / "docs" / "figures" / "efficiency_cpu.png"
+        efficiency_figure(peers["efficiency"], figures["efficiency"])
     seconds = time.perf_counter() - started
-    (out.with_suffix(".json")).write_text(json.dumps({"results": results, "checks": checks}, indent=1))
-    out.write_text(render(results, checks, figures, out, seconds, platform.processor() or platform.machine()))
+    (out.with_suffix(".json")).write_text(json.dumps({"results": results, "checks": checks, "peers": peers,
+                                                      "mri_kspace_band_mse": mri_bands}, indent=1))
+    out.write_text(render(results, checks, figures, peers, mri_bands, out, seconds,
+                          platform.processor() or platform.machine()))
     print(out.read_text())
 
 
-def render(results: dict, checks: list[str], figures: dict, out: Path, seconds: float, machine: str) -> str:
+def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_bands: dict, out: Path, seconds: float,
+           machine: str) -> str:
     from restore_rwkv.data.modality import TASKS as MODALITY, get_convention
 
     lines = ["# Results on the demo data", "",
@@ -239,13 +383,45 @@ def render(results: dict, checks: list[str], figures: dict, out: Path, seconds: 
         lines += [f"| {r['method']} | {r['parameter']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['rmse']:.4g} |" for r in rows]
         lines.append("")
     lines += ["## Checks (issue 14)", ""] + [f"- {c}" for c in checks] + [""]
-    if figures:
+    if mri_bands:
+        lines += ["## MRI: where the error is", "",
+                  "Mean squared error (a.u.²) of the input and of the single-task MRI model split by k-space band "
+                  "(Parseval; the bands add up to the MSE): the ×4 centre the degradation keeps, the ring out to "
+                  "the ×2 centre (detail the model has to restore), and the rest (mostly noise in these images).", "",
+                  "| split | image | " + " | ".join(KSPACE_BANDS) + " |", "|---|---|" + "---|" * len(KSPACE_BANDS)]
+        for split, entry in mri_bands.items():
+            for label, values in entry.items():
+                lines.append(f"| {split} | {label} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
+        lines.append("")
+    if peers:
+        lines += ["## Peer networks on CT (same data, iterations and recipe)", "",
+                  f"Each peer was trained by this script with the shipped config `{PEER_CONFIG}` and only `model.name` "
+                  "changed (`restore-rwkv train --config demo_ct_denoise --set model.name=...`): same patches, "
+                  "iterations, optimiser, schedule, EMA, window loss, identity start (zeroed output convolution "
+                  "with the global residual) and best-validation checkpoint. Their test scores are in the CT table "
+                  "above. Wall time is the training loop's (validation excluded) on this 2-core CPU.", "",
+                  "| model | parameters | training wall time |", "|---|---|---|"]
+        lines += [f"| {PEERS[r['model']]} (`{r['model']}`) | {r['parameters'] / 1e6:.2f} M | {r['seconds'] / 60:.0f} min |"
+                  for r in peers["training"]]
+        lines += ["", "### Efficiency (CPU inference, batch 1)", "",
+                  "Median seconds per image and peak resident-memory rise, each cell in a fresh process "
+                  "(`benchmarks/model.py`'s measurement; the Omni-Shift reparameterised for ours).", "",
+                  "| model | " + " | ".join(f"{n}²" for n in EFFICIENCY_SIZES) + " |",
+                  "|---|" + "---|" * len(EFFICIENCY_SIZES)]
+        for name in PEERS:
+            cells = []
+            for size in EFFICIENCY_SIZES:
+                row = next(r for r in peers["efficiency"] if r["model"] == name and r["size"] == size)
+                cells.append(f"{row['seconds']:.3g} s, {row['peak_mb']:.0f} MB" if row["seconds"] is not None
+                             else f"failed: {row['error']}")
+            lines.append(f"| {PEERS[name]} | " + " | ".join(cells) + " |")
+        lines += ["", f"![CPU inference time and memory against image size]"
+                      f"({Path(figures['efficiency']).relative_to(out.parent)})", ""]
+    if "ct" in figures:
         lines += ["## Effective receptive field", "",
                   "Mean absolute gradient of the centre output pixel with respect to the input, over 128 × 128 "
                   "centre crops of the CT validation images (log scale, maximum 1), as in the paper's ERF figure:", ""]
-        lines += [f"![effective receptive field]({Path(p).relative_to(out.parent)})" for p in figures.values()] + [""]
-    lines += ["Not yet here: peer networks trained with the same recipe, and the efficiency table "
-              "(issue 14 continues).", ""]
+        lines += [f"![effective receptive field]({Path(figures['ct']).relative_to(out.parent)})", ""]
     return "\n".join(lines)
 
 

@@ -150,30 +150,17 @@ def peer_run(runs: Path, model_name: str, data: Path) -> Path:
     import sys
 
     from restore_rwkv.engine.config import load_config
+    from restore_rwkv.engine.trainer import run_progress
 
     run = runs / f"{PEER_CONFIG}_{model_name}"
     iterations = load_config(PEER_CONFIG).schedule.iterations
-    if not _finished(run, iterations):
+    if not (run / "model.safetensors").is_file() or run_progress(run)[0] < iterations:
         command = [sys.executable, "-m", "restore_rwkv", "train", "--config", PEER_CONFIG, "--out", str(runs),
                    "--set", f"name={run.name}", "--set", f"model.name={model_name}",
                    "--set", f"data.train.root={data}", "--set", f"data.val.root={data}"]
         print("training", run.name, "(resumable: run this script again to continue)")
         subprocess.run(command, check=True)
     return run
-
-
-def _finished(run: Path, iterations: int) -> bool:
-    log = run / "log.csv"
-    if not (run / "model.safetensors").exists() or not log.exists():
-        return False
-    rows = [line.split(",") for line in log.read_text().splitlines()[1:] if line.strip()]
-    return bool(rows) and int(rows[-1][0]) >= iterations
-
-
-def training_seconds(run: Path) -> float:
-    """Training wall time of a run: the sum of its log's per-interval seconds (validation excluded)."""
-    rows = [line.split(",") for line in (run / "log.csv").read_text().splitlines()[1:] if line.strip()]
-    return float(sum(float(r[3]) for r in rows))
 
 
 def parameter_count(model_name: str) -> int:
@@ -348,7 +335,7 @@ def main() -> None:
     if peer_runs:
         shipped = {m["name"]: m for m in json.loads((REPO / "scripts" / "shipped_models.json").read_text())}
         peers["training"] = [{"model": name, "parameters": parameter_count(name),
-                              "seconds": training_seconds(peer_runs[name]) if name in peer_runs
+                              "seconds": run_progress(peer_runs[name])[1] if name in peer_runs
                               else shipped[SINGLE["ct_denoise"]]["train_seconds"]} for name in PEERS]
         peers["efficiency"] = efficiency(list(PEERS))
         figures["efficiency"] = REPO / "docs" / "figures" / "efficiency_cpu.png"

@@ -16,7 +16,6 @@ For each demo run (``restore-rwkv train --config demo_<task> --out runs``) this
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import sys
@@ -37,21 +36,12 @@ NOTES = ("Demonstration model: the light Restore-RWKV, EMA weights at iteration 
          "restore-rwkv train --config {config} --out runs. docs/models.md has its model card.")
 
 
-def training_seconds(run: Path) -> float:
-    """Wall time of a run's training windows (log.csv ``seconds``; validation excluded)."""
-    with open(run / "log.csv") as fh:
-        return float(sum(float(row["seconds"] or 0) for row in csv.DictReader(fh)))
-
-
 def finished(run: Path, config: str) -> bool:
     """Whether ``run`` exported weights and logged the config's last iteration."""
     from restore_rwkv.engine.config import load_config
+    from restore_rwkv.engine.trainer import run_progress
 
-    if not (run / "model.safetensors").is_file() or not (run / "log.csv").is_file():
-        return False
-    with open(run / "log.csv") as fh:
-        last = max((int(row["iteration"]) for row in csv.DictReader(fh)), default=0)
-    return last >= load_config(config).schedule.iterations
+    return (run / "model.safetensors").is_file() and run_progress(run)[0] >= load_config(config).schedule.iterations
 
 
 def split_scores(weights: Path, data: Path) -> dict:
@@ -84,11 +74,12 @@ def fixture_crop(data: Path, task: str, card) -> tuple[np.ndarray, str]:
 
 def ship(name: str, runs: Path, data: Path) -> dict:
     from restore_rwkv.engine.config import load_config
+    from restore_rwkv.engine.trainer import run_progress
     from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model, save_model_with_card
 
     run = runs / RUNS[name]
     model, card = load_model(run / "model.safetensors")
-    seconds = training_seconds(run)
+    seconds = run_progress(run)[1]
     card = dataclasses.replace(card, metrics={}, created="", version="",
                                notes=NOTES.format(iterations=card.iterations, total=load_config(RUNS[name]).schedule.iterations,
                                                   config=RUNS[name], hours=seconds / 3600))

@@ -16,7 +16,7 @@ from restore_rwkv.data.datasets import PairRecord, write_manifest
 from restore_rwkv.engine.config import load_config, shipped_configs
 from restore_rwkv.engine.data import EndlessEpochSampler, EpochItems, build_dataset
 from restore_rwkv.engine.state import load_checkpoint
-from restore_rwkv.engine.trainer import Trainer
+from restore_rwkv.engine.trainer import LOG_FIELDS, Trainer, run_progress
 from restore_rwkv.models import create_model, load_model
 
 TINY_MODEL = {"name": "restore_rwkv_light", "args": {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}}
@@ -409,6 +409,11 @@ def test_init_weights_fine_tunes_from_a_weights_file_and_refuses_bad_ones(tmp_pa
     trained, _ = load_model(tmp_path / "runs" / "tiny")
     for name, value in start.state_dict().items():
         torch.testing.assert_close(trained.state_dict()[name], value, rtol=0, atol=1e-9, msg=name)
+    # a resumed run takes its weights from its checkpoint: the start file is not read again (here: gone)
+    weights.unlink()
+    assert main(["train", "--config", str(_config(tmp_path, data, iterations=2)), "--quiet", "--set",
+                 f"model.init_weights={weights}", "--set", "optim.lr=1e-12", "--set", "schedule.min_lr=1e-12"]) == 0
+    assert run_progress(tmp_path / "runs" / "tiny")[0] == 2
     wrong = save_state_dict(create_model("restore_rwkv_light"), tmp_path / "wrong.safetensors")
     assert main(["train", "--config", path, "--quiet", "--set", "name=wrong", "--set",
                  f"model.init_weights={wrong}"]) == 2
@@ -416,3 +421,14 @@ def test_init_weights_fine_tunes_from_a_weights_file_and_refuses_bad_ones(tmp_pa
     assert main(["train", "--config", path, "--quiet", "--set", "name=both", "--set", f"model.init_weights={weights}",
                  "--set", "model.zero_init_output=true"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_run_progress_reads_the_last_iteration_and_the_summed_training_seconds(tmp_path):
+    assert run_progress(tmp_path) == (0, 0.0)
+    rows = [{"iteration": 3, "loss": 0.5, "seconds": 1.5}, {"iteration": 6, "seconds": 2.25, "val_psnr": 30.0},
+            {"iteration": 9, "seconds": ""}]
+    with open(tmp_path / "log.csv", "w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        out.writeheader()
+        out.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
+    assert run_progress(tmp_path) == (9, 3.75)

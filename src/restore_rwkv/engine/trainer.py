@@ -60,6 +60,18 @@ from restore_rwkv.utils.errors import InputError
 LOG_FIELDS = ("iteration", "loss", "lr", "seconds", "data_wait", "val_l1", "val_psnr", "val_ssim")
 
 
+def run_progress(run_dir: str | Path) -> tuple[int, float]:
+    """A run's last logged iteration and its training wall time in seconds (the sum of ``log.csv``'s
+    ``seconds``, validation excluded); ``(0, 0.0)`` for a run without a log."""
+    path = Path(run_dir) / "log.csv"
+    if not path.is_file():
+        return 0, 0.0
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("iteration", "").isdigit()]
+    return (max((int(r["iteration"]) for r in rows), default=0),
+            float(sum(float(r.get("seconds") or 0) for r in rows)))
+
+
 def pick_device(choice: str, info: ProcessInfo | None = None) -> torch.device:
     """``train.device``: ``auto`` (CUDA on this process's local GPU, else MPS, else CPU) or an available device."""
     return resolve_device(choice, info.local_rank if info else 0)
@@ -181,7 +193,8 @@ class Trainer:
             model = create_model(cfg.model.name, **cfg.model.args).to(device)
         except (TypeError, ValueError) as exc:
             raise InputError(None, f"model: {exc}") from None
-        if cfg.model.init_weights:
+        resume_from = self._agreed_resume_path(info)
+        if cfg.model.init_weights and resume_from is None:  # a resumed run takes its weights from the checkpoint
             load_pretrained(model, resolve_weights(cfg.model.init_weights))
         if cfg.model.zero_init_output:
             zero_output_layer(model)
@@ -195,7 +208,6 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
 
         iteration, best = 0, {"psnr": -math.inf}
-        resume_from = self._agreed_resume_path(info)
         if resume_from is not None:
             state = load_checkpoint(resume_from)
             if int(state["iteration"]) > cfg.schedule.iterations:

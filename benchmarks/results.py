@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from restore_rwkv.engine.trainer import run_progress
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("ct_denoise", "mri_sr", "pet")
 TITLES = {"ct_denoise": "CT denoising (quarter dose, 512 × 512, HU)", "mri_sr": "MRI super-resolution ×4",
@@ -150,7 +152,6 @@ def peer_run(runs: Path, model_name: str, data: Path) -> Path:
     import sys
 
     from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import run_progress
 
     run = runs / f"{PEER_CONFIG}_{model_name}"
     iterations = load_config(PEER_CONFIG).schedule.iterations
@@ -257,10 +258,9 @@ def main() -> None:
     data, out = Path(args.data), Path(args.out)
     torch.manual_seed(0)
     started = time.perf_counter()
-    if not (data / "manifest.csv").exists():
-        from restore_rwkv.data.demo import prepare_demo
+    from restore_rwkv.data.demo import ensure_demo_data
 
-        prepare_demo(data, quiet=True)
+    ensure_demo_data(data, quiet=True)
     use_bm3d = not args.skip_bm3d and importlib.util.find_spec("bm3d") is not None
     results: dict[str, list[dict]] = {}
     checks: list[str] = []

@@ -6,9 +6,11 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from restore_rwkv.cli import main
 from restore_rwkv.data.prepare import split_counts
+from restore_rwkv.utils.errors import InputError
 
 
 def _rows(root):
@@ -288,3 +290,32 @@ def test_demo_template_slices_carry_the_noise_of_one_acquisition(demo_root):
         levels.append(float(np.std((hq - clean)[inside])) / demo.MRI_SCALE)  # Rice ~ Gaussian of sigma here
     assert min(levels) > 0.9 * demo.MRI_NOISE[0] and max(levels) < 1.1 * demo.MRI_NOISE[1], levels
     assert max(levels) > 1.5 * min(levels)  # a level drawn per slice, not one for all
+
+
+def test_demo_data_of_another_version_is_rebuilt_and_a_foreign_folder_refused(demo_root, tmp_path, monkeypatch):
+    import shutil
+
+    import restore_rwkv.data.demo as demo
+
+    assert demo.demo_data_state(demo_root) == "current"
+    assert demo.demo_data_state(tmp_path / "nothing") == "missing"
+    old = tmp_path / "old"  # a demo folder of an earlier version: its manifest, no version marker
+    old.mkdir()
+    shutil.copy(demo_root / "manifest.csv", old / "manifest.csv")
+    assert demo.demo_data_state(old) == "stale"
+    (old / demo.DEMO_VERSION_FILE).write_text('{"demo_data_version": 1}')
+    assert demo.demo_data_state(old) == "stale"
+    calls = []
+    monkeypatch.setattr(demo, "prepare_demo", lambda root, overwrite=False, quiet=False: calls.append((root, overwrite)))
+    demo.ensure_demo_data(old, quiet=True)
+    demo.ensure_demo_data(demo_root, quiet=True)  # current: left alone
+    demo.ensure_demo_data(tmp_path / "new", quiet=True)
+    assert calls == [(old, True), (tmp_path / "new", False)]
+    foreign = tmp_path / "mine"  # a user's own prepared data: never overwritten
+    foreign.mkdir()
+    rows = [r for r in (demo_root / "manifest.csv").read_text().splitlines() if "jxd191021006_head" not in r]
+    (foreign / "manifest.csv").write_text("\n".join(rows) + "\n")
+    assert demo.demo_data_state(foreign) == "foreign"
+    with pytest.raises(InputError, match="did not write"):
+        demo.ensure_demo_data(foreign, quiet=True)
+    assert calls == [(old, True), (tmp_path / "new", False)]

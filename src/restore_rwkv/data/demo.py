@@ -16,6 +16,7 @@ real CT training slice is degraded several times (independent noise) for more pa
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,10 @@ PET_SIZE = 128  # PET reconstructions are small (2-4 mm pixels)
 CT_FOV_MM = 320.0  # field of view of the phantoms (0.625 mm pixels at 512)
 # Photons per view per mm of detector at full dose (LowDoseCT's unit; its default, 3e5, is clinical dose).
 DEMO_CT_FLUX = 3e5
+# Bump whenever prepare_demo's output changes: a data folder written by another version is rebuilt by
+# ensure_demo_data (the demo and the results report would otherwise score stale pairs).
+DEMO_DATA_VERSION = 5
+DEMO_VERSION_FILE = "demo_version.json"
 CT_REALIZATIONS = 4  # independent quarter-dose noise draws per real CT training slice
 CT_PHANTOMS = {"train": 12, "validation": 3}
 # MNI slices per split (separate stretches of the brain) and the PET slices.
@@ -251,7 +256,45 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
                     phantoms = len(names) - len(shown)
                     notes.append(f"{task} {split} subjects: " + ", ".join(shown + ([f"{phantoms} phantoms"] if phantoms else [])))
         report = writer.finish(started, notes=notes, subjects={k: len(v) for k, v in by_split.items()})
+        (stage / DEMO_VERSION_FILE).write_text(json.dumps({"demo_data_version": DEMO_DATA_VERSION, "seed": seed}))
     return report
+
+
+def demo_data_state(root: str | Path) -> str:
+    """``missing`` (no ``manifest.csv``), ``current`` (written by this version's :func:`prepare_demo`),
+    ``stale`` (written by another version's) or ``foreign`` (a manifest that prepare_demo did not write)."""
+    root = Path(root)
+    if not (root / "manifest.csv").is_file():
+        return "missing"
+    try:
+        marker = json.loads((root / DEMO_VERSION_FILE).read_text())
+    except (OSError, ValueError):
+        marker = None
+    if isinstance(marker, dict) and "demo_data_version" in marker:
+        return "current" if marker["demo_data_version"] == DEMO_DATA_VERSION else "stale"
+    # versions before the marker: recognised by their CT test slice
+    from restore_rwkv.data.datasets import read_manifest
+
+    try:
+        names = {Path(r.hq).stem for r in read_manifest(root / "manifest.csv")}
+    except (InputError, OSError, ValueError):
+        return "foreign"
+    return "stale" if CT_TEST[0].name in names else "foreign"
+
+
+def ensure_demo_data(root: str | Path, quiet: bool = False) -> Path:
+    """``root`` holding this version's demo data: built when missing, rebuilt when an older version
+    wrote it; a folder whose manifest prepare_demo did not write is refused (never overwritten)."""
+    root = Path(root)
+    state = demo_data_state(root)
+    if state == "foreign":
+        raise InputError(root, "holds a manifest.csv that `restore-rwkv prepare demo` did not write; "
+                               "give the demo another data folder")
+    if state != "current":
+        if state == "stale" and not quiet:
+            print(f"{root}: demo data written by another version of restore-rwkv; rebuilding it")
+        prepare_demo(root, overwrite=state == "stale", quiet=quiet)
+    return root
 
 
 def demo_pixel_spacing(task: str, name: str) -> float:

@@ -1,6 +1,7 @@
 """The demo: shipped models restore the demo test scans in their formats, with figures, tables and a page.
 
-``run_demo`` builds the demo data when it is missing (``data.demo.prepare_demo``), writes each
+``run_demo`` builds the demo data when it is missing or another version wrote it
+(``data.demo.ensure_demo_data``), writes each
 task's test inputs as a clinical file (CT as a DICOM series, MRI and PET as NIfTI volumes),
 restores them with ``inference.restore_file`` and the shipped single-task and all-in-one
 models, scores input and outputs against the references with the paper's protocol
@@ -119,11 +120,12 @@ def run_demo(out: str | Path = "demo_output", data: str | Path = "data/demo", de
              quiet: bool = False) -> DemoReport:
     """Restore the demo test scans of ``tasks`` with the shipped models and write ``out`` (see the module doc).
 
-    ``data`` is built with ``prepare_demo`` when it holds no ``manifest.csv``. ``weights`` maps a
-    shipped model's name to other weights to use in its place (e.g. a training run's folder).
+    ``data`` is built (or rebuilt, when another version wrote it) with ``ensure_demo_data``.
+    ``weights`` maps a shipped model's name to other weights to use in its place (e.g. a training
+    run's folder).
     Raises InputError when a model is missing (the package was installed without its weights).
     """
-    from restore_rwkv.data.demo import demo_pixel_spacing, prepare_demo
+    from restore_rwkv.data.demo import demo_pixel_spacing, ensure_demo_data
 
     started = time.perf_counter()
     out, data = Path(out), Path(data)
@@ -135,8 +137,7 @@ def run_demo(out: str | Path = "demo_output", data: str | Path = "data/demo", de
     if missing:
         raise InputError(None, f"shipped model(s) {', '.join(missing)} not found in this installation "
                                f"(found: {', '.join(sorted(shipped)) or 'none'})")
-    if not (data / "manifest.csv").exists():
-        prepare_demo(data, quiet=quiet)
+    ensure_demo_data(data, quiet=quiet)
     records = read_manifest(data / "manifest.csv")
     report = DemoReport(out)
     out.mkdir(parents=True, exist_ok=True)

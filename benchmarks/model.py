@@ -26,7 +26,7 @@ def measure(model_name: str, size: int, mode: str, tuned: bool = True) -> dict:
     torch.manual_seed(0)
     model = restore_rwkv.create_model(model_name)
     if mode == "infer":
-        model = restore_rwkv.reparameterize_model(model)
+        model = restore_rwkv.reparameterize_model(model).eval()
         x = torch.rand(1, 1, size, size)
 
         def step():
@@ -34,7 +34,7 @@ def measure(model_name: str, size: int, mode: str, tuned: bool = True) -> dict:
                 return model(x)
 
         with torch.no_grad():
-            model(torch.rand(1, 1, 16, 16))
+            model(torch.rand(1, 1, 32, 32))  # a U-Net needs more than 1 pixel at its bottom level
     else:
         model.train()
         x = torch.rand(4, 1, size, size)

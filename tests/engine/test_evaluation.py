@@ -256,3 +256,32 @@ def test_two_gloo_processes_return_the_rows_of_one_process(tiny, tmp_path):
         torch.set_num_threads(threads)
     assert rank0 == alone
     assert len(list((tmp_path / "images").rglob("*.npy"))) == len(IMAGES)  # ranks wrote their own shares
+
+
+def test_evaluate_restores_in_tiles_of_the_cards_patch_size_as_restore_does(tiny, tmp_path):
+    from restore_rwkv.inference import restore_volume
+
+    torch.manual_seed(0)
+    model = create_model("restore_rwkv_light", **ARGS).eval()
+    card = ModelCard(model="restore_rwkv_light", task="ct_denoise", model_args=ARGS,
+                     conventions={"ct": CONVENTIONS["ct"]}, patch_size=16)
+    weights = save_model_with_card(model, tmp_path / "w" / "p16.safetensors", card)
+    images = {}
+    for tile in (None, 0):
+        out = tmp_path / f"eval_{tile}"
+        argv = ["evaluate", "--weights", str(weights), "--data", str(tiny["manifest"]), "--out", str(out),
+                "--device", "cpu", "--save-images", "--quiet"] + ([] if tile is None else ["--tile", str(tile)])
+        assert main(argv) == 0
+        images[tile] = {p.name: np.load(p) for p in (out / "images").rglob("*.npy")}
+    convention = get_convention("ct")
+    for index, (folder, name, shape) in enumerate(IMAGES):
+        if folder != "CT":
+            continue
+        lq = np.load(tiny["root"] / folder / "test" / "LQ" / name)
+        saved = f"{index - 2}_{name}"  # CT items only: indices 0..2
+        tiled = restore_volume(model, lq, convention, tile=16)
+        whole = restore_volume(model, lq, convention, tile=None)
+        np.testing.assert_allclose(images[None][saved], tiled, rtol=1e-5, atol=1e-2)
+        np.testing.assert_allclose(images[0][saved], whole, rtol=1e-5, atol=1e-2)
+        if max(shape) > 16:  # larger than a tile: the two ways differ
+            assert np.abs(tiled - whole).max() > 1.0, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 
@@ -159,6 +160,11 @@ def test_a_short_run_learns_and_writes_last_best_and_weights(tmp_path):
     x = build_dataset(config.data.val, None, 0)[0]["lq"][None]
     with torch.no_grad():
         assert torch.equal(model(x), reference.eval()(x))  # the exported weights are the best checkpoint's
+    # validation scores as `evaluate` does by default (24² slices in tiles of the 16² training patch)
+    assert main(["evaluate", "--weights", str(run / "model.safetensors"), "--data", str(data), "--split", "validation",
+                 "--out", str(tmp_path / "eval"), "--device", "cpu", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())["per_task"]["ct_denoise"]
+    assert summary["psnr_out"]["mean"] == pytest.approx(card.metrics["psnr"], rel=1e-5)
     with open(run / "log.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["iteration"]) for r in rows] == list(range(3, 37, 3))

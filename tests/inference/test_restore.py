@@ -216,3 +216,32 @@ def test_a_training_runs_model_file_is_named_after_its_run(tmp_path):
                  str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
     _, out_meta = io.read_image(tmp_path / "out")
     assert out_meta.datasets[0].SeriesDescription.endswith("(restored by restore-rwkv ct_demo)")
+
+
+def test_restore_runs_in_tiles_of_the_cards_patch_size_unless_told_otherwise(tmp_path):
+    import dataclasses
+
+    from restore_rwkv.inference import inference_tile
+
+    assert inference_tile(64) == 64 and inference_tile(64, 0) is None and inference_tile(None) is None
+    assert inference_tile(64, 128) == 128 and inference_tile(None, 32) == 32
+    with pytest.raises(ValueError):
+        inference_tile(64, -8)
+    assert plan_slices(tiny_model(True), 48, 40, 1, tile=64).tile is None  # one tile would be the whole slice
+    torch.manual_seed(3)
+    model = tiny_model(False)
+    weights = save_model_with_card(model, tmp_path / "w.safetensors", dataclasses.replace(card(), patch_size=32))
+    rng = np.random.default_rng(0)
+    image = np.cumsum(rng.normal(0, 30, (2, 72, 80)), axis=2).astype(np.float32) - 200
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "in.nii.gz")
+    ct = get_convention("ct")
+    results = {tile: restore_file(tmp_path / "in.nii.gz", tmp_path / f"out_{tile}.nii.gz", weights, device="cpu",
+                                  tile=tile, axis=0) for tile in (None, 0, 48)}
+    assert (results[None].tile, results[0].tile, results[48].tile) == (32, None, 48)
+    for tile, expected_tile in ((None, 32), (0, None), (48, 48)):
+        restored = np.asarray(nib.load(tmp_path / f"out_{tile}.nii.gz").dataobj)
+        expected = restore_volume(model, image, ct, axis=0, tile=expected_tile)
+        np.testing.assert_allclose(restored, expected, rtol=1e-5, atol=1e-2)
+    default = np.asarray(nib.load(tmp_path / "out_None.nii.gz").dataobj)
+    whole = np.asarray(nib.load(tmp_path / "out_0.nii.gz").dataobj)
+    assert np.abs(default - whole).max() > 1.0  # tiles of 32 are not the whole slice for a Re-WKV model

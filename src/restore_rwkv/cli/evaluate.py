@@ -38,6 +38,9 @@ def add_parser(subparsers) -> None:
                         help="zero (default): zero-padded SSIM averaged over the whole map, the paper's protocol "
                              "and the reference code's; valid: only window positions inside the image (Wang et al., "
                              "scikit-image) (docs/metrics.md)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="side in pixels of the overlapping tiles images are restored in (default: the weights' "
+                             "training patch size, from their card; 0: whole images)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N pairs only")
     parser.add_argument("--force", action="store_true",
                         help="also evaluate tasks or modalities the weights' card does not list "
@@ -124,12 +127,15 @@ def run(args) -> int:
     from restore_rwkv.data.datasets import PairedSliceDataset
     from restore_rwkv.data.modality import get_convention
     from restore_rwkv.engine.evaluation import evaluate_model, format_table, summarize
+    from restore_rwkv.inference.slices import inference_tile
     from restore_rwkv.metrics import resolve_convention
     from restore_rwkv.models.card import load_model, load_model_card, resolve_weights
     from restore_rwkv.utils.files import atomic_file, atomic_folder
 
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.tile is not None and (args.tile < 0 or 0 < args.tile < 16):
+        raise InputError(None, f"--tile must be 0 (whole slices) or at least 16 pixels; got {args.tile}")
     if args.max_images is not None and args.max_images < 1:
         raise InputError(None, f"--max-images must be at least 1, got {args.max_images}")
     out, data = Path(args.out), Path(args.data)
@@ -154,7 +160,7 @@ def run(args) -> int:
         rows = evaluate_model(model, dataset, device=device, batch_size=args.batch_size, precision=args.precision,
                               conventions={c.name: c for c in conventions.values()}, max_images=args.max_images,
                               save_dir=stage / "images" if args.save_images else None, quiet=args.quiet,
-                              ssim_boundary=args.ssim_boundary)
+                              ssim_boundary=args.ssim_boundary, tile=inference_tile(card.patch_size, args.tile))
         summary = summarize(rows)
         _write_csv(stage / "per_image.csv", rows)
         report = {

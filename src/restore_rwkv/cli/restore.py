@@ -34,7 +34,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-memory", type=_size, default=None, metavar="SIZE",
                         help="memory one forward pass may use, e.g. 2G or 500M (default: half the free memory on "
                              "CPU/MPS, 80%% on CUDA); slices estimated above it are restored in overlapping tiles")
-    parser.add_argument("--tile", type=int, default=None, help="force tiles of this side in pixels (testing, comparisons)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="side in pixels of the overlapping tiles slices are restored in (default: the weights' "
+                             "training patch size, from their card; 0: whole slices, tiled only to fit --max-memory)")
     parser.add_argument("--modality", default=None,
                         help="intensity convention to use (ct, mri, pet; default: the image's, from the weights' card)")
     parser.add_argument("--series-uid", default=None, help="the series to restore in a folder holding several")
@@ -146,6 +148,8 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.tile is not None and (args.tile < 0 or 0 < args.tile < 16):
+        raise InputError(None, f"--tile must be 0 (whole slices) or at least 16 pixels; got {args.tile}")
     items, batch, notes = expand_inputs(args.inputs)
     out = Path(args.out)
     targets = _targets(items, out, batch)

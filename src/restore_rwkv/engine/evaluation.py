@@ -20,6 +20,7 @@ from torch import nn
 
 from restore_rwkv.utils.devices import PRECISIONS, autocast
 from restore_rwkv.data.modality import ModalityConvention, get_convention
+from restore_rwkv.inference.slices import forward_slices, plan_slices
 from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_normalized, resolve_convention
 from restore_rwkv.utils.files import atomic_file
 from restore_rwkv.utils.progress import progress_bar
@@ -91,8 +92,11 @@ def _batches(dataset, indices: Sequence[int], batch_size: int) -> Iterator[list[
 def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu", batch_size: int = 1,
                    precision: str = "fp32", conventions: Mapping[str, Any] | None = None,
                    max_images: int | None = None, save_dir: str | os.PathLike | None = None,
-                   quiet: bool = False, ssim_boundary: str = "zero") -> list[dict]:
-    """Restore every item of ``dataset`` (whole slices) and score input and output; returns the rows.
+                   quiet: bool = False, ssim_boundary: str = "zero", tile: int | None = None) -> list[dict]:
+    """Restore every item of ``dataset`` and score input and output; returns the rows.
+
+    Images run whole, or in overlapping tiles of ``tile`` pixels (``inference.slices``: the
+    blending ``restore`` uses; ``cli evaluate`` passes the card's training patch size by default).
 
     Items are dicts with ``lq``, ``hq`` ((1, H, W) in [0, 1]), ``task``, ``modality`` and
     ``name`` (``PairedSliceDataset``, ``SimulatedPairDataset``). ``conventions`` (modality ->
@@ -132,9 +136,13 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
             for batch in _batches(dataset, indices, batch_size):
                 lq = torch.stack([item["lq"] for _, item in batch]).to(device)
                 hq = torch.stack([item["hq"] for _, item in batch]).to(device)
-                with torch.inference_mode(), amp:
-                    restored = net(lq)
-                restored = restored.float()
+                if tile is None:
+                    with torch.inference_mode(), amp:
+                        restored = net(lq)
+                    restored = restored.float()
+                else:
+                    plan = plan_slices(net, lq.shape[-2], lq.shape[-1], len(batch), None, tile)
+                    restored = forward_slices(net, lq[:, 0], plan, device, precision)[:, None].to(device)
                 for k, (index, item) in enumerate(batch):
                     modality = item["modality"]
                     convention = known.get(modality) or get_convention(modality)

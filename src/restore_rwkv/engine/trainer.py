@@ -51,6 +51,7 @@ from restore_rwkv.engine.state import (
     save_checkpoint,
     set_rng_state,
 )
+from restore_rwkv.inference.slices import forward_slices, plan_slices
 from restore_rwkv.models import ModelCard, create_model, save_model_with_card
 from restore_rwkv.models.card import resolve_weights
 from restore_rwkv.models.pretrained import load_pretrained
@@ -352,7 +353,8 @@ class Trainer:
     @torch.no_grad()
     def _validate(self, model: nn.Module, ema: ExponentialMovingAverage | None, dataset, device: torch.device,
                   info: ProcessInfo) -> dict:
-        """Mean L1 (normalised units), PSNR and SSIM (the paper's protocol) over whole validation slices."""
+        """Mean L1 (normalised units), PSNR and SSIM (the paper's protocol) over the validation slices,
+        restored in tiles of the training patch size as ``restore`` and ``evaluate`` do by default."""
         from restore_rwkv.metrics import evaluate_normalized
 
         net = model
@@ -365,9 +367,9 @@ class Trainer:
         for index in range(info.rank, len(dataset), info.world_size):
             item = dataset[index]
             lq, hq = item["lq"][None].to(device), item["hq"][None].to(device)
-            with self._amp(device):
-                out = net(lq)
-            out = out.float()
+            # as restore and evaluate run the exported model: in tiles of the training patch size
+            plan = plan_slices(net, lq.shape[-2], lq.shape[-1], 1, None, self.config.data.patch_size)
+            out = forward_slices(net, lq[:, 0], plan, device, self.config.train.precision)[:, None].to(device)
             scores = evaluate_normalized(out, hq, get_convention(item["modality"]))
             psnr, ssim = float(scores["psnr"].sum()), float(scores["ssim"].sum())
             sums[0] += float((out - hq).abs().mean())

@@ -12,6 +12,8 @@ from restore_rwkv.inference.slices import (
     blend_ramp,
     default_max_memory,
     estimate_memory,
+    forward_slices,
+    inference_tile,
     plan_slices,
     restore_slices,
     restore_volume,
@@ -21,6 +23,6 @@ from restore_rwkv.utils.devices import PRECISIONS, resolve_device
 
 __all__ = [
     "BYTES_PER_PIXEL_CHANNEL", "PRECISIONS", "RestoreResult", "SlicePlan", "blend_ramp", "choose_convention",
-    "default_max_memory", "estimate_memory", "output_dtype", "plan_slices", "resolve_device", "restore_file",
+    "default_max_memory", "estimate_memory", "forward_slices", "inference_tile", "output_dtype", "plan_slices", "resolve_device", "restore_file",
     "restore_slices", "restore_volume", "tile_starts", "to_dtype", "write_restore_preview",
 ]

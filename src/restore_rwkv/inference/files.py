@@ -29,7 +29,8 @@ from restore_rwkv.data.io import (
     write_image,
 )
 from restore_rwkv.data.modality import ModalityConvention, get_convention
-from restore_rwkv.inference.slices import default_max_memory, plan_slices, resolve_device, restore_slices
+from restore_rwkv.inference.slices import (default_max_memory, inference_tile, plan_slices, resolve_device,
+                                          restore_slices)
 from restore_rwkv.metrics import resolve_convention
 from restore_rwkv.models.card import ModelCard, load_model, resolve_weights, weights_name
 from restore_rwkv.utils.errors import InputError, check_finite
@@ -163,6 +164,8 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
     convention comes from the card (:func:`choose_convention`; ``modality`` and ``force``).
     ``keep_slices`` evenly spaced (input, output) slices are kept in the result for a preview.
     ``model_name`` names the model in a DICOM output's SeriesDescription (default: the weights' file stem).
+    Slices run in tiles of ``tile`` pixels; by default of the card's training patch size
+    (:func:`~restore_rwkv.inference.slices.inference_tile`; 0: whole slices).
     Bad input raises InputError naming the file before anything is written; outputs are
     written under a temporary name and renamed; an existing ``output`` needs ``overwrite``.
     """
@@ -181,6 +184,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
     elif card is None:
         raise ValueError("a model given directly needs its card (for the intensity convention)")
     model.eval()
+    tile = inference_tile(card.patch_size, tile)
     budget = default_max_memory(device) if max_memory is None else int(max_memory)
     description = f"restored by restore-rwkv {model_name}" if model_name else _model_label(card, weights_path)
 

@@ -144,6 +144,20 @@ def test_task_balanced_sampler():
     assert sorted(shares[0] + shares[1]) == sorted(TaskBalancedSampler(tasks, 300, seed=0))
 
 
+def test_task_balanced_sampler_weights_set_each_tasks_share():
+    tasks = ["mri_sr"] * 90 + ["ct_denoise"] * 9 + ["pet"] * 1
+    sampler = TaskBalancedSampler(tasks, num_samples=1000, seed=3, weights={"pet": 2.0, "ct_denoise": 0.5})
+    counts = {t: 0 for t in set(tasks)}
+    for i in sampler:
+        counts[tasks[i]] += 1
+    # shares 2 : 0.5 : 1 (mri_sr defaults to 1) of 1000 draws: 571.4, 142.9, 285.7 -> largest remainders round up
+    assert counts == {"pet": 571, "ct_denoise": 143, "mri_sr": 286}
+    with pytest.raises(ValueError, match="spect"):
+        TaskBalancedSampler(tasks, weights={"spect": 1.0})
+    with pytest.raises(ValueError, match="positive"):
+        TaskBalancedSampler(tasks, weights={"pet": 0.0})
+
+
 def test_reference_layout_reads_npy_and_opt_in_pickles(tmp_path):
     import pickle
 

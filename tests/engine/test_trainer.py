@@ -347,7 +347,8 @@ def test_schedule_and_config_holes_are_refused(tmp_path, capsys):
     data = _pairs(tmp_path / "data", n_train=2, n_val=1)
     path = str(_config(tmp_path, data))
     for override, fragment in (("schedule.warmup=50", "warmup (50) must be below iterations"),
-                               ("schedule.min_lr=1", "above optim.lr")):
+                               ("schedule.min_lr=1", "above optim.lr"),
+                               ("data.task_weights={pet: 2.0}", "task_weights needs balance_tasks")):
         assert main(["train", "--config", path, "--quiet", "--set", override]) == 2
         assert fragment in capsys.readouterr().err
     config = load_config(path, ["data.val=", "data.val.root=" + str(data), "name=2024"])

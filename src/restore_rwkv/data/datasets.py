@@ -14,7 +14,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -314,18 +314,25 @@ class TaskBalancedSampler(Sampler[int]):
     """Indices that draw each task equally often (all-in-one training), ``num_samples`` per epoch.
 
     ``tasks`` gives the task of every index of the dataset (e.g. ``dataset.tasks()`` or the
-    concatenation over a ConcatDataset). With ``num_replicas``/``rank`` each process of a
+    concatenation over a ConcatDataset). ``weights`` (task -> relative share, default 1 each)
+    draws some tasks more often than others. With ``num_replicas``/``rank`` each process of a
     distributed run gets a disjoint share of the same epoch's draw.
     """
 
     def __init__(self, tasks: Sequence[str], num_samples: int | None = None, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+                 num_replicas: int = 1, rank: int = 0, weights: Mapping[str, float] | None = None) -> None:
         self.groups: dict[str, np.ndarray] = {}
         for i, t in enumerate(tasks):
             self.groups.setdefault(t, []).append(i)  # type: ignore[attr-defined]
         if not self.groups:
             raise ValueError("TaskBalancedSampler needs at least one item")
         self.groups = {t: np.asarray(v) for t, v in self.groups.items()}
+        unknown = sorted(set(weights or {}) - set(self.groups))
+        if unknown:
+            raise ValueError(f"task weights for tasks the data does not have: {', '.join(unknown)}")
+        if weights and any(not (w > 0) for w in weights.values()):
+            raise ValueError("task weights must be positive")
+        self.weights = {t: float((weights or {}).get(t, 1.0)) for t in self.groups} if weights else None
         total = num_samples or len(tasks)
         self.per_replica = int(np.ceil(total / num_replicas))
         self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
@@ -340,7 +347,13 @@ class TaskBalancedSampler(Sampler[int]):
         rng = np.random.default_rng([self.seed, self.epoch])
         names = sorted(self.groups)
         total = self.per_replica * self.num_replicas
-        task_of_draw = np.resize(np.arange(len(names)), total)
+        if self.weights is None:
+            task_of_draw = np.resize(np.arange(len(names)), total)
+        else:  # each task's share of the epoch in proportion to its weight (largest remainders)
+            share = np.array([self.weights[n] for n in names]) / sum(self.weights.values()) * total
+            counts = np.floor(share).astype(int)
+            counts[np.argsort(counts - share)[: total - counts.sum()]] += 1
+            task_of_draw = np.repeat(np.arange(len(names)), counts)
         rng.shuffle(task_of_draw)
         draws = [int(rng.choice(self.groups[names[t]])) for t in task_of_draw]
         return iter(draws[self.rank :: self.num_replicas])

@@ -74,6 +74,16 @@ class DataConfig(_Strict):
     batch_size: int = Field(default=4, ge=1, description="global batch, split over the processes")
     workers: int = Field(default=2, ge=0)
     balance_tasks: bool = False
+    task_weights: Optional[dict[Literal["mri_sr", "ct_denoise", "pet"], float]] = Field(
+        default=None, description="with balance_tasks: each task's relative share of the draws (default 1 each)")
+
+    @model_validator(mode="after")
+    def _weights_need_balance(self) -> "DataConfig":
+        if self.task_weights is not None and not self.balance_tasks:
+            raise ValueError("task_weights needs balance_tasks: true")
+        if self.task_weights and any(w <= 0 for w in self.task_weights.values()):
+            raise ValueError("task_weights must be positive")
+        return self
 
 
 class OptimConfig(_Strict):

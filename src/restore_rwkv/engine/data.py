@@ -10,7 +10,7 @@ single process would, and a resumed run continues the exact same stream.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 from torch.utils.data import Dataset, Sampler
@@ -114,15 +114,16 @@ class EndlessEpochSampler(Sampler):
 
     Each epoch is a seeded permutation of the dataset (padded by wrapping to a multiple of
     the world size, then every ``world_size``-th index from ``rank``), or with ``tasks`` a
-    :class:`TaskBalancedSampler` draw that gives every task the same share.
+    :class:`TaskBalancedSampler` draw that gives every task the same share (or ``task_weights``' shares).
     """
 
     def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0,
-                 tasks: list[str] | None = None) -> None:
+                 tasks: list[str] | None = None, task_weights: Mapping[str, float] | None = None) -> None:
         if size < 1:
             raise ValueError("the dataset is empty")
         self.size, self.seed, self.rank, self.world_size, self.start = size, seed, rank, world_size, start
-        self.balanced = TaskBalancedSampler(tasks, seed=seed, num_replicas=world_size, rank=rank) if tasks else None
+        self.balanced = (TaskBalancedSampler(tasks, seed=seed, num_replicas=world_size, rank=rank, weights=task_weights)
+                         if tasks else None)
 
     def epoch_order(self, epoch: int) -> list[int]:
         if self.balanced is not None:

@@ -255,7 +255,8 @@ class Trainer:
         train_set = build_dataset(cfg.data.train, cfg.data.patch_size, cfg.train.seed)
         sampler = EndlessEpochSampler(len(train_set), cfg.train.seed, info.rank, info.world_size,
                                       start=iteration * local_batch,
-                                      tasks=dataset_tasks(train_set) if cfg.data.balance_tasks else None)
+                                      tasks=dataset_tasks(train_set) if cfg.data.balance_tasks else None,
+                                      task_weights=cfg.data.task_weights)
         loader = DataLoader(EpochItems(train_set), batch_size=local_batch, sampler=sampler,
                             num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                             persistent_workers=False, drop_last=True)

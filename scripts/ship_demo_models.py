@@ -172,7 +172,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                   f"betas {tuple(config.optim.betas)}), {config.schedule.warmup} warm-up iterations then cosine to "
                   f"{config.schedule.min_lr:g}, {config.data.batch_size} random {config.data.patch_size} × "
                   f"{config.data.patch_size} patches per step with flips and 90° rotations, EMA {config.train.ema_decay}"
-                  + (", tasks drawn equally often" if card.task == "all_in_one" else "") + ".",
+                  + (_task_shares(config.data.task_weights, tasks) if config.data.balance_tasks else "") + ".",
                   f"- Iterations: EMA weights of iteration {card.iterations} of {config.schedule.iterations} "
                   f"(best validation PSNR); training wall time {entry['train_seconds'] / 60:.0f} min "
                   "(2-core CPU, training windows only; validation excluded).",
@@ -188,6 +188,15 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                       "(CPU runs repeat to float rounding; thread counts and BLAS builds can change the last digits).",
                   f"- File: `{name}.safetensors` ({entry['bytes'] / 1e6:.1f} MB) and `{name}.json`.", ""]
     path.write_text("\n".join(lines))
+
+
+def _task_shares(weights: dict | None, tasks: list[str]) -> str:
+    """The recipe's words for how often each task is drawn."""
+    if not weights:
+        return ", tasks drawn equally often"
+    share = {t: float(weights.get(t, 1.0)) for t in tasks}
+    total = sum(share.values())
+    return ", tasks drawn in shares " + ", ".join(f"{t} {share[t] / total:.0%}" for t in tasks)
 
 
 def main() -> None:

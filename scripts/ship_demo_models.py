@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true",
                         help="score the shipped models again (after a change in how evaluate runs) without their runs")
     args = parser.parse_args()
+    from restore_rwkv.data.demo import ensure_demo_data
+
+    ensure_demo_data(Path(args.data), quiet=False)  # scores on the test split this version of prepare demo writes
     torch.manual_seed(0)
     log = REPO / "scripts" / "shipped_models.json"
     shipped = {e["name"]: e for e in json.loads(log.read_text())} if log.exists() else {}

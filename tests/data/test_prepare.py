@@ -305,6 +305,8 @@ def test_demo_data_of_another_version_is_rebuilt_and_a_foreign_folder_refused(de
     assert demo.demo_data_state(old) == "stale"
     (old / demo.DEMO_VERSION_FILE).write_text('{"demo_data_version": 1}')
     assert demo.demo_data_state(old) == "stale"
+    (old / demo.DEMO_VERSION_FILE).write_text(json.dumps({"demo_data_version": demo.DEMO_DATA_VERSION, "seed": 7}))
+    assert demo.demo_data_state(old) == "stale"  # another seed: not the pairs docs/results.md scores
     calls = []
     monkeypatch.setattr(demo, "prepare_demo", lambda root, overwrite=False, quiet=False: calls.append((root, overwrite)))
     demo.ensure_demo_data(old, quiet=True)

@@ -273,6 +273,7 @@ def test_evaluate_restores_in_tiles_of_the_cards_patch_size_as_restore_does(tiny
                 "--device", "cpu", "--save-images", "--quiet"] + ([] if tile is None else ["--tile", str(tile)])
         assert main(argv) == 0
         images[tile] = {p.name: np.load(p) for p in (out / "images").rglob("*.npy")}
+        assert json.loads((out / "summary.json").read_text())["tile"] == (16 if tile is None else "whole slices")
     convention = get_convention("ct")
     for index, (folder, name, shape) in enumerate(IMAGES):
         if folder != "CT":

@@ -351,6 +351,12 @@ def test_schedule_and_config_holes_are_refused(tmp_path, capsys):
                                ("data.task_weights={pet: 2.0}", "task_weights needs balance_tasks")):
         assert main(["train", "--config", path, "--quiet", "--set", override]) == 2
         assert fragment in capsys.readouterr().err
+    balanced = ["--set", "data.balance_tasks=true", "--set"]
+    for weights, fragment in (("{pet: .inf}", "positive and finite"),
+                              ("{pet: 2.0}", "task weights for tasks the data does not have: pet")):  # CT-only data
+        assert main(["train", "--config", path, "--quiet", *balanced, f"data.task_weights={weights}"]) == 2
+        assert fragment in capsys.readouterr().err
+        assert not (tmp_path / "runs" / "tiny" / "checkpoints").exists()  # refused before training began
     config = load_config(path, ["data.val=", "data.val.root=" + str(data), "name=2024"])
     assert config.data.val.root == str(data) and config.name == "2024"
 

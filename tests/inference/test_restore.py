@@ -116,6 +116,21 @@ def test_tiled_identity_is_exact_and_random_tiles_leave_no_seam():
         assert seam < 0.25 * steps.mean()
 
 
+def test_tiles_batched_per_pass_give_the_output_of_one_tile_per_pass():
+    from restore_rwkv.inference.slices import SlicePlan, forward_slices
+
+    torch.manual_seed(5)
+    model = tiny_model(False)
+    images = torch.rand(2, 56, 72)
+    plan = plan_slices(model, 56, 72, 1, tile=16)
+    assert plan.batch > 1 and plan.overlap == 8  # small tiles still overlap
+    batched = forward_slices(model, images, plan, "cpu")
+    single = forward_slices(model, images, SlicePlan(batch=1, tile=plan.tile, overlap=plan.overlap), "cpu")
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+    # and each slice's tiles are its own: restoring the slices one at a time gives the same
+    torch.testing.assert_close(forward_slices(model, images[1:], plan, "cpu")[0], single[1], atol=1e-5, rtol=1e-5)
+
+
 def test_blend_ramp_is_smooth_and_positive():
     ramp = blend_ramp(32, 8, True, True)
     assert ramp.min() > 0 and ramp.max() == 1.0
@@ -225,6 +240,7 @@ def test_restore_runs_in_tiles_of_the_cards_patch_size_unless_told_otherwise(tmp
 
     assert inference_tile(64) == 64 and inference_tile(64, 0) is None and inference_tile(None) is None
     assert inference_tile(64, 128) == 128 and inference_tile(None, 32) == 32
+    assert inference_tile(8) == 16  # a card trained on smaller patches restores in the smallest tiles
     with pytest.raises(ValueError):
         inference_tile(64, -8)
     assert plan_slices(tiny_model(True), 48, 40, 1, tile=64).tile is None  # one tile would be the whole slice

@@ -156,11 +156,12 @@ def run(args) -> int:
     if note:
         print(f"restore-rwkv: {note}", file=sys.stderr)
 
+    tile = inference_tile(card.patch_size, args.tile)
     with atomic_folder(out, replace=args.overwrite) as stage:
         rows = evaluate_model(model, dataset, device=device, batch_size=args.batch_size, precision=args.precision,
                               conventions={c.name: c for c in conventions.values()}, max_images=args.max_images,
                               save_dir=stage / "images" if args.save_images else None, quiet=args.quiet,
-                              ssim_boundary=args.ssim_boundary, tile=inference_tile(card.patch_size, args.tile))
+                              ssim_boundary=args.ssim_boundary, tile=tile)
         summary = summarize(rows)
         _write_csv(stage / "per_image.csv", rows)
         report = {
@@ -181,6 +182,7 @@ def run(args) -> int:
             },
             "device": str(device),
             "precision": args.precision,
+            "tile": tile or "whole slices",
         }
         with atomic_file(stage / "summary.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")

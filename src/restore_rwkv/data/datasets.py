@@ -311,7 +311,8 @@ class RandomPatchPairs:
 
 
 class TaskBalancedSampler(Sampler[int]):
-    """Indices that draw each task equally often (all-in-one training), ``num_samples`` per epoch.
+    """Indices that draw each task equally often, or in ``weights``' shares (all-in-one training),
+    ``num_samples`` per epoch.
 
     ``tasks`` gives the task of every index of the dataset (e.g. ``dataset.tasks()`` or the
     concatenation over a ConcatDataset). ``weights`` (task -> relative share, default 1 each)
@@ -330,8 +331,8 @@ class TaskBalancedSampler(Sampler[int]):
         unknown = sorted(set(weights or {}) - set(self.groups))
         if unknown:
             raise ValueError(f"task weights for tasks the data does not have: {', '.join(unknown)}")
-        if weights and any(not (w > 0) for w in weights.values()):
-            raise ValueError("task weights must be positive")
+        if weights and any(not (0 < w < float("inf")) for w in weights.values()):
+            raise ValueError("task weights must be positive and finite")
         self.weights = {t: float((weights or {}).get(t, 1.0)) for t in self.groups} if weights else None
         total = num_samples or len(tasks)
         self.per_replica = int(np.ceil(total / num_replicas))

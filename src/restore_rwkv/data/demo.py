@@ -261,8 +261,9 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
 
 
 def demo_data_state(root: str | Path) -> str:
-    """``missing`` (no ``manifest.csv``), ``current`` (written by this version's :func:`prepare_demo`),
-    ``stale`` (written by another version's) or ``foreign`` (a manifest that prepare_demo did not write)."""
+    """``missing`` (no ``manifest.csv``), ``current`` (written by this version's :func:`prepare_demo`
+    with the default seed, the data docs/results.md scores), ``stale`` (another version's, or another
+    seed's) or ``foreign`` (a manifest that prepare_demo did not write)."""
     root = Path(root)
     if not (root / "manifest.csv").is_file():
         return "missing"
@@ -271,7 +272,8 @@ def demo_data_state(root: str | Path) -> str:
     except (OSError, ValueError):
         marker = None
     if isinstance(marker, dict) and "demo_data_version" in marker:
-        return "current" if marker["demo_data_version"] == DEMO_DATA_VERSION else "stale"
+        same_recipe = marker["demo_data_version"] == DEMO_DATA_VERSION and marker.get("seed", 0) == 0
+        return "current" if same_recipe else "stale"
     # versions before the marker: recognised by their CT test slice
     from restore_rwkv.data.datasets import read_manifest
 
@@ -292,7 +294,7 @@ def ensure_demo_data(root: str | Path, quiet: bool = False) -> Path:
                                "give the demo another data folder")
     if state != "current":
         if state == "stale" and not quiet:
-            print(f"{root}: demo data written by another version of restore-rwkv; rebuilding it")
+            print(f"{root}: demo data written by another version of restore-rwkv (or another seed); rebuilding it")
         prepare_demo(root, overwrite=state == "stale", quiet=quiet)
     return root
 

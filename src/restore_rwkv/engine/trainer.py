@@ -1,7 +1,8 @@
 """The iteration-based trainer: one process or many through torch.distributed (torchrun).
 
 ``Trainer(load_config("ct_denoise")).fit()`` trains with the paper's recipe: random patches,
-L1 loss, Adam, cosine decay, validation on whole slices every ``val_every`` iterations with
+L1 loss, Adam, cosine decay, validation every ``val_every`` iterations (in tiles of the
+training patch size, as ``restore`` and ``evaluate`` run the exported model) with
 the paper's metrics, ``best`` by validation PSNR. The run folder ``<out>/<name>/`` holds:
 
 - ``config.yaml``: the resolved config;
@@ -51,7 +52,7 @@ from restore_rwkv.engine.state import (
     save_checkpoint,
     set_rng_state,
 )
-from restore_rwkv.inference.slices import forward_slices, plan_slices
+from restore_rwkv.inference.slices import forward_slices, inference_tile, plan_slices
 from restore_rwkv.models import ModelCard, create_model, save_model_with_card
 from restore_rwkv.models.card import resolve_weights
 from restore_rwkv.models.pretrained import load_pretrained
@@ -253,10 +254,13 @@ class Trainer:
                if info.distributed else model)
         local_batch = cfg.data.batch_size // info.world_size
         train_set = build_dataset(cfg.data.train, cfg.data.patch_size, cfg.train.seed)
-        sampler = EndlessEpochSampler(len(train_set), cfg.train.seed, info.rank, info.world_size,
-                                      start=iteration * local_batch,
-                                      tasks=dataset_tasks(train_set) if cfg.data.balance_tasks else None,
-                                      task_weights=cfg.data.task_weights)
+        try:
+            sampler = EndlessEpochSampler(len(train_set), cfg.train.seed, info.rank, info.world_size,
+                                          start=iteration * local_batch,
+                                          tasks=dataset_tasks(train_set) if cfg.data.balance_tasks else None,
+                                          task_weights=cfg.data.task_weights)
+        except ValueError as exc:  # e.g. task_weights for a task the training data does not hold
+            raise InputError(None, f"data: {exc}") from None
         loader = DataLoader(EpochItems(train_set), batch_size=local_batch, sampler=sampler,
                             num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                             persistent_workers=False, drop_last=True)
@@ -369,7 +373,7 @@ class Trainer:
             item = dataset[index]
             lq, hq = item["lq"][None].to(device), item["hq"][None].to(device)
             # as restore and evaluate run the exported model: in tiles of the training patch size
-            plan = plan_slices(net, lq.shape[-2], lq.shape[-1], 1, None, self.config.data.patch_size)
+            plan = plan_slices(net, lq.shape[-2], lq.shape[-1], 1, None, inference_tile(self.config.data.patch_size))
             out = forward_slices(net, lq[:, 0], plan, device, self.config.train.precision)[:, None].to(device)
             scores = evaluate_normalized(out, hq, get_convention(item["modality"]))
             psnr, ssim = float(scores["psnr"].sum()), float(scores["ssim"].sum())

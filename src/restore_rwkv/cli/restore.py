@@ -140,7 +140,8 @@ def _preview_path(preview: Path, source: Path, batch: bool) -> Path:
 
 def run(args) -> int:
     from restore_rwkv.data.io import read_image
-    from restore_rwkv.inference import choose_convention, resolve_device, restore_file, write_restore_preview
+    from restore_rwkv.inference import (choose_convention, inference_tile, resolve_device, restore_file,
+                                        write_restore_preview)
     from restore_rwkv.inference.files import kept_slices_of
     from restore_rwkv.models.card import load_model, resolve_weights, weights_name
     from restore_rwkv.utils.progress import progress_bar
@@ -148,8 +149,7 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1; got {args.batch_size}")
-    if args.tile is not None and (args.tile < 0 or 0 < args.tile < 16):
-        raise InputError(None, f"--tile must be 0 (whole slices) or at least 16 pixels; got {args.tile}")
+    inference_tile(None, args.tile)  # refuses a bad --tile before any file is read
     items, batch, notes = expand_inputs(args.inputs)
     out = Path(args.out)
     targets = _targets(items, out, batch)

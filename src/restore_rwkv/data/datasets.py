@@ -310,6 +310,12 @@ class RandomPatchPairs:
         return {**item, "lq": lq.contiguous(), "hq": hq.contiguous()}
 
 
+def check_task_weights(weights: Mapping[str, float]) -> None:
+    """Raise ValueError unless every task weight is positive and finite."""
+    if any(not (0 < w < float("inf")) for w in weights.values()):
+        raise ValueError("task weights must be positive and finite")
+
+
 class TaskBalancedSampler(Sampler[int]):
     """Indices that draw each task equally often, or in ``weights``' shares (all-in-one training),
     ``num_samples`` per epoch.
@@ -331,9 +337,8 @@ class TaskBalancedSampler(Sampler[int]):
         unknown = sorted(set(weights or {}) - set(self.groups))
         if unknown:
             raise ValueError(f"task weights for tasks the data does not have: {', '.join(unknown)}")
-        if weights and any(not (0 < w < float("inf")) for w in weights.values()):
-            raise ValueError("task weights must be positive and finite")
-        self.weights = {t: float((weights or {}).get(t, 1.0)) for t in self.groups} if weights else None
+        check_task_weights(weights or {})
+        self.weights = {t: float(weights.get(t, 1.0)) for t in self.groups} if weights else None
         total = num_samples or len(tasks)
         self.per_replica = int(np.ceil(total / num_replicas))
         self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0

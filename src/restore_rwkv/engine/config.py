@@ -8,7 +8,6 @@ valid keys. The resolved config is what the trainer writes into its run folder.
 
 from __future__ import annotations
 
-import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -82,8 +81,10 @@ class DataConfig(_Strict):
     def _weights_need_balance(self) -> "DataConfig":
         if self.task_weights is not None and not self.balance_tasks:
             raise ValueError("task_weights needs balance_tasks: true")
-        if self.task_weights and any(not math.isfinite(w) or w <= 0 for w in self.task_weights.values()):
-            raise ValueError("task_weights must be positive and finite")
+        if self.task_weights:
+            from restore_rwkv.data.datasets import check_task_weights  # the sampler's own rule (import only when used)
+
+            check_task_weights(self.task_weights)
         return self
 
 

@@ -92,10 +92,10 @@ class SlicePlan:
 def inference_tile(patch_size: int | None, tile: int | None = None) -> int | None:
     """The tile side to restore with: ``tile`` when given (0: whole slices, tiled only to fit memory),
     else the model's training ``patch_size`` from its card, at least ``MIN_TILE`` (None: whole
-    slices). See the module doc."""
+    slices). A ``tile`` under ``MIN_TILE`` (other than 0) is an InputError. See the module doc."""
     if tile is not None:
-        if isinstance(tile, bool) or int(tile) != tile or tile < 0:
-            raise ValueError(f"tile must be 0 (whole slices) or a side in pixels; got {tile!r}")
+        if isinstance(tile, bool) or int(tile) != tile or tile < 0 or 0 < tile < MIN_TILE:
+            raise InputError(None, f"--tile must be 0 (whole slices) or at least {MIN_TILE} pixels; got {tile!r}")
         return int(tile) or None
     return max(int(patch_size), MIN_TILE) if patch_size else None
 

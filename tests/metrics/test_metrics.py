@@ -7,8 +7,9 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from restore_rwkv.data.modality import get_convention
-from restore_rwkv.metrics import evaluate_normalized, evaluate_physical, psnr, resolve_convention, rmse, ssim
+from restore_rwkv.modality import get_convention
+from restore_rwkv.metrics import evaluate_normalized, evaluate_physical, psnr, rmse, ssim
+from restore_rwkv.modality import ModalityConvention
 
 
 def _pair(shape, seed, scale=1.0, offset=0.0, noise=0.1):
@@ -180,12 +181,12 @@ def test_evaluate_normalized_maps_back_to_physical_units_first():
 
 
 def test_conventions_from_model_cards():
-    conv = resolve_convention({"eval_window": [-100, 100]}, name="ct")  # the rest from CT's defaults
+    conv = ModalityConvention.from_card({"eval_window": [-100, 100]}, name="ct")  # the rest from CT's defaults
     assert conv.name == "ct" and conv.eval_window == (-100.0, 100.0) and conv.norm_range == (-1024.0, 3072.0)
     with pytest.raises(ValueError, match="lacks norm_range"):
-        resolve_convention({"eval_window": [0, 1]}, name="ultrasound")
+        ModalityConvention.from_card({"eval_window": [0, 1]}, name="ultrasound")
     with pytest.raises(ValueError, match="low < high"):
-        resolve_convention({"eval_window": [1, 0], "norm_range": [0, 1]})
+        ModalityConvention.from_card({"eval_window": [1, 0], "norm_range": [0, 1]})
 
 
 def test_bad_inputs_are_refused():

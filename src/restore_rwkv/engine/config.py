@@ -15,9 +15,11 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from restore_rwkv.modality import ALL_IN_ONE, TASKS
 from restore_rwkv.utils.errors import InputError
 
-TASK_NAMES = ("mri_sr", "ct_denoise", "pet", "all_in_one")
+TaskName = Literal[tuple(TASKS)]  # one task (modality.TASKS)
+TASK_NAMES = (*TASKS, ALL_IN_ONE)  # what a run trains for
 
 
 class _Strict(BaseModel):
@@ -50,8 +52,8 @@ class DataSource(_Strict):
     manifest: Optional[str] = None
     hq: Optional[list[str]] = None
     split: str = "train"
-    tasks: Optional[list[Literal["mri_sr", "ct_denoise", "pet"]]] = None
-    simulate: Optional[Literal["mri_sr", "ct_denoise", "pet"]] = None
+    tasks: Optional[list[TaskName]] = None
+    simulate: Optional[TaskName] = None
     degradation: dict[str, float] = Field(default_factory=dict)
     max_images: Optional[int] = Field(default=None, ge=1)
 
@@ -74,7 +76,7 @@ class DataConfig(_Strict):
     batch_size: int = Field(default=4, ge=1, description="global batch, split over the processes")
     workers: int = Field(default=2, ge=0)
     balance_tasks: bool = False
-    task_weights: Optional[dict[Literal["mri_sr", "ct_denoise", "pet"], float]] = Field(
+    task_weights: Optional[dict[TaskName, float]] = Field(
         default=None, description="with balance_tasks: each task's relative share of the draws (default 1 each)")
 
     @model_validator(mode="after")
@@ -134,7 +136,7 @@ class RunConfig(_Strict):
     """A whole training run."""
 
     name: str
-    task: Literal["mri_sr", "ct_denoise", "pet", "all_in_one"]
+    task: Literal[TASK_NAMES]
     out: str = "runs"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig

@@ -5,6 +5,6 @@ later command share one implementation (docs/metrics.md).
 """
 
 from restore_rwkv.metrics.functional import SSIM_BOUNDARIES, gaussian_window, psnr, rmse, ssim
-from restore_rwkv.metrics.protocol import evaluate_normalized, evaluate_physical, resolve_convention
+from restore_rwkv.metrics.protocol import evaluate_normalized, evaluate_physical
 
-__all__ = ["SSIM_BOUNDARIES", "evaluate_normalized", "evaluate_physical", "gaussian_window", "psnr", "resolve_convention", "rmse", "ssim"]
+__all__ = ["SSIM_BOUNDARIES", "evaluate_normalized", "evaluate_physical", "gaussian_window", "psnr", "rmse", "ssim"]

@@ -10,53 +10,10 @@ from __future__ import annotations
 
 from typing import Mapping, Union
 
-from restore_rwkv.data.modality import ModalityConvention, get_convention
 from restore_rwkv.metrics.functional import Array, DataRange, _Batch, _data_range, _mse, _psnr, _ssim
+from restore_rwkv.modality import ModalityConvention
 
 ConventionSpec = Union[str, ModalityConvention, Mapping]
-
-
-def resolve_convention(spec: ConventionSpec, name: str | None = None) -> ModalityConvention:
-    """A :class:`ModalityConvention` from a modality name, a convention, or a model card's entry.
-
-    A card entry is a mapping with ``eval_window`` and ``norm_range`` (and optionally ``unit``,
-    ``name``, ``preview_window``); fields it lacks come from the default convention of ``name``
-    (or of its own ``name``) when that is a known modality, and must be present otherwise.
-    """
-    if isinstance(spec, ModalityConvention):
-        return spec
-    if isinstance(spec, str):
-        return get_convention(spec)
-    if not isinstance(spec, Mapping):
-        raise TypeError(f"a convention is a modality name, a ModalityConvention or a mapping; got {type(spec).__name__}")
-    label = spec.get("name", name)
-    base = _default_convention(label)
-    fields = {}
-    for key in ("norm_range", "eval_window"):
-        value = spec.get(key, getattr(base, key, None))
-        if value is None:
-            raise ValueError(f"convention {label or spec!r} lacks {key}")
-        low, high = (float(v) for v in value)
-        if not low < high:
-            raise ValueError(f"convention {label or spec!r}: {key} must have low < high; got {value}")
-        fields[key] = (low, high)
-    return ModalityConvention(
-        name=base.name if base else str(label or ""),
-        unit=str(spec.get("unit", base.unit if base else "")),
-        norm_range=fields["norm_range"],
-        eval_window=fields["eval_window"],
-        preview_window=tuple(float(v) for v in spec.get("preview_window", base.preview_window if base
-                                                        else fields["eval_window"])),
-    )
-
-
-def _default_convention(name: str | None) -> ModalityConvention | None:
-    if name is None:
-        return None
-    try:
-        return get_convention(name)
-    except ValueError:
-        return None
 
 
 def _evaluate(batch: _Batch, convention: ModalityConvention, data_range: str | DataRange,
@@ -87,10 +44,11 @@ def evaluate_physical(restored: Array, reference: Array, modality: ConventionSpe
     A flat windowed reference (range 0, e.g. a CT slice of air only) has no label range: its
     PSNR and SSIM are NaN and its RMSE is still given. RMSE is in physical units, after windowing.
     ``modality`` is a name, a :class:`ModalityConvention` or a model card's convention entry.
+    Values are in the convention's unit (after its scaling).
     SSIM is zero-padded and averaged over the whole map (the paper's protocol; ``ssim_boundary="valid"``
     for the textbook variant). Returns ``{"psnr", "ssim", "rmse"}``, each of shape ``()`` or ``(B,)`` (see ``metrics.psnr``).
     """
-    return _evaluate(_Batch(restored, reference), resolve_convention(modality), data_range, window, ssim_boundary)
+    return _evaluate(_Batch(restored, reference), ModalityConvention.from_card(modality), data_range, window, ssim_boundary)
 
 
 def evaluate_normalized(restored01: Array, reference01: Array, modality: ConventionSpec,
@@ -98,7 +56,7 @@ def evaluate_normalized(restored01: Array, reference01: Array, modality: Convent
                         ssim_boundary: str = "zero") -> dict[str, Array]:
     """:func:`evaluate_physical` of network-range images: both are first mapped from [0, 1] to
     physical units with the convention's ``norm_range`` (in float64, without clipping)."""
-    convention = resolve_convention(modality)
+    convention = ModalityConvention.from_card(modality)
     batch = _Batch(restored01, reference01)
     low, high = convention.norm_range
     batch.pred = batch.pred * (high - low) + low

@@ -2,10 +2,15 @@
 
 ``<name>.safetensors`` holds the state dict (float32, or float16 to halve the download) and
 ``<name>.json`` the card: the model's registry name and constructor arguments, the task, the
-intensity convention of each modality the weights were trained on (so restoring needs no
-guess), the training patch size and iterations, and the validation metrics. Training writes
-both (:func:`save_model_with_card`); ``load_model`` and the restore and evaluate commands read
-them. Weights are loaded with safetensors only: no pickle is ever opened.
+intensity policy of each modality the weights were trained on (``restore_rwkv.modality``: scaling,
+normalisation range, windows; so restoring needs no guess), the training patch size and
+iterations, and the validation metrics. Training writes both (:func:`save_model_with_card`);
+``load_model`` and the restore and evaluate commands read them. Weights are loaded with
+safetensors only: no pickle is ever opened.
+
+Card format 2 added each convention's ``scaling``; format-1 cards read with the scalings their
+models were trained with (``modality.LEGACY_SCALING``). A card with fields this version does not
+know (written by a newer one) loads with a warning, the unknown fields ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from restore_rwkv.modality import ALL_IN_ONE, DICOM_MODALITIES, TASKS, ModalityConvention, get_convention, modality_name
 from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.files import atomic_file
 
-CARD_FORMAT = 1
+CARD_FORMAT = 2
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"  # package data (the demo issue fills it)
 
 
@@ -36,7 +43,7 @@ class ModelCard:
         model: registry name (``create_model``).
         model_args: constructor overrides given to ``create_model``.
         task: ``mri_sr``, ``ct_denoise``, ``pet`` or ``all_in_one``.
-        conventions: modality -> ``{"unit", "norm_range", "eval_window"}`` used in training.
+        conventions: modality -> its intensity policy in training (``ModalityConvention.to_card``).
         patch_size: training patch side in pixels.
         iterations: optimiser steps taken.
         metrics: validation metrics of these weights (e.g. ``{"psnr": 33.1, "ssim": 0.91}``).
@@ -61,7 +68,54 @@ class ModelCard:
 
     @property
     def modalities(self) -> list[str]:
-        return sorted(self.conventions)
+        """The modalities the weights were trained on (canonical names)."""
+        return sorted(modality_name(m) or m for m in self.conventions)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks the weights were trained for (every task for an all-in-one model)."""
+        return list(TASKS) if self.task == ALL_IN_ONE else [self.task]
+
+    def convention(self, modality: str) -> ModalityConvention:
+        """The intensity policy the weights were trained with for ``modality`` (KeyError when they were not)."""
+        wanted = modality_name(modality)
+        for name, entry in self.conventions.items():
+            if modality_name(name) == wanted:
+                return ModalityConvention.from_card(entry, name)
+        raise KeyError(modality)
+
+    def convention_for(self, image_modality: str | None, modality: str | None = None, force: bool = False,
+                       source: str | os.PathLike | None = None) -> ModalityConvention:
+        """The policy to restore an image with: ``modality`` (override), else the image's DICOM Modality,
+        else the card's only one.
+
+        Refused (InputError naming ``source``) unless ``force``: a modality the card lacks, or an image
+        whose DICOM Modality is not the chosen one. With ``force`` a modality the card lacks gets its
+        default policy.
+        """
+        known = self.modalities
+        label = str(image_modality or "").upper()
+        image = DICOM_MODALITIES.get(label) if label not in ("", "OT") else None  # OT: "other", nothing to check
+        if modality is not None:
+            wanted = modality_name(modality)
+            if wanted is None:
+                raise InputError(None, f"--modality: unknown modality {modality!r}; expected one of ct, mri, pet")
+        elif image is not None:
+            wanted = image
+        elif len(known) == 1:
+            wanted = known[0]
+        else:
+            raise InputError(source, f"the image does not say its modality and the weights know several "
+                                     f"({', '.join(known)}); choose one with --modality")
+        if label not in ("", "OT") and image != wanted and not force:
+            raise InputError(source, f"DICOM Modality {image_modality} does not match the {wanted} convention "
+                                     f"(weights trained on {', '.join(known)}); --force restores it anyway")
+        if wanted not in known:
+            if not force:
+                raise InputError(source, f"the weights were trained on {', '.join(known)}, not {wanted} "
+                                         "(--force restores it anyway with the default convention)")
+            return get_convention(wanted)
+        return self.convention(wanted)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -74,8 +128,18 @@ class ModelCard:
             raise InputError(source, f"model card lacks {', '.join(missing)}")
         unknown = sorted(set(data) - known)
         if unknown:
-            raise InputError(source, f"model card has unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+            warnings.warn(f"{source or 'model card'}: field(s) {unknown} unknown to this version of restore-rwkv "
+                          f"(card format {data.get('format', '?')}, this version reads {CARD_FORMAT}); ignored",
+                          stacklevel=2)
+        if not isinstance(data["conventions"], dict) or not data["conventions"]:
+            raise InputError(source, "model card's conventions must map each modality to its policy")
+        card = cls(**{k: v for k, v in data.items() if k in known})
+        for name in card.conventions:
+            try:
+                card.convention(name)
+            except (ValueError, TypeError) as exc:
+                raise InputError(source, f"model card's convention {name!r}: {exc}") from None
+        return card
 
 
 def card_path(weights: str | os.PathLike) -> Path:

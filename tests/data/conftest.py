@@ -58,6 +58,38 @@ def make_ct_series(folder, slices: int = 3, rows: int = 8, cols: int = 10, patie
     return hu
 
 
+def make_pet_series(folder, units="BQML", weight=70.0, dose=370e6, start="100000", series_time="110000",
+                    stored=None, slope=10.0):
+    """A small PET series (16 x 16 x 3 unless ``stored`` (slice, row, column) int16 values are given) with the
+    header SUV needs: ``units``, weight (kg), injected ``dose`` (Bq) of F-18 at ``start``, the series at
+    ``series_time`` (decay-corrected to it), values ``stored * slope`` (Bq/ml for BQML). Returns the stored values."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    if stored is None:
+        stored = np.zeros((3, 16, 16), np.int16)
+        for k in range(3):
+            stored[k, 4:12, 4:12] = 500 + 100 * k
+    stored = np.asarray(stored, np.int16)
+
+    def pet(ds, k):
+        ds.Modality, ds.Units, ds.DecayCorrection = "PT", units, "START"
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+        ds.SeriesDate, ds.SeriesTime = "20260101", series_time
+        if weight:
+            ds.PatientWeight = weight
+        info = Dataset()
+        info.RadionuclideTotalDose, info.RadionuclideHalfLife = dose, 6586.2
+        info.RadiopharmaceuticalStartTime = start
+        ds.RadiopharmaceuticalInformationSequence = Sequence([info])
+        ds.PixelData = stored[k].tobytes()
+
+    make_ct_series(folder, slices=stored.shape[0], rows=stored.shape[1], cols=stored.shape[2], patient="PET1",
+                   pixel_spacing=(2.0, 2.0), edit=pet)
+    return stored
+
+
 def files_by_z(folder):
     """The files of a series folder in order of their z position."""
     import pydicom

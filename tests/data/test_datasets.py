@@ -17,7 +17,7 @@ from restore_rwkv.data.datasets import (
     read_manifest,
     write_manifest,
 )
-from restore_rwkv.data.modality import get_convention
+from restore_rwkv.modality import get_convention
 from restore_rwkv.physics import KSpaceTruncation, default_degradation
 from restore_rwkv.utils.errors import InputError
 
@@ -80,7 +80,9 @@ def test_volume_slices_and_air_skipping(tmp_path):
     nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "v.nii.gz")
     record = PairRecord(str(tmp_path / "v.nii.gz"), str(tmp_path / "v.nii.gz"), "mri", "mri_sr", lq_slice=4, hq_slice=4)
     item = PairedSliceDataset([record])[0]
-    assert item["hq"].shape == (1, 8, 8) and float(item["hq"].max()) == pytest.approx(100 / 4095)
+    # the MR policy puts the volume's foreground 99th percentile (100 here) at 3000 of [0, 4095]
+    assert item["hq"].shape == (1, 8, 8) and float(item["hq"].max()) == pytest.approx(3000 / 4095)
+    assert item["scale"] == pytest.approx(100 / 3000)
     record4d = PairRecord(str(tmp_path / "v.nii.gz"), str(tmp_path / "v.nii.gz"), "mri", "mri_sr")
     with pytest.raises(InputError, match="2-D slice"):
         PairedSliceDataset([record4d])[0]
@@ -215,8 +217,10 @@ def test_slices_of_a_volume_read_the_file_once_and_are_named_by_slice(tmp_path, 
     name = records[0].hq.split("/")[-1]
     assert [i["name"] for i in items] == [f"{name}#{k}" for k in (3, 0, 4, 1, 2, 3)]
     convention = get_convention("mri")
+    scale = convention.scaling.fit(np.moveaxis(hq + 7, 2, 0))  # of the whole LQ volume, in slice order
     for k, item in zip((3, 0, 4, 1, 2, 3), items):
-        assert torch.allclose(item["hq"][0], torch.from_numpy(convention.normalize(hq[:, :, k])), atol=1e-6)
+        assert item["scale"] == pytest.approx(scale, rel=1e-12)
+        assert torch.allclose(item["hq"][0], torch.from_numpy(convention.normalize(hq[:, :, k], scale)), atol=1e-6)
     # a slice index outside the volume names the file and the index
     bad = PairedSliceDataset([PairRecord(records[0].lq, records[0].hq, "mri", "mri_sr", "train", 9, 9)])
     with pytest.raises(InputError, match="slice 9 out of range"):
@@ -246,3 +250,14 @@ def test_random_patches_redraw_flat_reference_crops():
     with_retries = [flat(RandomPatchPairs(64, seed=s, flat_retries=50)(item, 0)["hq"]) for s in range(40)]
     assert sum(without) > 20  # most plain crops are flat here
     assert sum(with_retries) == 0
+
+
+def test_a_manifests_scale_column_round_trips_and_a_bad_one_is_refused(tmp_path):
+    records = [PairRecord(str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "mri", "mri_sr", "train", scale=0.123456789),
+               PairRecord(str(tmp_path / "c.npy"), str(tmp_path / "d.npy"), "ct", "ct_denoise", "train")]
+    write_manifest(tmp_path / "m.csv", records)
+    assert read_manifest(tmp_path / "m.csv") == records
+    text = (tmp_path / "m.csv").read_text().replace("0.123456789", "-2")
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(InputError, match="row 1: scale must be a positive number"):
+        read_manifest(tmp_path / "m.csv")

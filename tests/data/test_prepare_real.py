@@ -18,7 +18,7 @@ import pytest
 from restore_rwkv.cli import main
 from restore_rwkv.data import prepare as prepare_module
 from restore_rwkv.data.prepare import split_counts
-from tests.data.conftest import make_ct_series, make_enhanced_ct
+from tests.data.conftest import make_ct_series, make_enhanced_ct, make_pet_series
 
 
 def _rows(root):
@@ -686,31 +686,9 @@ def test_ixi_second_volume_of_a_subject_is_listed(tmp_path):
     assert [f["input"] for f in summary["ignored"]] == [str(src / "README")]
 
 
-def _pet_series(folder, units="BQML", weight=70.0, dose=370e6, start="100000", series_time="110000"):
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
-    def pet(ds, k):
-        ds.Modality, ds.Units, ds.DecayCorrection = "PT", units, "START"
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
-        ds.RescaleSlope, ds.RescaleIntercept = 10, 0  # stored 0..2500 -> 0..25000 Bq/ml
-        ds.SeriesDate, ds.SeriesTime = "20260101", series_time
-        if weight:
-            ds.PatientWeight = weight
-        info = Dataset()
-        info.RadionuclideTotalDose, info.RadionuclideHalfLife = dose, 6586.2
-        info.RadiopharmaceuticalStartTime = start
-        ds.RadiopharmaceuticalInformationSequence = Sequence([info])
-        image = np.zeros((16, 16), np.int16)
-        image[4:12, 4:12] = 500 + 100 * k
-        ds.PixelData = image.tobytes()
-
-    make_ct_series(folder, slices=3, rows=16, cols=16, patient="PET1", pixel_spacing=(2.0, 2.0), edit=pet)
-
-
 def test_pet_in_bq_per_ml_becomes_suv(tmp_path, capsys):
     src = tmp_path / "pet"
-    _pet_series(src / "P")
+    make_pet_series(src / "P")
     out = tmp_path / "o"
     assert main(["prepare", "simulate", "--task", "pet", "--src", str(src), "--out", str(out), "--quiet",
                  "--split", "1,0,0", "--slices", "3"]) == 0
@@ -723,7 +701,7 @@ def test_pet_in_bq_per_ml_becomes_suv(tmp_path, capsys):
         assert hq.max() == pytest.approx(expected_hot, rel=1e-5) and hq.min() == 0.0
     assert "SUVbw" in _summary(out)["notes"][0]
     bad = tmp_path / "pet_bad"
-    _pet_series(bad / "P", weight=0.0)
+    make_pet_series(bad / "P", weight=0.0)
     assert main(["prepare", "simulate", "--task", "pet", "--src", str(bad), "--out", str(tmp_path / "o2"),
                  "--quiet", "--split", "1,0,0"]) == 2
     _one_line_error(capsys, "cannot express the PET values in SUV", "PatientWeight", "--force")
@@ -758,3 +736,30 @@ def test_nifti_pairs_keep_the_world_position_of_dicom_slices(tmp_path):
         ras = meta.affine_in("RAS")
         for i, j in ((0, 0), (3, 5)):  # pixel (i, j) of the slice is voxel (index, i, j) of the series
             assert np.allclose(image.affine @ [i, j, 0, 1], ras @ [index, i, j, 1])
+
+
+def test_prepare_ixi_records_each_volumes_mr_scale_and_training_uses_it(tmp_path):
+    """The MR policy's scale is fitted once per volume, on all of its LQ slices (what restore fits on the
+    whole input volume), written into the manifest and used by the datasets."""
+    from restore_rwkv.data.datasets import PairedSliceDataset, reference_layout
+    from restore_rwkv.modality import get_convention
+
+    src = tmp_path / "IXI"
+    _ixi(src, ["IXI002-Guys-0001", "IXI003-HH-0002"])
+    out = tmp_path / "mri"
+    assert main(["prepare", "ixi", "--src", str(src), "--out", str(out), "--slices", "4", "--quiet",
+                 "--split", "1,0,0"]) == 0
+    rows = _rows(out)
+    scales = {}
+    for subject in ("IXI002", "IXI003"):
+        mine = sorted((r for r in rows if subject in r["hq"]), key=lambda r: r["lq"])
+        assert len({r["scale"] for r in mine}) == 1  # one scale per volume
+        lq = np.stack([np.load(out / r["lq"]) for r in mine])
+        scales[subject] = float(mine[0]["scale"])
+        assert scales[subject] == pytest.approx(get_convention("mri").scaling.fit(lq), rel=1e-12)
+    records = reference_layout(out, "train")
+    assert {r.scale for r in records} == set(scales.values())  # the prepared layout lends the manifest's scale
+    items = {Path(r.hq).name: item for r, item in zip(records, PairedSliceDataset(records))}
+    for name, item in items.items():
+        assert item["scale"] == scales[name.split("_")[0]]
+    assert scales["IXI002"] != scales["IXI003"]

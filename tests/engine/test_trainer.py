@@ -383,7 +383,7 @@ def test_zero_init_output_starts_training_from_the_identity():
 
 
 def test_window_bounds_are_each_modalitys_evaluation_window_in_network_units(tmp_path):
-    from restore_rwkv.data.modality import get_convention
+    from restore_rwkv.modality import get_convention
     from restore_rwkv.engine.trainer import window_bounds
 
     low, high = window_bounds(["ct", "pet", "ct"], torch.device("cpu"))
@@ -445,3 +445,16 @@ def test_run_progress_reads_the_last_iteration_and_the_summed_training_seconds(t
         out.writeheader()
         out.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
     assert run_progress(tmp_path) == (9, 3.75)
+
+
+def test_train_list_names_the_shipped_configs_and_models(capsys):
+    from restore_rwkv.cli import main
+    from restore_rwkv.engine.config import shipped_configs
+    from restore_rwkv.models.card import shipped_models
+
+    assert main(["train", "--list"]) == 0
+    printed = capsys.readouterr().out
+    listed = {line.split()[0] for line in printed.splitlines() if line.startswith("  ")}
+    assert listed == set(shipped_configs()) | set(shipped_models()) and "demo_ct_denoise" in listed
+    assert main(["train"]) == 2  # no config and no --list: one line that points to --list
+    assert "--list" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Medical image I/O, modality conventions, datasets and dataset preparation."""
+"""Medical image I/O, the scale of a scan under its intensity policy, datasets and dataset preparation
+(the policies themselves live in ``restore_rwkv.modality``)."""
 
 from restore_rwkv.data.datasets import (
     PairedSliceDataset,
@@ -37,13 +38,12 @@ from restore_rwkv.data.io import (
     write_picture,
     write_preview,
 )
-from restore_rwkv.data.modality import CONVENTIONS, TASKS, ModalityConvention, get_convention
 from restore_rwkv.data.prepare import PreparationReport, prepare_aapm, prepare_ixi, prepare_simulated
 
 __all__ = [
-    "CONVENTIONS", "IMAGE_SUFFIXES", "ImageMeta", "ModalityConvention", "PairRecord", "PairedSliceDataset",
-    "PreparationReport", "RandomPatchPairs", "SimulatedPairDataset", "TASKS", "TaskBalancedSampler", "VolumeCache",
-    "central_slices", "get_convention", "is_image_file", "list_dicom_series", "pair_folders", "prepare_aapm",
+    "IMAGE_SUFFIXES", "ImageMeta", "PairRecord", "PairedSliceDataset",
+    "PreparationReport", "RandomPatchPairs", "SimulatedPairDataset", "TaskBalancedSampler", "VolumeCache",
+    "central_slices", "is_image_file", "list_dicom_series", "pair_folders", "prepare_aapm",
     "prepare_demo", "prepare_ixi", "prepare_simulated", "read_array", "read_dicom", "read_dicom_series",
     "read_image", "read_itk", "read_manifest", "read_nifti", "read_nifti_canonical", "read_picture",
     "read_reference_bin", "reference_layout", "write_array", "write_dicom", "write_dicom_series", "write_image",

@@ -1,9 +1,13 @@
 """Datasets of (LQ, HQ) slice pairs for training and evaluation.
 
 Items are dicts ``{"lq": (1, H, W) float32 in [0, 1], "hq": ..., "task": str, "modality": str,
-"name": str}``: normalised with the modality's convention, so one model can train on all
-tasks at once. Sources: a manifest (CSV/JSON with lq, hq, modality, task columns), paired
-folders, or HQ images with a degradation applied on the fly.
+"name": str, "scale": float}``: normalised with the modality's intensity policy
+(``restore_rwkv.modality``), so one model can train on all tasks at once. ``scale`` (stored units per
+unit of the policy) is the pair's: a manifest's ``scale`` column (``prepare`` fits it on the whole
+input volume), else :func:`~restore_rwkv.data.intensity.input_scale` of the LQ file (a whole volume
+when the pair is a slice of one); for pairs made on the fly, of the HQ file (there is no LQ volume).
+Sources: a manifest (CSV/JSON with lq, hq, modality, task columns), paired folders, or HQ images
+with a degradation applied on the fly.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from restore_rwkv.data.io import is_image_file, read_array, read_image
-from restore_rwkv.data.modality import TASKS, get_convention
+from restore_rwkv.data.intensity import input_scale
+from restore_rwkv.data.io import ImageMeta, is_image_file, read_array, read_image
+from restore_rwkv.modality import TASKS, ModalityConvention, get_convention
 from restore_rwkv.utils.errors import InputError, check_finite
 from restore_rwkv.utils.files import atomic_file
 
@@ -37,6 +42,7 @@ class PairRecord:
     split: str = ""
     lq_slice: int | None = None
     hq_slice: int | None = None
+    scale: float | None = None  # stored units per unit of the intensity policy; None: fitted when read
 
 
 def read_manifest(path: str | os.PathLike) -> list[PairRecord]:
@@ -62,9 +68,15 @@ def read_manifest(path: str | os.PathLike) -> list[PairRecord]:
             raise InputError(path, f"row {number}: unknown task {row['task']!r} (expected one of {sorted(TASKS)})")
         resolve = lambda p: str(p if os.path.isabs(p) else path.parent / p)  # noqa: E731
         slice_of = lambda v: None if v in (None, "", "None") else int(v)  # noqa: E731
+        try:
+            scale = None if row.get("scale") in (None, "", "None") else float(row["scale"])
+        except (TypeError, ValueError):
+            raise InputError(path, f"row {number}: scale {row.get('scale')!r} is not a number") from None
+        if scale is not None and not (np.isfinite(scale) and scale > 0):
+            raise InputError(path, f"row {number}: scale must be a positive number, got {scale}")
         records.append(PairRecord(resolve(row["lq"]), resolve(row["hq"]), row["modality"], row["task"],
                                   row.get("split", "") or "", slice_of(row.get("lq_slice")),
-                                  slice_of(row.get("hq_slice"))))
+                                  slice_of(row.get("hq_slice")), scale))
     return records
 
 
@@ -72,7 +84,7 @@ def write_manifest(path: str | os.PathLike, records: Sequence[PairRecord], root:
     """Write a CSV manifest (paths relative to ``root``, default the manifest's folder)."""
     path = Path(path)
     base = Path(root) if root is not None else path.parent
-    fields = ["lq", "hq", "modality", "task", "split", "lq_slice", "hq_slice"]
+    fields = ["lq", "hq", "modality", "task", "split", "lq_slice", "hq_slice", "scale"]
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -80,7 +92,8 @@ def write_manifest(path: str | os.PathLike, records: Sequence[PairRecord], root:
             writer.writerow({"lq": os.path.relpath(r.lq, base), "hq": os.path.relpath(r.hq, base),
                              "modality": r.modality, "task": r.task, "split": r.split,
                              "lq_slice": "" if r.lq_slice is None else r.lq_slice,
-                             "hq_slice": "" if r.hq_slice is None else r.hq_slice})
+                             "hq_slice": "" if r.hq_slice is None else r.hq_slice,
+                             "scale": "" if r.scale is None else repr(float(r.scale))})
     return path
 
 
@@ -103,9 +116,14 @@ def reference_layout(root: str | os.PathLike, split: str, modalities: Sequence[s
                      allow_pickle: bool = False) -> list[PairRecord]:
     """Pairs of the reference's layout ``ROOT/{MRI,CT,PET}/{split}/{LQ,HQ}/<same name>``.
 
-    Its ``.bin`` files are pickles and need ``allow_pickle`` when read (see ``read_image``).
+    Its ``.bin`` files are pickles and need ``allow_pickle`` when read (see ``read_image``). A
+    ``ROOT/manifest.csv`` written by ``prepare`` lends each pair its ``scale``.
     """
-    task_of = {"MRI": "mri_sr", "CT": "ct_denoise", "PET": "pet"}
+    task_of = {task.folder: task.name for task in TASKS.values()}
+    scales: dict[str, float] = {}
+    if (Path(root) / "manifest.csv").is_file():
+        scales = {os.path.normpath(r.lq): r.scale for r in read_manifest(Path(root) / "manifest.csv")
+                  if r.scale is not None}
     records = []
     for modality in modalities:
         base = Path(root) / modality / split
@@ -116,7 +134,8 @@ def reference_layout(root: str | os.PathLike, split: str, modalities: Sequence[s
                 if not (hq_dir / name).exists():
                     raise InputError(hq_dir / name, "HQ partner of an LQ file is missing")
                 records.append(PairRecord(str(lq_dir / name), str(hq_dir / name), modality.lower(),
-                                          task_of[modality], split))
+                                          task_of[modality], split,
+                                          scale=scales.get(os.path.normpath(str(lq_dir / name)))))
     if not records:
         raise InputError(root, f"no {split}/LQ + {split}/HQ pairs under {', '.join(modalities)}")
     return records
@@ -153,11 +172,17 @@ class VolumeCache:
 
     def __init__(self, max_bytes: int = 2 << 30, allow_pickle: bool = False) -> None:
         self.max_bytes, self.allow_pickle = int(max_bytes), allow_pickle
-        self._arrays: OrderedDict[str, tuple[np.ndarray, int | None]] = OrderedDict()
+        self._arrays: OrderedDict[str, tuple[np.ndarray, ImageMeta]] = OrderedDict()
         self.reads = 0  # files read from disk (for tests and diagnostics)
+        self._scales: dict[tuple[str, ModalityConvention], float] = {}
 
     def volume(self, path: str) -> tuple[np.ndarray, int | None]:
         """The array of ``path`` and its slice axis."""
+        data, meta = self.image(path)
+        return data, meta.slice_axis
+
+    def image(self, path: str) -> tuple[np.ndarray, ImageMeta]:
+        """The array of ``path`` and its metadata."""
         if path in self._arrays:
             self._arrays.move_to_end(path)
             return self._arrays[path]
@@ -166,7 +191,7 @@ class VolumeCache:
             data, meta = read_array(path, mmap=True)
         else:
             data, meta = read_image(path, allow_pickle=self.allow_pickle)
-        entry = (data, meta.slice_axis)
+        entry = (data, meta)
         if _resident_bytes(data) <= self.max_bytes:
             self._arrays[path] = entry
             while sum(_resident_bytes(a) for a, _ in self._arrays.values()) > self.max_bytes:
@@ -175,7 +200,8 @@ class VolumeCache:
 
     def slice(self, path: str, index: int | None) -> np.ndarray:
         """A 2-D float32 image: the file itself, or slice ``index`` along its slice axis; finite values checked."""
-        data, slice_axis = self.volume(path)
+        data, meta = self.image(path)
+        slice_axis = meta.slice_axis
         if index is not None:
             axis = slice_axis if slice_axis is not None else 0
             if not -data.shape[axis] <= index < data.shape[axis]:
@@ -188,6 +214,16 @@ class VolumeCache:
             raise InputError(path, f"expected a 2-D slice, got shape {data.shape} (give a slice index for volumes)")
         check_finite(data, path if index is None else f"{path}#{index}")
         return data
+
+    def scale(self, path: str, convention: ModalityConvention) -> float:
+        """The stored units per unit of ``convention`` of the image or volume in ``path`` (remembered per path)."""
+        key = (path, convention)
+        if key not in self._scales:
+            data, meta = self.image(path)
+            volume = np.squeeze(np.asarray(data))
+            slices = volume[None] if volume.ndim < 3 else np.moveaxis(volume, meta.slice_axis or 0, 0)
+            self._scales[key] = input_scale(convention, meta, slices, volume.size, source=path)[0]
+        return self._scales[key]
 
     def __getstate__(self) -> dict:
         # workers start with an empty cache instead of a pickled copy of the parent's arrays
@@ -206,14 +242,18 @@ def item_name(path: str, index: int | None) -> str:
 
 
 class PairedSliceDataset(Dataset):
-    """(LQ, HQ) pairs from records (manifest, folders or reference layout), normalised per modality."""
+    """(LQ, HQ) pairs from records (manifest, folders or reference layout), normalised per modality.
+
+    ``conventions`` maps a record's modality to the policy to normalise with (default: the
+    modality's); ``physical`` adds ``lq_units`` to each item (see the module doc)."""
 
     def __init__(self, records: Sequence[PairRecord], transform: Callable | None = None, allow_pickle: bool = False,
-                 conventions: dict | None = None) -> None:
+                 conventions: dict | None = None, physical: bool = False) -> None:
         if not records:
             raise ValueError("PairedSliceDataset needs at least one record")
         self.records, self.transform, self.allow_pickle = list(records), transform, allow_pickle
         self.conventions = conventions or {}
+        self.physical = physical  # items also carry "lq_units": the LQ in the policy's unit, unclipped (evaluation)
         self.cache = VolumeCache(allow_pickle=allow_pickle)
 
     def __len__(self) -> int:
@@ -229,8 +269,12 @@ class PairedSliceDataset(Dataset):
         hq = self.cache.slice(r.hq, r.hq_slice)
         if lq.shape != hq.shape:
             raise InputError(r.lq, f"LQ shape {lq.shape} differs from HQ shape {hq.shape} ({r.hq})")
-        item = {"lq": torch.from_numpy(convention.normalize(lq))[None], "hq": torch.from_numpy(convention.normalize(hq))[None],
-                "task": r.task, "modality": convention.name, "name": item_name(r.hq, r.hq_slice)}
+        scale = r.scale if r.scale is not None else self.cache.scale(r.lq, convention)
+        item = {"lq": torch.from_numpy(convention.normalize(lq, scale))[None],
+                "hq": torch.from_numpy(convention.normalize(hq, scale))[None],
+                "task": r.task, "modality": convention.name, "name": item_name(r.hq, r.hq_slice), "scale": float(scale)}
+        if self.physical:
+            item["lq_units"] = torch.from_numpy(np.asarray(lq / scale, dtype=np.float32))[None]
         return self.transform(item, index) if self.transform else item
 
 
@@ -242,12 +286,13 @@ class SimulatedPairDataset(Dataset):
     """
 
     def __init__(self, hq_paths: Sequence[tuple[str, int | None]] | Sequence[str], modality: str, task: str,
-                 degrade: Callable, seed: int = 0, transform: Callable | None = None) -> None:
+                 degrade: Callable, seed: int = 0, transform: Callable | None = None, physical: bool = False) -> None:
         self.items = [(p, None) if isinstance(p, (str, os.PathLike)) else (str(p[0]), p[1]) for p in hq_paths]
         if not self.items:
             raise ValueError("SimulatedPairDataset needs at least one HQ image")
         self.convention = get_convention(modality)
         self.task, self.degrade, self.seed, self.transform, self.epoch = task, degrade, seed, transform, 0
+        self.physical = physical  # items also carry "lq_units" (see PairedSliceDataset)
         self.cache = VolumeCache()
 
     def set_epoch(self, epoch: int) -> None:
@@ -263,8 +308,13 @@ class SimulatedPairDataset(Dataset):
         path, slice_index = self.items[index]
         hq = torch.from_numpy(self.cache.slice(str(path), slice_index))
         lq = self.degrade(hq, seed=self.seed + index + self.epoch * len(self))
-        item = {"lq": self.convention.normalize(lq.float())[None], "hq": self.convention.normalize(hq.float())[None],
-                "task": self.task, "modality": self.convention.name, "name": item_name(str(path), slice_index)}
+        scale = self.cache.scale(str(path), self.convention)  # of the HQ file: no LQ volume exists
+        item = {"lq": self.convention.normalize(lq.float(), scale)[None],
+                "hq": self.convention.normalize(hq.float(), scale)[None],
+                "task": self.task, "modality": self.convention.name, "name": item_name(str(path), slice_index),
+                "scale": float(scale)}
+        if self.physical:
+            item["lq_units"] = (lq.float() / scale)[None]
         return self.transform(item, index) if self.transform else item
 
 

@@ -38,7 +38,7 @@ from restore_rwkv.data.io import (
     write_array,
     write_nifti,
 )
-from restore_rwkv.data.modality import TASKS
+from restore_rwkv.modality import TASKS
 from restore_rwkv.physics import DEGRADATION_OPTIONS, default_degradation
 from restore_rwkv.utils.errors import InputError, check_finite
 from restore_rwkv.utils.files import atomic_file, atomic_folder, check_writable_target
@@ -289,6 +289,7 @@ class _Pair:
     hq_range: tuple[float, float]
     shape: tuple[int, ...]
     subject: str | None
+    scale: float | None = None
 
 
 class PairWriter:
@@ -305,9 +306,12 @@ class PairWriter:
         self.pairs: list[_Pair] = []
 
     def write(self, task: str, split: str | None, name: str, lq: np.ndarray, hq: np.ndarray,
-              meta: ImageMeta | None = None, slice_index: int | None = None, subject: str | None = None) -> None:
-        """Write one pair; with NIfTI output, ``meta`` and ``slice_index`` place the 2-D slice in the volume's world."""
-        modality = TASKS[task]
+              meta: ImageMeta | None = None, slice_index: int | None = None, subject: str | None = None,
+              scale: float | None = None) -> None:
+        """Write one pair; with NIfTI output, ``meta`` and ``slice_index`` place the 2-D slice in the volume's world.
+        ``scale`` (stored units per unit of the intensity policy, fitted on the whole input volume) goes
+        into the manifest."""
+        modality = TASKS[task].modality
         lq, hq = np.asarray(lq, np.float32), np.asarray(hq, np.float32)
         check_finite(hq, None, f"HQ image {name}")
         check_finite(lq, None, f"LQ image {name}")
@@ -324,7 +328,7 @@ class PairWriter:
                 write_nifti(path, array, _slice_meta(meta, slice_index))
             paths.append(path)
         self.pairs.append(_Pair(task, split, paths[0], paths[1], (float(lq.min()), float(lq.max())),
-                                (float(hq.min()), float(hq.max())), tuple(hq.shape), subject))
+                                (float(hq.min()), float(hq.max())), tuple(hq.shape), subject, scale))
 
     def mark(self) -> int:
         """A bookmark for :meth:`discard`."""
@@ -361,16 +365,30 @@ class PairWriter:
                                    split_ratios=tuple(split_ratios) if split_ratios else None)
         staged = []
         for pair in self.pairs:
-            modality = TASKS[pair.task]
-            staged.append(PairRecord(str(pair.lq), str(pair.hq), modality, pair.task, pair.split))
+            modality = TASKS[pair.task].modality
+            staged.append(PairRecord(str(pair.lq), str(pair.hq), modality, pair.task, pair.split, scale=pair.scale))
             final = PairRecord(str(self.final_root / pair.lq.relative_to(self.stage)),
-                               str(self.final_root / pair.hq.relative_to(self.stage)), modality, pair.task, pair.split)
+                               str(self.final_root / pair.hq.relative_to(self.stage)), modality, pair.task, pair.split,
+                               scale=pair.scale)
             report.add(final, pair.lq_range, pair.hq_range, pair.shape)
         report.seconds = time.perf_counter() - started
         write_manifest(self.stage / "manifest.csv", staged, root=self.stage)
         with atomic_file(self.stage / "summary.json") as tmp:
             tmp.write_text(json.dumps(report.summary(), indent=2))
         return report
+
+
+def volume_scale(task: str, lq_slices: Sequence[np.ndarray], label: str) -> float | None:
+    """The intensity policy's scale of one input volume, fitted on all its LQ slices (the model's inputs),
+    or None when the task's policy needs no fit (its scale does not depend on the values)."""
+    from restore_rwkv.data.intensity import input_scale
+    from restore_rwkv.modality import get_convention
+
+    convention = get_convention(TASKS[task].modality)
+    if not convention.scaling.fitted or not lq_slices:
+        return None
+    stored = [np.asarray(s, np.float32) for s in lq_slices]  # as the pairs are written
+    return input_scale(convention, None, stored, sum(s.size for s in stored), source=label)[0]
 
 
 def _slice_meta(meta: ImageMeta | None, index: int | None) -> ImageMeta | None:
@@ -472,10 +490,12 @@ def prepare_ixi(src: str | Path, out: str | Path, scale: float = 4.0, slices: in
         indices = central_slices(volume, 2, slices)
         if not indices:
             raise InputError(path, "no slice holds tissue (the volume is empty or flat)")
-        for index in indices:
-            hq = volume[:, :, index].astype(np.float32)
-            writer.write("mri_sr", None, f"{source.subject}_{index:03d}", degrade(hq), hq, meta, index,
-                         subject=source.subject)
+        pairs = [(index, degrade(volume[:, :, index].astype(np.float32)), volume[:, :, index].astype(np.float32))
+                 for index in indices]
+        scale = volume_scale("mri_sr", [lq for _, lq, _ in pairs], str(path))
+        for index, lq, hq in pairs:
+            writer.write("mri_sr", None, f"{source.subject}_{index:03d}", lq, hq, meta, index,
+                         subject=source.subject, scale=scale)
 
     return _write_pairs(src, out, fmt, overwrite, quiet, inputs, "IXI volumes", write_volume, split, seed,
                         failures=failures, ignored=ignored)
@@ -705,21 +725,23 @@ def _simulation_inputs(src: Path, series_uid: str | None, split_by: str
 
 
 def _pet_to_suv(data: np.ndarray, meta: ImageMeta, label: str, force: bool, notes: list[str]) -> np.ndarray:
-    """PET DICOM values in SUV: Bq/ml converted with the header's weight and dose; GML kept."""
-    from restore_rwkv.data.io.dicom import pet_suv_factor
+    """PET DICOM values in SUV (``data.intensity.pet_header_scale``: Bq/ml converted with the header's
+    weight and dose, GML kept); with ``force`` a header that cannot say keeps its stored values."""
+    from restore_rwkv.data.intensity import pet_header_scale
 
-    if not meta.datasets or str(meta.modality or "").upper() not in ("PT", "PET"):
-        return data
     try:
-        factor, how = pet_suv_factor(meta.datasets[0])
-    except ValueError as exc:
-        if force:
-            notes.append(f"{label}: kept in stored units ({exc})")
-            return data
-        raise InputError(label, f"cannot express the PET values in SUV ({exc}); pass --force to keep them as stored")
-    if factor != 1.0:
+        found = pet_header_scale(meta, label, advice="pass --force to keep them as stored")
+    except InputError as exc:
+        if not force:
+            raise
+        notes.append(f"{label}: kept in stored units ({exc.problem})")
+        return data
+    if found is None:
+        return data
+    scale, how = found
+    if scale != 1.0:
         notes.append(f"{label}: {how}")
-    return data * np.float32(factor)
+    return data * np.float32(1.0 / scale)
 
 
 def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int = 100, seed: int = 0,
@@ -739,10 +761,10 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
     output are refused unless ``force``.
     """
     from restore_rwkv.data.io import read_dicom, read_dicom_files
-    from restore_rwkv.data.modality import TASK_DICOM_MODALITIES, resolve_task
+    from restore_rwkv.modality import get_task
 
     try:
-        task = resolve_task(task)
+        task = get_task(task).name
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
     if split_by not in ("patient", "series"):
@@ -782,7 +804,7 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
     def write_input(writer: PairWriter, number: int, source: SourceInput) -> None:
         name = source.item[2]
         data, meta = read(source)
-        expected = TASK_DICOM_MODALITIES[task]
+        expected = TASKS[task].dicom_modalities
         if meta.modality and meta.modality.upper() not in expected and not force:
             raise InputError(source.label, f"is a {meta.modality} image, not {'/'.join(expected)} as task {task} "
                                            "needs (pass --force to use it anyway)")
@@ -818,14 +840,18 @@ def prepare_simulated(task: str, src: str | Path, out: str | Path, slices: int =
             if not indices:
                 raise InputError(source.label, "no slice holds signal (the volume is empty or flat)")
             images = [(i, np.take(data, i, axis=axis)) for i in indices]
+        pairs = []
         for index, image in images:
             try:
                 hq, lq = _simulate_slice(task, degrade, image, slice_seed(seed, number, index))
             except ValueError as exc:
                 raise InputError(source.label, f"simulation failed ({exc})") from None
+            pairs.append((index, lq, hq))
+        scale = volume_scale(task, [lq for _, lq, _ in pairs], source.label)
+        for index, lq, hq in pairs:
             suffix = "" if index is None else f"_{index:03d}"
             writer.write(task, None, f"{name}{suffix}", lq, hq, meta if fmt == "nifti" else None, index,
-                         subject=source.subject)
+                         subject=source.subject, scale=scale)
 
     def notes() -> list[str]:
         out = list(remarks)

@@ -24,7 +24,7 @@ from restore_rwkv.data.datasets import (
     reference_layout,
 )
 from restore_rwkv.data.io import is_image_file, read_image
-from restore_rwkv.data.modality import TASKS
+from restore_rwkv.modality import TASKS
 from restore_rwkv.engine.config import DataSource
 from restore_rwkv.utils.errors import InputError
 
@@ -37,11 +37,13 @@ def _spread(items: list, count: int | None) -> list:
     return [items[i] for i in picks]
 
 
-def build_dataset(source: DataSource, patch_size: int | None, seed: int, conventions: dict | None = None) -> Dataset:
-    """The dataset ``source`` describes; ``patch_size`` adds random patches (training), None keeps whole slices."""
+def build_dataset(source: DataSource, patch_size: int | None, seed: int, conventions: dict | None = None,
+                  physical: bool = False) -> Dataset:
+    """The dataset ``source`` describes; ``patch_size`` adds random patches (training), None keeps whole slices;
+    ``physical`` adds each input in the policy's unit (``lq_units``: validation scores as ``evaluate`` does)."""
     transform = RandomPatchPairs(patch_size, seed=seed) if patch_size else None
     if source.hq:
-        return _simulated(source, transform, seed)
+        return _simulated(source, transform, seed, physical)
     if source.root:
         records = reference_layout(source.root, source.split)
     else:
@@ -53,10 +55,10 @@ def build_dataset(source: DataSource, patch_size: int | None, seed: int, convent
         if not records:
             raise InputError(source.root or source.manifest, f"no pairs of the tasks {source.tasks} in {source.split}")
     records = _spread(records, source.max_images)
-    return PairedSliceDataset(records, transform=transform, conventions=conventions)
+    return PairedSliceDataset(records, transform=transform, conventions=conventions, physical=physical)
 
 
-def _simulated(source: DataSource, transform, seed: int) -> Dataset:
+def _simulated(source: DataSource, transform, seed: int, physical: bool = False) -> Dataset:
     from restore_rwkv.physics import default_degradation
 
     files: list[Path] = []
@@ -83,8 +85,8 @@ def _simulated(source: DataSource, transform, seed: int) -> Dataset:
         degrade = default_degradation(source.simulate, **source.degradation)
     except (TypeError, ValueError) as exc:
         raise InputError(None, f"data degradation: {exc}") from None
-    return SimulatedPairDataset(_spread(items, source.max_images), TASKS[source.simulate], source.simulate, degrade,
-                                seed=seed, transform=transform)
+    return SimulatedPairDataset(_spread(items, source.max_images), TASKS[source.simulate].modality, source.simulate, degrade,
+                                seed=seed, transform=transform, physical=physical)
 
 
 def dataset_tasks(dataset: Dataset) -> list[str]:

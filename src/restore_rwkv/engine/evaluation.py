@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from restore_rwkv.inference.slices import forward_slices, inference_tile, plan_slices
+from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_normalized, evaluate_physical
+from restore_rwkv.modality import ModalityConvention, get_convention, modality_name
 from restore_rwkv.utils.devices import PRECISIONS, autocast
-from restore_rwkv.data.modality import ModalityConvention, get_convention
-from restore_rwkv.inference.slices import forward_slices, plan_slices
-from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_normalized, resolve_convention
+from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.files import atomic_file
 from restore_rwkv.utils.progress import progress_bar
 
@@ -51,16 +52,7 @@ def _conventions_for(dataset, conventions: Mapping | None) -> dict[str, Modality
         single = getattr(dataset, "convention", None)  # SimulatedPairDataset
         if single is not None:
             conventions = {single.name: single, **conventions}
-    return {get_convention(key).name if _known(key) else key: resolve_convention(spec, name=key)
-            for key, spec in conventions.items()}
-
-
-def _known(name: str) -> bool:
-    try:
-        get_convention(name)
-    except ValueError:
-        return False
-    return True
+    return {modality_name(key) or key: ModalityConvention.from_card(spec, name=key) for key, spec in conventions.items()}
 
 
 def safe_file_name(name: str) -> str:
@@ -89,6 +81,24 @@ def _batches(dataset, indices: Sequence[int], batch_size: int) -> Iterator[list[
         yield batch
 
 
+def score_restored(restored: torch.Tensor, item: Mapping[str, Any], convention: ModalityConvention,
+                   ssim_boundary: str = "zero") -> tuple[dict, np.ndarray]:
+    """PSNR, SSIM and RMSE of a restored item (``restored``: (1, H, W) in [0, 1]) against its HQ, and the
+    restored image in the policy's unit.
+
+    As ``restore`` writes it: where the item's input lies outside the policy's range (its
+    ``lq_units``, when the dataset gives them), the input's values are kept
+    (``ModalityConvention.keep_outside``). Evaluation and training validation both score with this.
+    """
+    units = convention.denormalize(restored[0].double().cpu().numpy())
+    if "lq_units" not in item:
+        return evaluate_normalized(restored, item["hq"].to(restored.device), convention,
+                                   ssim_boundary=ssim_boundary), units
+    units, _ = convention.keep_outside(units, item["lq_units"][0].double().numpy())
+    reference = convention.denormalize(item["hq"][0].double().cpu().numpy())
+    return evaluate_physical(units, reference, convention, ssim_boundary=ssim_boundary), units
+
+
 def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu", batch_size: int = 1,
                    precision: str = "fp32", conventions: Mapping[str, Any] | None = None,
                    max_images: int | None = None, save_dir: str | os.PathLike | None = None,
@@ -103,8 +113,11 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
     name, ``ModalityConvention`` or card entry) must be those the dataset normalised with; by
     default the dataset's own, else the modality's default. Consecutive items of one size are
     batched (up to ``batch_size``). ``precision``: ``fp32``, or autocast in ``bf16``/``fp16``.
-    ``max_images`` keeps the first items. ``save_dir`` receives each restored image in
-    physical units (float32 ``.npy``, neither clipped nor windowed) as
+    ``max_images`` keeps the first items. Items with ``lq_units`` (``PairedSliceDataset(physical=True)``)
+    keep the input's values where it lies outside the policy's range, as ``restore`` does
+    (``ModalityConvention.keep_outside``). ``save_dir`` receives each restored image in the
+    stored units of its LQ (the policy's unit times the item's ``scale``; float32 ``.npy``,
+    neither clipped nor windowed) as
     ``<task>/<index>_<name stem>.npy`` (the index makes names unique). The model runs in eval
     mode under ``torch.inference_mode``; its previous mode is restored afterwards.
     ``ssim_boundary="zero"`` reproduces the reference code's SSIM (``metrics.ssim``).
@@ -147,13 +160,13 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
                     modality = item["modality"]
                     convention = known.get(modality) or get_convention(modality)
                     before = evaluate_normalized(lq[k], hq[k], convention, ssim_boundary=ssim_boundary)
-                    after = evaluate_normalized(restored[k], hq[k], convention, ssim_boundary=ssim_boundary)
+                    after, units = score_restored(restored[k], item, convention, ssim_boundary)
                     row = {"name": item["name"], "task": item["task"], "modality": convention.name}
                     row.update({f"{key}_in": float(before[key]) for key in ("psnr", "ssim", "rmse")})
                     row.update({f"{key}_out": float(after[key]) for key in ("psnr", "ssim", "rmse")})
                     mine.append((index, row))
                     if save_dir is not None:
-                        image = convention.denormalize(restored[k, 0].double()).float().cpu().numpy()
+                        image = (units * float(item.get("scale", 1.0))).astype(np.float32)
                         path = (Path(save_dir) / safe_file_name(item["task"])
                                 / f"{index:0{digits}d}_{safe_file_name(item['name'])}.npy")
                         with atomic_file(path) as tmp, open(tmp, "wb") as fh:
@@ -224,3 +237,148 @@ def format_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     text.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(text + notes)
 
+
+
+# ----------------------------------------------------------------------------- evaluating weights on a split
+def split_records(data: str | os.PathLike, split: str) -> list:
+    """The pairs of ``split`` in a prepared root (``ROOT/{MRI,CT,PET}/SPLIT/{LQ,HQ}``) or a manifest
+    (``split="all"``: every pair of a manifest)."""
+    from restore_rwkv.data.datasets import read_manifest, reference_layout
+
+    data = Path(data)
+    if data.is_dir():
+        if split == "all":
+            raise InputError(data, "--split all is for manifests; name a split of the prepared root")
+        return reference_layout(data, split)
+    if not data.exists():
+        raise InputError(data, "no such folder or manifest")
+    records = read_manifest(data)
+    if split == "all":
+        return records
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        present = sorted({r.split or "(empty)" for r in records})
+        raise InputError(data, f"no pairs of split {split!r} (splits present: {', '.join(present)}; "
+                               "--split all takes every pair)")
+    return chosen
+
+
+def trained_pairs(records: Sequence, card, force: bool = False) -> tuple[list, str]:
+    """The records whose task and modality ``card`` was trained on (all of them with ``force``), and a
+    note on those left out (refused when none is left)."""
+    def canonical(modality: str) -> str:
+        name = modality_name(modality)
+        if name is None:
+            raise InputError(None, f"unknown modality {modality!r}; expected one of ct, mri, pet")
+        return name
+
+    modalities = set(card.modalities)
+    known = [r for r in records if r.task in card.tasks and canonical(r.modality) in modalities]
+    unknown = [r for r in records if r not in known]
+    if force or not unknown:
+        return list(records) if force else known, ""
+    counts: dict[str, int] = {}
+    for r in unknown:
+        key = f"{r.task}/{canonical(r.modality)}"
+        counts[key] = counts.get(key, 0) + 1
+    listed = ", ".join(f"{k} ({v})" for k, v in sorted(counts.items()))
+    trained = f"{card.task} on {', '.join(sorted(modalities))}"
+    if not known:
+        raise InputError(None, f"the data holds only pairs the weights were not trained for ({listed}; "
+                               f"the card says {trained}); --force evaluates them anyway")
+    return known, f"left out {len(unknown)} pair(s) the weights were not trained for: {listed} (--force includes them)"
+
+
+def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    from restore_rwkv.utils.files import check_writable_target
+
+    resolved = out.resolve()
+    for source in inputs:
+        source = source.resolve()
+        if source == resolved or resolved in source.parents:
+            raise InputError(out, f"refusing to write over {source}, an input of this evaluation")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(out, "output folder exists and is not empty (--overwrite replaces it)")
+    check_writable_target(out)
+
+
+def write_rows_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """The per-image rows as CSV (``COLUMNS``), written atomically."""
+    import csv
+
+    path = Path(path)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in COLUMNS})
+    return path
+
+
+def evaluate_weights(weights: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
+                     split: str = "test", *, device: str = "auto", batch_size: int = 1, precision: str = "fp32",
+                     ssim_boundary: str = "zero", tile: int | None = None, max_images: int | None = None,
+                     force: bool = False, overwrite: bool = False, save_images: bool = False,
+                     quiet: bool = False) -> tuple[dict, str]:
+    """Score ``weights`` on ``split`` of ``data`` and write ``out/per_image.csv`` and ``out/summary.json``
+    (and ``out/images/`` with ``save_images``); returns (the summary's content, a note on pairs left out).
+
+    Each pair is normalised with the card's policy for its modality (its scale from the manifest or
+    fitted on its LQ, as ``restore`` fits it), restored in tiles of ``tile`` (default: the card's
+    training patch size), and scored under the paper's protocol with the input's values kept outside
+    the policy's range, as ``restore`` writes them. The output folder appears only when complete.
+    """
+    import json
+
+    from restore_rwkv.data.datasets import PairedSliceDataset
+    from restore_rwkv.models.card import load_model, load_model_card, resolve_weights
+    from restore_rwkv.utils.devices import resolve_device
+    from restore_rwkv.utils.files import atomic_folder
+
+    if batch_size < 1:
+        raise InputError(None, f"--batch-size must be at least 1, got {batch_size}")
+    inference_tile(None, tile)  # refuses a bad tile before any file is read
+    if max_images is not None and max_images < 1:
+        raise InputError(None, f"--max-images must be at least 1, got {max_images}")
+    out, data = Path(out), Path(data)
+    weights = resolve_weights(weights)
+    _check_out(out, [data, weights], overwrite)
+    device = resolve_device(device)
+    records, note = trained_pairs(split_records(data, split), load_model_card(weights), force)
+    model, card = load_model(weights, device)
+    conventions = {}
+    for r in records:
+        try:
+            conventions[r.modality] = card.convention(r.modality)
+        except KeyError:  # --force: a modality the card lacks gets its default policy
+            conventions[r.modality] = get_convention(r.modality)
+    dataset = PairedSliceDataset(records, conventions=conventions, physical=True)
+    side = inference_tile(card.patch_size, tile)
+    with atomic_folder(out, replace=overwrite) as stage:
+        rows = evaluate_model(model, dataset, device=device, batch_size=batch_size, precision=precision,
+                              conventions={c.name: c for c in conventions.values()}, max_images=max_images,
+                              save_dir=stage / "images" if save_images else None, quiet=quiet,
+                              ssim_boundary=ssim_boundary, tile=side)
+        summary = summarize(rows)
+        write_rows_csv(stage / "per_image.csv", rows)
+        report = {
+            "per_task": summary,
+            "images": len(rows),
+            "weights": str(weights.resolve()),
+            "model": card.model,
+            "trained_task": card.task,
+            "data": str(data.resolve()),
+            "split": split,
+            "protocol": {
+                "data_range": "label max - min per image, after windowing",
+                "ssim": {"window": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "boundary": ssim_boundary},
+                "std": "population (ddof 0), over finite values",
+                "conventions": {c.name: c.to_card() for c in conventions.values()},
+            },
+            "device": str(device),
+            "precision": precision,
+            "tile": side or "whole slices",
+        }
+        with atomic_file(stage / "summary.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report, note

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from restore_rwkv.data.modality import get_convention
+from restore_rwkv.modality import get_convention
 from restore_rwkv.engine.config import RunConfig, save_config
 from restore_rwkv.engine.data import EndlessEpochSampler, EpochItems, build_dataset, dataset_tasks
 from restore_rwkv.engine.distributed import (
@@ -264,7 +264,7 @@ class Trainer:
         loader = DataLoader(EpochItems(train_set), batch_size=local_batch, sampler=sampler,
                             num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                             persistent_workers=False, drop_last=True)
-        val_set = build_dataset(cfg.data.val, None, cfg.train.seed) if cfg.data.val else None
+        val_set = build_dataset(cfg.data.val, None, cfg.train.seed, physical=True) if cfg.data.val else None
         modalities = sorted({item for item in _modalities(train_set)})
 
         writer = self._open_logs(info)
@@ -359,8 +359,9 @@ class Trainer:
     def _validate(self, model: nn.Module, ema: ExponentialMovingAverage | None, dataset, device: torch.device,
                   info: ProcessInfo) -> dict:
         """Mean L1 (normalised units), PSNR and SSIM (the paper's protocol) over the validation slices,
-        restored in tiles of the training patch size as ``restore`` and ``evaluate`` do by default."""
-        from restore_rwkv.metrics import evaluate_normalized
+        restored in tiles of the training patch size and scored as ``restore`` and ``evaluate`` do by default
+        (``engine.evaluation.score_restored``)."""
+        from restore_rwkv.engine.evaluation import score_restored
 
         net = model
         if ema is not None:
@@ -375,7 +376,7 @@ class Trainer:
             # as restore and evaluate run the exported model: in tiles of the training patch size
             plan = plan_slices(net, lq.shape[-2], lq.shape[-1], 1, None, inference_tile(self.config.data.patch_size))
             out = forward_slices(net, lq[:, 0], plan, device, self.config.train.precision)[:, None].to(device)
-            scores = evaluate_normalized(out, hq, get_convention(item["modality"]))
+            scores, _ = score_restored(out[0], item, get_convention(item["modality"]))
             psnr, ssim = float(scores["psnr"].sum()), float(scores["ssim"].sum())
             sums[0] += float((out - hq).abs().mean())
             sums[3] += 1
@@ -445,11 +446,7 @@ class Trainer:
                 net = copy.deepcopy(model)
                 ema.copy_to(net)
             cfg = self.config
-            conventions = {}
-            for m in modalities:
-                c = get_convention(m)
-                conventions[c.name] = {"unit": c.unit, "norm_range": list(c.norm_range),
-                                       "eval_window": list(c.eval_window)}
+            conventions = {get_convention(m).name: get_convention(m).to_card() for m in modalities}
             card = ModelCard(model=cfg.model.name, task=cfg.task, conventions=conventions,
                              model_args=dict(cfg.model.args), patch_size=cfg.data.patch_size, iterations=iteration,
                              metrics={k: float(v) for k, v in metrics.items()},

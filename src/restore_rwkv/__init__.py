@@ -13,6 +13,19 @@ from restore_rwkv.utils.runtime import release_free_memory, tune_cpu_allocator
 
 __version__ = "0.1.0"
 
+# The in-memory and file entry points for restoring scans, imported on first use (they bring the I/O
+# libraries: pydicom, nibabel, ...), so ``import restore_rwkv`` stays light.
+_LAZY = {"restore_array": "restore_rwkv.inference.files", "restore_file": "restore_rwkv.inference.files"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'restore_rwkv' has no attribute {name!r}")
+
+
 __all__ = [
     "RestoreRWKV",
     "__version__",
@@ -23,6 +36,8 @@ __all__ = [
     "re_wkv",
     "reparameterize_model",
     "release_free_memory",
+    "restore_array",
+    "restore_file",
     "save_state_dict",
     "tune_cpu_allocator",
 ]

@@ -10,7 +10,7 @@ import torch
 
 import restore_rwkv.data.io as io
 from restore_rwkv.cli import main
-from restore_rwkv.data.modality import get_convention
+from restore_rwkv.modality import get_convention
 from restore_rwkv.inference import blend_ramp, plan_slices, restore_file, restore_volume, tile_starts
 from restore_rwkv.models.card import ModelCard, save_model_with_card
 from restore_rwkv.models.registry import create_model
@@ -274,3 +274,21 @@ def test_restore_runs_in_tiles_of_the_cards_patch_size_unless_told_otherwise(tmp
     default = np.asarray(nib.load(tmp_path / "out_None.nii.gz").dataobj)
     whole = np.asarray(nib.load(tmp_path / "out_0.nii.gz").dataobj)
     assert np.abs(default - whole).max() > 1.0  # tiles of 32 are not the whole slice for a Re-WKV model
+
+
+def test_restore_array_slices_along_the_coarsest_axis_and_keeps_the_units(weights):
+    import restore_rwkv
+
+    rng = np.random.default_rng(4)
+    volume = rng.uniform(-900.0, 1500.0, (24, 20, 5)).astype(np.float32)  # 5 thick slices along axis 2
+    w = weights(False)
+    by_spacing = restore_rwkv.restore_array(volume, w, spacing=(0.7, 0.7, 5.0), device="cpu")
+    assert by_spacing.shape == volume.shape and by_spacing.dtype == np.float32
+    np.testing.assert_array_equal(by_spacing, restore_rwkv.restore_array(volume, w, axis=2, device="cpu"))
+    assert not np.allclose(by_spacing, restore_rwkv.restore_array(volume, w, axis=0, device="cpu"))
+    iso = restore_rwkv.restore_array(volume, w, spacing=(1.0, 1.0, 1.0), device="cpu")  # no coarsest axis: axis 0
+    np.testing.assert_array_equal(iso, restore_rwkv.restore_array(volume, w, axis=0, device="cpu"))
+    with pytest.raises(InputError, match="CT values must be in HU"):
+        restore_rwkv.restore_array(volume, w, units="mm", device="cpu")
+    with pytest.raises(InputError, match="expected a 2-D image or 3-D volume"):
+        restore_rwkv.restore_array(volume[None], w, device="cpu")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -69,3 +71,21 @@ def test_bad_arguments():
         KSpaceTruncation(0.5)
     with pytest.raises(ValueError, match="expected images"):
         KSpaceTruncation(4)(torch.zeros(1, 2, 8, 8))
+
+
+@pytest.mark.parametrize("size,factor", [((64, 48), 4), ((15, 21), 3), ((8, 8), 2)])
+def test_zero_fill_of_the_kspace_centre_is_the_truncation_on_the_fine_grid(size, factor):
+    """zero_fill(the centre H x W of a fine image's k-space, as an image) = KSpaceTruncation of the fine image."""
+    from restore_rwkv.physics import zero_fill
+    from restore_rwkv.physics.mri import kept_extent
+
+    rng = np.random.default_rng(1)
+    fine = rng.random((size[0] * factor, size[1] * factor))
+    spectrum = np.fft.fftshift(np.fft.fft2(fine))
+    (r0, r1), (c0, c1) = kept_extent(fine.shape[0], factor), kept_extent(fine.shape[1], factor)
+    coarse = np.fft.ifft2(np.fft.ifftshift(spectrum[r0:r1, c0:c1])) / factor ** 2  # complex, values kept
+    expected = KSpaceTruncation(factor)(torch.from_numpy(fine)).numpy()
+    np.testing.assert_allclose(zero_fill(coarse, factor), expected, rtol=0, atol=1e-12)
+    assert zero_fill(np.full(size, 7.0), factor) == pytest.approx(np.full(np.multiply(size, factor), 7.0))
+    batch = zero_fill(torch.from_numpy(np.stack([fine[:size[0], :size[1]]] * 2)), factor)
+    assert isinstance(batch, torch.Tensor) and batch.shape == (2, size[0] * factor, size[1] * factor)

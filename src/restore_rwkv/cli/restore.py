@@ -38,7 +38,13 @@ def add_parser(subparsers) -> None:
                         help="side in pixels of the overlapping tiles slices are restored in (default: the weights' "
                              "training patch size, from their card; 0: whole slices, tiled only to fit --max-memory)")
     parser.add_argument("--modality", default=None,
-                        help="intensity convention to use (ct, mri, pet; default: the image's, from the weights' card)")
+                        help="intensity policy to use (ct, mri, pet; default: the image's, from the weights' card)")
+    parser.add_argument("--pet-scale", type=float, default=None, metavar="FACTOR",
+                        help="PET: stored units per SUV, for files that cannot say (units other than Bq/ml or g/ml, "
+                             "a DICOM header without weight, dose or times; NIfTI not in SUV)")
+    parser.add_argument("--upsample", type=int, default=1, metavar="N",
+                        help="MRI: zero-fill each slice's k-space to N times its matrix before restoring (x N "
+                             "super-resolution of a low-resolution acquisition; spacing / N in the output)")
     parser.add_argument("--series-uid", default=None, help="the series to restore in a folder holding several")
     parser.add_argument("--force", action="store_true",
                         help="restore images whose modality the weights were not trained on")
@@ -66,135 +72,44 @@ def _size(text: str) -> int:
     return int(number * units[unit])
 
 
-def _holds_dicom(folder: Path) -> bool:
-    from restore_rwkv.data.io.dicom import DICOM_SUFFIXES, looks_like_dicom
-
-    return any(p.is_file() and not p.name.startswith(".") and (p.suffix.lower() in DICOM_SUFFIXES or looks_like_dicom(p))
-               for p in folder.iterdir())
-
-
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], bool, list[str]]:
-    """(inputs to restore, whether OUT is a folder of outputs, notes on files left out).
-
-    A folder holding DICOM files is one series; any other folder is a batch: its image files
-    and the series folders inside it.
-    """
-    from restore_rwkv.data.io import is_image_file
-    from restore_rwkv.data.io.dicom import looks_like_dicom
-
-    items: list[Path] = []
-    notes: list[str] = []
-    batch = len(inputs) > 1
-    for text in inputs:
-        path = Path(text)
-        if not path.exists():
-            raise InputError(path, "no such file or folder")
-        if path.is_dir() and not _holds_dicom(path):
-            batch = True
-            found = []
-            for child in sorted(path.iterdir()):
-                if child.name.startswith("."):
-                    continue
-                if child.is_dir():
-                    if _holds_dicom(child):
-                        found.append(child)
-                elif is_image_file(child) or looks_like_dicom(child):
-                    found.append(child)
-                else:
-                    notes.append(f"{child}: not an image file (left out)")
-            if not found:
-                raise InputError(path, "holds no image files or DICOM series folders")
-            items.extend(found)
-        else:
-            items.append(path)
-    return items, batch, notes
-
-
-def _targets(items: list[Path], out: Path, batch: bool) -> list[Path]:
-    from restore_rwkv.data.io import file_suffix
-
-    if not batch:
-        source = items[0]
-        if file_suffix(out) or source.is_dir():
-            return [out]
-        return [out / source.name]
-    if file_suffix(out):
-        raise InputError(out, "several inputs need an output folder, not a file name")
-    targets = [out / p.name for p in items]
-    seen: dict[Path, Path] = {}
-    for source, target in zip(items, targets):
-        if target in seen:
-            raise InputError(source, f"has the same name as {seen[target]}; both would be written to {target}")
-        seen[target] = source
-    return targets
-
-
-def _preview_path(preview: Path, source: Path, batch: bool) -> Path:
-    if not batch:
-        return preview
-    from restore_rwkv.data.io import file_suffix
-
-    stem = source.name[: len(source.name) - len(file_suffix(source))] if file_suffix(source) else source.name
-    return preview.with_name(f"{preview.stem}_{stem}.png")
-
-
 def run(args) -> int:
-    from restore_rwkv.data.io import read_image
-    from restore_rwkv.inference import (choose_convention, inference_tile, resolve_device, restore_file,
-                                        write_restore_preview)
-    from restore_rwkv.inference.files import kept_slices_of
-    from restore_rwkv.models.card import load_model, resolve_weights, weights_name
-    from restore_rwkv.utils.progress import progress_bar
-    from restore_rwkv.utils.runtime import tune_cpu_allocator
+    from restore_rwkv.inference import expand_inputs, inference_tile, output_targets, restore_files
+    from restore_rwkv.inference.files import check_upsample
 
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1; got {args.batch_size}")
     inference_tile(None, args.tile)  # refuses a bad --tile before any file is read
+    check_upsample(args.upsample)
+    if args.pet_scale is not None:
+        from restore_rwkv.data.intensity import check_scale
+
+        check_scale(args.pet_scale)
     items, batch, notes = expand_inputs(args.inputs)
-    out = Path(args.out)
-    targets = _targets(items, out, batch)
-    if args.reference and batch:
-        raise InputError(args.reference, "--reference needs exactly one INPUT")
-    if not args.overwrite:
-        for target in targets:
-            if target.exists() and (target.is_file() or any(target.iterdir())):
-                raise InputError(target, "exists (--overwrite replaces it)")
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        tune_cpu_allocator("speed")
-    weights = resolve_weights(args.weights)
-    model, card = load_model(weights, device)
+    targets = output_targets(items, Path(args.out), batch)
     for note in notes:
         print(f"restore-rwkv: {note}", file=sys.stderr)
-
     failures: list[str] = []
     done = 0
-    for source, target in progress_bar(list(zip(items, targets)), desc="inputs", quiet=args.quiet or len(items) < 2):
-        try:
-            result = restore_file(source, target, model=model, card=card, modality=args.modality, axis=args.axis,
-                                  batch_size=args.batch_size, device=device, precision=args.precision,
-                                  max_memory=args.max_memory, tile=args.tile, force=args.force,
-                                  overwrite=args.overwrite, series_uid=args.series_uid,
-                                  keep_slices=3 if args.preview else 0, quiet=args.quiet,
-                                  model_name=weights_name(weights))
-            done += 1
-            how = f"tiles of {result.tile}" if result.tile else "whole slices"
-            print(f"{source} -> {target} ({'x'.join(map(str, result.shape))}, {result.modality}, {how}, "
-                  f"{result.seconds:.1f} s)")
-            if args.preview:
-                convention = choose_convention(card, None, result.modality, True)
-                references = None
-                if args.reference:
-                    ref, _ = read_image(args.reference)
-                    if tuple(ref.shape) != result.shape:
-                        raise InputError(args.reference, f"reference of shape {tuple(ref.shape)} for an image of "
-                                                         f"shape {result.shape}")
-                    references = kept_slices_of(ref, None, result.axis, sorted(result.kept))
-                write_restore_preview(_preview_path(Path(args.preview), source, batch), result.kept, convention,
-                                      references, title=f"{source.name}: restored by {weights_name(weights)} ({result.modality})")
-        except InputError as exc:
-            failures.append(str(exc))
-            print(f"restore-rwkv: error: {exc}", file=sys.stderr)
+    from restore_rwkv.utils.progress import progress_bar
+
+    results = restore_files(items, targets, args.weights, batch=batch, overwrite=args.overwrite, preview=args.preview,
+                            reference=args.reference, device=args.device, quiet=args.quiet, modality=args.modality,
+                            axis=args.axis, batch_size=args.batch_size, precision=args.precision,
+                            max_memory=args.max_memory, tile=args.tile, force=args.force, series_uid=args.series_uid,
+                            pet_scale=args.pet_scale, upsample=args.upsample)
+    for item in progress_bar(results, total=len(items), desc="inputs", quiet=args.quiet or len(items) < 2):
+        if item.error is not None:
+            failures.append(item.error)
+            print(f"restore-rwkv: error: {item.error}", file=sys.stderr)
+            continue
+        done += 1
+        result = item.result
+        how = f"tiles of {result.tile}" if result.tile else "whole slices"
+        grid = f", zero-filled x{result.upsample}" if result.upsample > 1 else ""
+        print(f"{item.source} -> {item.target} ({'x'.join(map(str, result.shape))}, {result.modality}{grid}, {how}, "
+              f"{result.seconds:.1f} s; {result.scale_note})")
+        if result.outside:
+            print(f"  {result.outside} voxel(s) outside the model's intensity range keep their input values")
     if failures:
         if not done:
             return 2

@@ -8,7 +8,7 @@ from typing import Mapping
 
 import numpy as np
 
-from restore_rwkv.data.modality import ModalityConvention
+from restore_rwkv.modality import ModalityConvention
 from restore_rwkv.metrics import evaluate_physical
 from restore_rwkv.utils.files import atomic_file
 
@@ -20,10 +20,11 @@ def _scores(image: np.ndarray, reference: np.ndarray, convention: ModalityConven
 
 def write_restore_preview(path: str | os.PathLike, kept: Mapping[int, tuple[np.ndarray, np.ndarray]],
                           convention: ModalityConvention, references: Mapping[int, np.ndarray] | None = None,
-                          title: str = "") -> Path:
-    """Write a figure with one row per kept slice: input and output (physical units, the convention's
-    preview window); with ``references`` also the reference and the output - reference error map,
-    and PSNR/SSIM (``metrics.evaluate_physical``) of input and output in the titles."""
+                          title: str = "", scale: float = 1.0) -> Path:
+    """Write a figure with one row per kept slice: input and output (stored units, shown in the convention's
+    preview window after dividing by ``scale``, the scan's stored units per unit of the convention);
+    with ``references`` also the reference and the output - reference error map (stored units), and
+    PSNR/SSIM (``metrics.evaluate_physical``, in the convention's unit) of input and output in the titles."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -33,15 +34,15 @@ def write_restore_preview(path: str | os.PathLike, kept: Mapping[int, tuple[np.n
     if not rows:
         raise ValueError("no slices to preview")
     columns = 4 if references else 2
-    low, high = convention.preview_window
+    low, high = (v * scale for v in convention.preview_window)
     figure, axes = plt.subplots(len(rows), columns, figsize=(3.2 * columns, 3.3 * len(rows)), squeeze=False)
     for r, index in enumerate(rows):
         image, restored = kept[index]
         panels = [(image, "input"), (restored, "output")]
         if references:
             reference = references[index]
-            panels[0] = (image, f"input\n{_scores(image, reference, convention)}")
-            panels[1] = (restored, f"output\n{_scores(restored, reference, convention)}")
+            panels[0] = (image, f"input\n{_scores(image / scale, reference / scale, convention)}")
+            panels[1] = (restored, f"output\n{_scores(restored / scale, reference / scale, convention)}")
             panels.append((reference, "reference"))
         for c, (picture, label) in enumerate(panels):
             axes[r, c].imshow(picture, cmap="gray", vmin=low, vmax=high)
@@ -50,7 +51,8 @@ def write_restore_preview(path: str | os.PathLike, kept: Mapping[int, tuple[np.n
             error = restored.astype(np.float64) - references[index]
             limit = max(float(np.percentile(np.abs(error), 99)), 1e-6)
             shown = axes[r, 3].imshow(error, cmap="coolwarm", vmin=-limit, vmax=limit)
-            axes[r, 3].set_title(f"slice {index}: output - reference ({convention.unit})", fontsize=8)
+            unit = convention.unit if scale == 1.0 else "stored units"
+            axes[r, 3].set_title(f"slice {index}: output - reference ({unit})", fontsize=8)
             figure.colorbar(shown, ax=axes[r, 3], fraction=0.046, pad=0.04)
         for ax in axes[r]:
             ax.axis("off")

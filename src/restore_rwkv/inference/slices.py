@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from restore_rwkv.data.modality import ModalityConvention
+from restore_rwkv.modality import ModalityConvention
+from restore_rwkv.physics.mri import zero_fill
 from restore_rwkv.utils.devices import resolve_device
 from restore_rwkv.utils.devices import autocast as _autocast
 from restore_rwkv.utils.errors import InputError
@@ -196,29 +197,52 @@ def _forward_tiled(model: nn.Module, images: torch.Tensor, plan: SlicePlan, devi
     return (total / weight).float()
 
 
+@dataclass
+class SliceStats:
+    """What :func:`restore_slices` met: slices restored and voxels outside the normalisation range,
+    whose input values the output keeps (``ModalityConvention.keep_outside``)."""
+
+    slices: int = 0
+    outside: int = 0
+
+
+def model_input(image: np.ndarray, upsample: int = 1) -> np.ndarray:
+    """A slice as the model takes it: itself, or zero-filled in k-space to ``upsample`` times its matrix."""
+    return image if upsample == 1 else zero_fill(np.asarray(image, dtype=np.float32), upsample)
+
+
 def restore_slices(model: nn.Module, slices: Iterable[np.ndarray], convention: ModalityConvention,
                    batch_size: int = 4, device: str | torch.device = "cpu", precision: str = "fp32",
                    max_memory: int | None = None, tile: int | None = None, total: int | None = None,
-                   quiet: bool = True) -> Iterator[np.ndarray]:
-    """Yield each 2-D slice of ``slices`` (physical units) restored, float32 in physical units.
+                   quiet: bool = True, scale: float = 1.0, upsample: int = 1,
+                   stats: SliceStats | None = None) -> Iterator[np.ndarray]:
+    """Yield each 2-D slice of ``slices`` (stored units) restored, float32 in the same units.
 
-    Slices are normalised with ``convention`` (clipped to its ``norm_range``), run ``batch_size``
-    at a time (whole, or tiled when ``plan_slices`` says so), and mapped back. The iterable is
-    consumed lazily, one batch ahead, so a reader and writer around it stream. ``total`` sizes
-    the progress bar. The model must already be on ``device`` and in eval mode.
+    Each slice is zero-filled to ``upsample`` times its matrix when asked (:func:`model_input`),
+    normalised with ``convention`` and ``scale`` (stored units per unit of the convention; values
+    clipped to its ``norm_range``), run ``batch_size`` at a time (whole, or tiled when
+    ``plan_slices`` says so), mapped back and multiplied by ``scale``; where the input lies
+    outside the range the output keeps the input's value (``convention.keep_outside``, counted in
+    ``stats``). The iterable is consumed lazily, one batch ahead, so a reader and writer around it
+    stream. ``total`` sizes the progress bar. The model must already be on ``device`` and in eval mode.
     """
     device = resolve_device(device)
+    stats = stats if stats is not None else SliceStats()
     with progress_bar(total=total, desc="restore", quiet=quiet) as bar:
         pending: list[np.ndarray] = []
 
         def flush() -> Iterator[np.ndarray]:
-            stacked = torch.from_numpy(np.stack([np.asarray(s, dtype=np.float32) for s in pending]))
+            inputs = np.stack([model_input(np.asarray(s, dtype=np.float32), upsample) for s in pending])
+            stacked = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
             plan = plan_slices(model, stacked.shape[1], stacked.shape[2], batch_size, max_memory, tile)
-            out = forward_slices(model, convention.normalize(stacked), plan, device, precision)
-            restored = convention.denormalize(out.double()).float().numpy()
+            out = forward_slices(model, convention.normalize(stacked, scale), plan, device, precision)
+            restored = convention.denormalize(out.double(), scale).numpy()
+            restored, outside = convention.keep_outside(restored, inputs, scale)
+            stats.slices += len(pending)
+            stats.outside += outside
             bar.update(len(pending))
             pending.clear()
-            yield from restored
+            yield from restored.astype(np.float32)
 
         for image in slices:
             image = np.asarray(image)
@@ -231,29 +255,43 @@ def restore_slices(model: nn.Module, slices: Iterable[np.ndarray], convention: M
             yield from flush()
 
 
+def slicing_axis(ndim: int, axis: int | None = None, default: int | None = None) -> int | None:
+    """The axis a ``ndim``-D array is cut into slices along: ``axis``, else ``default``, else 0; None for 2-D."""
+    if ndim == 2:
+        return None
+    if ndim != 3:
+        raise ValueError(f"expected a 2-D image or 3-D volume; got {ndim}-D data")
+    axis = (default if default is not None else 0) if axis is None else int(axis)
+    if not -3 <= axis < 3:
+        raise ValueError(f"axis must be 0, 1 or 2 for a volume; got {axis}")
+    return axis % 3
+
+
+def as_slices(volume: np.ndarray, axis: int | None) -> np.ndarray:
+    """A (N, H, W) view of a 2-D image (N = 1) or of a volume cut along ``axis``."""
+    return volume[None] if axis is None else np.moveaxis(volume, axis, 0)
+
+
 def restore_volume(model: nn.Module, volume: np.ndarray, convention: ModalityConvention, axis: int | None = None,
                    batch_size: int = 4, device: str | torch.device = "cpu", precision: str = "fp32",
-                   max_memory: int | None = None, tile: int | None = None, quiet: bool = True) -> np.ndarray:
-    """A 2-D image or 3-D volume (physical units) restored slice by slice along ``axis``; float32, same shape.
+                   max_memory: int | None = None, tile: int | None = None, quiet: bool = True,
+                   scale: float = 1.0, upsample: int = 1, stats: SliceStats | None = None) -> np.ndarray:
+    """A 2-D image or 3-D volume (stored units) restored slice by slice along ``axis``; float32.
 
-    ``axis`` defaults to 0 for a volume. See :func:`restore_slices` for the other arguments;
-    ``max_memory`` (bytes) defaults to :func:`default_max_memory` of the device.
+    ``axis`` defaults to 0 for a volume. The output has the input's shape, its in-plane axes
+    ``upsample`` times longer. See :func:`restore_slices` for the other arguments (``scale``: stored
+    units per unit of the convention); ``max_memory`` (bytes) defaults to :func:`default_max_memory`.
     """
     volume = np.asarray(volume)
     device = resolve_device(device)
     if max_memory is None:
         max_memory = default_max_memory(device)
-    if volume.ndim == 2:
-        slices, axis = volume[None], 0
-    elif volume.ndim == 3:
-        axis = 0 if axis is None else int(axis)
-        if not -3 <= axis < 3:
-            raise ValueError(f"axis must be 0, 1 or 2 for a volume; got {axis}")
-        slices = np.moveaxis(volume, axis, 0)
-    else:
-        raise ValueError(f"expected a 2-D image or 3-D volume; got shape {volume.shape}")
-    out = np.empty(slices.shape, dtype=np.float32)
+    axis = slicing_axis(volume.ndim, axis)
+    slices = as_slices(volume, axis)
+    count, height, width = slices.shape
+    out = np.empty((count, height * upsample, width * upsample), dtype=np.float32)
     for k, restored in enumerate(restore_slices(model, slices, convention, batch_size, device, precision,
-                                                max_memory, tile, total=slices.shape[0], quiet=quiet)):
+                                                max_memory, tile, total=count, quiet=quiet, scale=scale,
+                                                upsample=upsample, stats=stats)):
         out[k] = restored
-    return out[0] if volume.ndim == 2 else np.moveaxis(out, 0, axis)
+    return out[0] if axis is None else np.moveaxis(out, 0, axis)

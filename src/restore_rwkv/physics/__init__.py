@@ -13,10 +13,10 @@ All are :class:`Degradation` callables ``lq = op(hq, seed)``: ``seed`` an int or
 from restore_rwkv.physics._common import Degradation
 from restore_rwkv.physics.ct import LowDoseCT, hu_to_mu, mu_to_hu
 from restore_rwkv.physics.defaults import DEGRADATION_OPTIONS, default_degradation
-from restore_rwkv.physics.mri import KSpaceTruncation, kspace_mask
+from restore_rwkv.physics.mri import KSpaceTruncation, kspace_mask, zero_fill
 from restore_rwkv.physics.pet import LowCountPET, gaussian_filter
 from restore_rwkv.physics.projector import FootprintProjector, ParallelBeamProjector
 
 __all__ = ["DEGRADATION_OPTIONS", "Degradation", "FootprintProjector", "KSpaceTruncation", "LowCountPET", "LowDoseCT",
            "ParallelBeamProjector", "default_degradation", "gaussian_filter", "hu_to_mu", "kspace_mask",
-           "mu_to_hu"]
+           "mu_to_hu", "zero_fill"]

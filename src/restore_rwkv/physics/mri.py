@@ -107,3 +107,37 @@ class KSpaceTruncation(Degradation):
         """LQ magnitude images of (B, H, W) ``x``: |inverse FFT of ``sampled_kspace``|."""
         spectrum = self.sampled_kspace(x, seed)
         return torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1)), norm="ortho").abs()
+
+
+def zero_fill(image, factor: int):
+    """``image`` (..., H, W; real or complex, numpy or torch) on a grid ``factor`` times finer in-plane:
+    its centred k-space zero-padded to (factor H, factor W) and transformed back, magnitude.
+
+    This is how a low-resolution acquisition becomes the paper's x``factor`` input: the kept block
+    sits where :func:`kept_extent` puts it, so ``zero_fill`` of the centre ``H x W`` of an image's
+    k-space equals :class:`KSpaceTruncation` of that image (same grid, no window). Values keep their
+    scale (a constant stays that constant). Output sample ``factor * i`` lies on input sample ``i``
+    (a DFT interpolation): the first voxel keeps its centre, the spacing is divided by ``factor``.
+    Returns float64 for float64 or complex128 input, else float32; numpy in, numpy out.
+    """
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError(f"zero-fill factor must be a positive integer; got {factor}")
+    as_numpy = not isinstance(image, torch.Tensor)
+    x = torch.from_numpy(_contiguous(image)) if as_numpy else image
+    double = x.dtype in (torch.float64, torch.complex128)
+    x = x.to(torch.complex128 if double else torch.complex64)
+    height, width = x.shape[-2:]
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))
+    padded = torch.zeros((*x.shape[:-2], height * factor, width * factor), dtype=spectrum.dtype, device=x.device)
+    (r0, r1), (c0, c1) = kept_extent(height * factor, factor), kept_extent(width * factor, factor)
+    padded[..., r0:r1, c0:c1] = spectrum
+    out = torch.fft.ifft2(torch.fft.ifftshift(padded, dim=(-2, -1))).abs() * float(factor * factor)
+    return out.numpy() if as_numpy else out
+
+
+def _contiguous(image):
+    """``image`` as a C-contiguous numpy array (torch.from_numpy needs one)."""
+    import numpy as np
+
+    return np.ascontiguousarray(image)

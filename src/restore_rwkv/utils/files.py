@@ -119,6 +119,34 @@ def _os_error(path: Path, exc: OSError) -> InputError:
     return InputError(path, f"cannot write: {reason}")
 
 
+# errors of the target's storage, not of the data: a full disk or quota, a file-size limit, a read-only or
+# failing file system
+_STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def _created_parents(path: Path) -> list[Path]:
+    """The missing parent folders of ``path``, deepest first (those ``mkdir(parents=True)`` will create)."""
+    created = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
+    return created
+
+
+def _storage_error(path: Path, exc: BaseException) -> InputError | None:
+    """The one-line InputError naming ``path`` for a storage failure while writing it, else None.
+
+    Writers may wrap the operating system's error (pydicom re-raises it with the tag it was writing
+    and no errno), so the chain of causes is searched."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRORS:
+            return _os_error(path, exc)
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def _full_suffix(path: Path) -> str:
     return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
 
@@ -128,15 +156,19 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); it becomes ``path`` only if the block succeeds.
 
     The parent folder is created; on success the file gets ``0666 & ~umask``; on any error
-    (or KeyboardInterrupt) the temporary file is removed and ``path`` is left as it was.
+    (or KeyboardInterrupt) the temporary file is removed, and so are the parent folders this call
+    created, and ``path`` is left as it was. A storage failure (full disk, quota, file-size limit,
+    read-only file system) becomes an InputError naming ``path``.
     """
     path = Path(path)
+    created = _created_parents(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-{_owner_tag()}", suffix=_full_suffix(path),
                                     dir=path.parent)
     except OSError as exc:
+        _remove_empty(created)
         raise _os_error(path, exc) from None
     os.close(fd)
     tmp = Path(name)
@@ -144,8 +176,12 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _remove_empty(created)
+        storage = _storage_error(path, exc)
+        if storage is not None:
+            raise storage from None
         raise
 
 
@@ -155,7 +191,8 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
 
     ``path`` must not exist or be an empty folder, unless ``replace`` (then the old folder is
     removed only after the new one is complete). On error the staged folder is removed, and so
-    are the parent folders this call created.
+    are the parent folders this call created; a storage failure (full disk, quota, file-size
+    limit, read-only file system) becomes an InputError naming ``path``.
     Folders inside the stage keep the modes they were created with; the stage itself gets
     ``0777 & ~umask``.
     """
@@ -164,11 +201,7 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
         raise InputError(path, "exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not replace:
         raise InputError(path, "output folder exists and is not empty")
-    created = []  # parent folders this call creates, deepest first: removed again if the block fails
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        created.append(parent)
-        parent = parent.parent
+    created = _created_parents(path)  # removed again if the block fails
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path)
@@ -186,9 +219,12 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
             shutil.rmtree(old, ignore_errors=True)
         else:
             stage.replace(path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
         _remove_empty(created)
+        storage = _storage_error(path, exc)
+        if storage is not None:
+            raise storage from None
         raise
 
 

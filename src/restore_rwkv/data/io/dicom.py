@@ -5,12 +5,22 @@ slices ordered by position along the slice normal; the affine maps (slice, row, 
 LPS millimetres and is exact for every slice because a series whose slices are not evenly
 spaced (a missing file), share a position, or mix orientations is refused. Pixel values are
 physical (rescale slope and intercept applied, per frame for enhanced multi-frame objects).
+
+Derived series (restored images) follow PS3.3 (:class:`Derivation`, :func:`derive_dataset`):
+ImageType DERIVED\\SECONDARY with the source's further values, new Series and SOP Instance UIDs,
+a SeriesNumber that no series of the study in sight uses, SourceImageSequence pointing at each
+source instance, DerivationDescription and DerivationCodeSequence, lossy-compression history kept,
+ContentDate/Time of the derivation, SoftwareVersions, and a rescale that covers the new values.
+Private data elements are removed: their meaning (vendor scaling, pixel statistics, CSA headers)
+is tied to the source's pixels and cannot be vouched for after restoration.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +41,36 @@ _PATIENT_AND_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSe
                       "StudyDate", "StudyTime", "StudyID", "StudyDescription", "AccessionNumber",
                       "ReferringPhysicianName", "FrameOfReferenceUID")
 _POSITION_TOLERANCE = 0.1  # fraction of the slice step by which a slice may sit off its regular place
+# Lossy transfer syntaxes (by UID prefix) and the LossyImageCompressionMethod (0028,2114) term of each.
+_LOSSY_SYNTAXES = (("1.2.840.10008.1.2.4.50", "ISO_10918_1"), ("1.2.840.10008.1.2.4.51", "ISO_10918_1"),
+                   ("1.2.840.10008.1.2.4.81", "ISO_14495_1"), ("1.2.840.10008.1.2.4.91", "ISO_15444_1"),
+                   ("1.2.840.10008.1.2.4.203", "ISO_15444_15"))
+SERIES_NUMBER_STEP = 1000  # a derived series is numbered source + k * 1000, the first k no series of the study uses
+IMAGE_PROCESSING = ("110001", "DCM", "Image Processing")  # CID 7203 Image Derivation
+SPATIAL_RESAMPLING = ("113085", "DCM", "Spatial resampling")
+SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")  # CID 7202
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What a derived DICOM object says about how it was made.
+
+    Attributes:
+        label: appended to the source's SeriesDescription in parentheses (e.g. ``restored by restore-rwkv ct``).
+        description: DerivationDescription (free text; default: ``label``).
+        codes: DerivationCodeSequence items, (value, scheme, meaning) from CID 7203.
+        software: SoftwareVersions of the derived object (empty: the source's are kept).
+    """
+
+    label: str = "restored by restore-rwkv"
+    description: str = ""
+    codes: tuple[tuple[str, str, str], ...] = (IMAGE_PROCESSING,)
+    software: str = ""
+
+    @classmethod
+    def of(cls, value: "Derivation | str") -> "Derivation":
+        """``value`` itself, or a derivation labelled with the string ``value``."""
+        return value if isinstance(value, Derivation) else cls(label=str(value))
 
 
 def looks_like_dicom(path: Path) -> bool:
@@ -350,8 +390,9 @@ def _series_headers(folder: Path) -> tuple[dict[str, list], list[str]]:
     return series, ignored
 
 
-def _pick_series(folder: Path, series_uid: str | None) -> tuple[list, list[str]]:
-    """The ``(path, header)`` pairs of the one series in ``folder`` (or of ``series_uid``), and the ignored files."""
+def _pick_series(folder: Path, series_uid: str | None) -> tuple[list, list[str], list[tuple[str, int | None]]]:
+    """The ``(path, header)`` pairs of the one series in ``folder`` (or of ``series_uid``), the ignored files,
+    and the (study, series number) of every series in the folder."""
     series, ignored = _series_headers(folder)
     if not series:
         raise InputError(folder, "no DICOM image files in this folder" + (f" ({'; '.join(ignored)})" if ignored else ""))
@@ -364,7 +405,7 @@ def _pick_series(folder: Path, series_uid: str | None) -> tuple[list, list[str]]
         raise InputError(folder, f"holds {len(series)} DICOM series ({labels}); pick one with series_uid")
     else:
         headers = next(iter(series.values()))
-    return headers, ignored
+    return headers, ignored, [_series_key(items[0][1]) for items in series.values()]
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, ImageMeta]:
@@ -378,8 +419,10 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     gets no affine. DICOMDIR files and non-image objects in the folder are ignored.
     """
     folder = Path(folder)
-    headers, ignored = _pick_series(folder, series_uid)
-    return _volume_from_headers(folder, headers, ignored)
+    headers, ignored, keys = _pick_series(folder, series_uid)
+    volume, meta = _volume_from_headers(folder, headers, ignored)
+    meta.extra["folder_series"] = keys
+    return volume, meta
 
 
 def read_dicom_files(files: list[str | os.PathLike], source: str | os.PathLike | None = None
@@ -481,10 +524,11 @@ def scan_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     slice order and ``extra["shape"]`` the volume's (slice, row, column) shape from the headers.
     """
     folder = Path(folder)
-    headers, ignored = _pick_series(folder, series_uid)
+    headers, ignored, keys = _pick_series(folder, series_uid)
     for p, ds in headers:
         _check_image_dataset_header(ds, p)
     meta = _series_meta(folder, headers, ignored)
+    meta.extra["folder_series"] = keys
     first = meta.datasets[0]
     meta.extra["shape"] = (len(headers), int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0))
     return meta
@@ -580,39 +624,146 @@ def _set_pixels(ds, values: np.ndarray, old_rescale: tuple[float, float] | None)
     else:
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{intercept:.10g}"
     for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
-                    "LargestPixelValueInSeries", "LossyImageCompression", "LossyImageCompressionRatio",
-                    "LossyImageCompressionMethod"):
+                    "LargestPixelValueInSeries"):
         ds.pop(keyword, None)
     ds.PixelData = stored.tobytes()
     ds["PixelData"].VR = "OW"
 
 
-def _derive(header, values: np.ndarray, series_uid: str, description: str):
-    """A new DICOM object from ``header`` holding ``values`` (physical units): new UIDs, DERIVED."""
+def _code_item(code: tuple[str, str, str]):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def _lossy_history(header) -> None:
+    """Mark ``header`` as once lossy-compressed when its source file was stored with a lossy transfer
+    syntax and says nothing itself (PS3.3 C.7.6.1.1.5: a derived image keeps the flag)."""
+    if "LossyImageCompression" in header:
+        return
+    syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "")
+    method = next((m for prefix, m in _LOSSY_SYNTAXES if syntax == prefix), None)
+    if method is not None:
+        header.LossyImageCompression = "01"
+        header.LossyImageCompressionMethod = method
+
+
+def derive_dataset(header, values: np.ndarray, series_uid: str, derivation: Derivation | str,
+                   series_number: int | None = None):
+    """A new DICOM object from ``header`` holding ``values`` (physical units), derived as PS3.3 asks.
+
+    New SOP Instance UID and ``series_uid``; ImageType DERIVED\\SECONDARY (the source's further
+    values kept); SeriesNumber ``series_number`` (when given); SeriesDescription with the
+    derivation's label; DerivationDescription and DerivationCodeSequence; SourceImageSequence
+    referencing the source instance (when ``header`` has one); LossyImageCompression and its ratio
+    and method kept (set when the source file was lossy-compressed without saying so);
+    ContentDate/Time and InstanceCreationDate/Time now; SoftwareVersions; private elements removed;
+    a rescale that covers ``values``; window, patient, study, geometry and BurnedInAnnotation kept.
+    """
     import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    derivation = Derivation.of(derivation)
     ds = copy.deepcopy(header)  # Dataset.copy() is shallow: it would change the caller's headers
     frames = _frame_count(ds)
     expected = (int(ds.Rows), int(ds.Columns)) if frames == 1 else (frames, int(ds.Rows), int(ds.Columns))
     if values.shape != expected:
         raise InputError(None, f"image of shape {values.shape} where its DICOM header says {expected}")
+    _lossy_history(ds)
     has_rescale = "RescaleSlope" in ds or _group_item(ds, 0, "PixelValueTransformationSequence") is not None
     # a header read from a file keeps its rescale (1, 0 when it has none); a header made from geometry has no pixels yet
     old = _rescale(ds, 0) if has_rescale or header.get("BitsAllocated") else None
     _set_pixels(ds, values, old)
+    ds.remove_private_tags()
+    source_class, source_instance = str(header.get("SOPClassUID", "") or ""), str(header.get("SOPInstanceUID", "") or "")
+    if source_class and source_instance and header.get("BitsAllocated"):  # a real source instance, not made from geometry
+        reference = Dataset()
+        reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source_class, source_instance
+        reference.PurposeOfReferenceCodeSequence = Sequence([_code_item(SOURCE_FOR_PROCESSING)])
+        ds.SourceImageSequence = Sequence([reference])
     sop_uid = generate_uid()
     ds.SeriesInstanceUID = series_uid
     ds.SOPInstanceUID = sop_uid
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    further = [str(v) for v in (header.get("ImageType") or [])][2:]
+    ds.ImageType = ["DERIVED", "SECONDARY", *further]
+    if series_number is not None:
+        ds.SeriesNumber = int(series_number)
     original = str(ds.get("SeriesDescription", "")).strip()
-    ds.SeriesDescription = (f"{original} ({description})" if original else description)[:64]
-    ds.DerivationDescription = description[:1024]
+    ds.SeriesDescription = (f"{original} ({derivation.label})" if original else derivation.label)[:64]
+    ds.DerivationDescription = (derivation.description or derivation.label)[:1024]
+    ds.DerivationCodeSequence = Sequence([_code_item(code) for code in derivation.codes])
+    if derivation.software:
+        ds.SoftwareVersions = derivation.software[:64]
+    now = dt.datetime.now()
+    ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.ContentTime = ds.InstanceCreationTime = now.strftime("%H%M%S.%f")
     ds.file_meta = pydicom.dataset.FileMetaDataset(ds.file_meta) if hasattr(ds, "file_meta") else \
         pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    return ds
+
+
+def study_series_numbers(folder: Path, study_uid: str, known: list[tuple[str, int | None]] = ()) -> set[int]:
+    """SeriesNumbers already used in study ``study_uid``: by ``known`` (study, number) pairs (e.g. every
+    series of a folder), and by the first DICOM file of ``folder`` and of each folder beside it (up to
+    256) in that study."""
+    used = {number for study, number in known if number is not None and study == study_uid}
+    folders = [folder]
+    parent = folder.parent
+    try:
+        folders += sorted(p for p in parent.iterdir() if p.is_dir() and p != folder)[:256]
+    except OSError:
+        pass
+    for candidate in folders:
+        try:
+            first = next((p for p in sorted(candidate.iterdir()) if p.is_file() and not p.name.startswith(".")
+                          and (p.suffix.lower() in DICOM_SUFFIXES or looks_like_dicom(p))), None)
+        except OSError:
+            continue
+        if first is None:
+            continue
+        try:
+            ds = _dcmread(first, stop_before_pixels=True)
+        except InputError:
+            continue
+        number = _integer(ds.get("SeriesNumber"))
+        if number is not None and str(ds.get("StudyInstanceUID", "")) == study_uid:
+            used.add(number)
+    return used
+
+
+def _integer(value) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def new_series_number(source_number, used: set[int]) -> int:
+    """``source + k * SERIES_NUMBER_STEP`` for the first k >= 1 not in ``used`` (source 0 when it has none)."""
+    base = _integer(source_number) or 0
+    number = base + SERIES_NUMBER_STEP
+    while number in used:
+        number += SERIES_NUMBER_STEP
+    return number
+
+
+def with_pixel_grid(header, factor: int):
+    """A copy of ``header`` for an image ``factor`` times finer in-plane: Rows, Columns and PixelSpacing
+    (top level and functional groups) changed; position and orientation kept."""
+    ds = copy.deepcopy(header)
+    ds.Rows, ds.Columns = int(ds.Rows) * factor, int(ds.Columns) * factor
+    holders = [ds] + [item for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+                      for group in ds.get(groups, []) for item in group.get("PixelMeasuresSequence", [])]
+    for holder in holders:
+        if holder.get("PixelSpacing") is not None and len(holder.PixelSpacing) == 2:
+            holder.PixelSpacing = [f"{float(v) / factor:.10g}" for v in holder.PixelSpacing]
     return ds
 
 
@@ -623,7 +774,7 @@ def _check_writable(target: Path, values: np.ndarray, meta: ImageMeta | None) ->
 
 
 def write_dicom(path: str | os.PathLike, array: np.ndarray, meta: ImageMeta,
-                description: str = "restored by restore-rwkv") -> Path:
+                description: Derivation | str = "restored by restore-rwkv") -> Path:
     """Write ``array`` (physical units) as one DICOM file derived from the file ``meta`` was read from.
 
     Single-frame (rows, columns) or multi-frame (frames, rows, columns, e.g. enhanced CT: the
@@ -638,8 +789,12 @@ def write_dicom(path: str | os.PathLike, array: np.ndarray, meta: ImageMeta,
     _check_writable(path, values, meta)
     from pydicom.uid import generate_uid
 
+    header = meta.datasets[0]
+    number = new_series_number(header.get("SeriesNumber"),
+                               study_series_numbers(Path(meta.source).parent, str(header.get("StudyInstanceUID", "")))
+                               if meta.source is not None else set())
     try:
-        ds = _derive(meta.datasets[0], values, generate_uid(), description)
+        ds = derive_dataset(header, values, generate_uid(), description, number)
     except InputError as exc:
         raise InputError(path, exc.problem) from None
     with atomic_file(path) as tmp:
@@ -697,7 +852,7 @@ def _headers_from_geometry(volume: np.ndarray, meta: ImageMeta, modality: str | 
 
 
 def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: ImageMeta,
-                       description: str = "restored by restore-rwkv", modality: str | None = None,
+                       description: Derivation | str = "restored by restore-rwkv", modality: str | None = None,
                        replace: bool = False) -> Path:
     """Write ``volume`` (physical units) as a DICOM series folder, whole or not at all.
 
@@ -721,16 +876,23 @@ def write_dicom_series(folder: str | os.PathLike, volume: np.ndarray, meta: Imag
             raise InputError(folder, f"{volume.shape[0]} slice(s) to write but {len(meta.datasets)} DICOM header(s) "
                                      "to derive them from")
         headers = meta.datasets
+        used = _used_numbers(meta)
     else:
         volume, headers = _headers_from_geometry(volume, meta or ImageMeta(), modality, folder)
-    return _write_derived(folder, headers, iter(volume), description, replace=replace)
+        used = set()
+    return _write_derived(folder, headers, iter(volume), description, replace=replace, used_numbers=used)
 
 
-def _write_derived(folder: Path, headers: list, slices, description: str, replace: bool = False) -> Path:
-    """Derive one file per header from the matching slice of the iterable ``slices``, staged, then renamed."""
+def _write_derived(folder: Path, headers: list, slices, description: Derivation | str, replace: bool = False,
+                   used_numbers: set[int] | None = None) -> Path:
+    """Derive one file per header from the matching slice of the iterable ``slices``, staged, then renamed.
+
+    The series gets a SeriesNumber that none of ``used_numbers`` (the study's) is (:func:`new_series_number`).
+    """
     from pydicom.uid import generate_uid
 
     series_uid = generate_uid()
+    number = new_series_number(headers[0].get("SeriesNumber") if headers else None, used_numbers or set())
     with atomic_folder(folder, replace=replace) as stage:
         index = -1
         for index, values in enumerate(slices):
@@ -740,7 +902,7 @@ def _write_derived(folder: Path, headers: list, slices, description: str, replac
             if not np.isfinite(values).all():
                 raise InputError(folder, f"slice {index}: refusing to write NaN or infinite values to DICOM")
             try:
-                ds = _derive(headers[index], values, series_uid, description)
+                ds = derive_dataset(headers[index], values, series_uid, description, number)
             except InputError as exc:
                 raise InputError(folder, f"slice {index}: {exc.problem}") from None
             ds.save_as(str(stage / f"IM{index + 1:05d}.dcm"), enforce_file_format=True)
@@ -750,7 +912,7 @@ def _write_derived(folder: Path, headers: list, slices, description: str, replac
 
 
 def write_dicom_series_stream(folder: str | os.PathLike, slices, meta: ImageMeta,
-                              description: str = "restored by restore-rwkv", replace: bool = False) -> Path:
+                              description: Derivation | str = "restored by restore-rwkv", replace: bool = False) -> Path:
     """Write a derived series slice by slice from an iterable of (row, column) physical arrays.
 
     ``meta`` is a DICOM series' (:func:`scan_dicom_series` or :func:`read_dicom_series`); each
@@ -762,4 +924,19 @@ def write_dicom_series_stream(folder: str | os.PathLike, slices, meta: ImageMeta
     if meta is None or meta.format != "dicom-series" or not meta.datasets:
         raise InputError(folder, "streaming a DICOM series needs the headers of the series it derives from")
     refuse_input_target(folder, meta.source)
-    return _write_derived(folder, meta.datasets, slices, description, replace=replace)
+    return _write_derived(folder, meta.datasets, slices, description, replace=replace,
+                          used_numbers=_used_numbers(meta))
+
+
+def _used_numbers(meta: ImageMeta) -> set[int]:
+    """SeriesNumbers of the study of the series ``meta`` was read from (its folder and the folders beside it)."""
+    if meta.format != "dicom-series" or meta.source is None or not meta.datasets:
+        return set()
+    study = str(meta.datasets[0].get("StudyInstanceUID", ""))
+    known = meta.extra.get("folder_series", []) + [_series_key(ds) for ds in meta.datasets[:1]]
+    return study_series_numbers(Path(meta.source), study, known)
+
+
+def _series_key(ds) -> tuple[str, int | None]:
+    """(StudyInstanceUID, SeriesNumber) of a header."""
+    return str(ds.get("StudyInstanceUID", "")), _integer(ds.get("SeriesNumber"))

@@ -89,7 +89,7 @@ class _RssTrace:
 def measure_bare(model: str, slices: int, size: int = 512, batch_size: int = 4, allocator: str = "speed") -> dict:
     """The bare model alone in a fresh process (cold, like a restore): normalised slices in memory, same batches."""
     from restore_rwkv.data.io import read_image
-    from restore_rwkv.data.modality import get_convention
+    from restore_rwkv.modality import get_convention
     from restore_rwkv.models.registry import create_model
     from restore_rwkv.utils.runtime import release_free_memory, tune_cpu_allocator
 
@@ -124,7 +124,7 @@ def measure(model: str, slices: int, size: int = 512, tile: int | None = None, b
     if cold_bare:
         return measure_bare(model, slices, size, batch_size, allocator)
     from restore_rwkv.data.io import read_image
-    from restore_rwkv.data.modality import get_convention
+    from restore_rwkv.modality import get_convention
     from restore_rwkv.inference import restore_file
     from restore_rwkv.models.card import ModelCard, load_model, save_model_with_card
     from restore_rwkv.models.registry import create_model

@@ -50,10 +50,10 @@ def load_split(data: Path, task: str, split: str) -> tuple[list[str], list[np.nd
 
 def score(task: str, images: list[np.ndarray], references: list[np.ndarray]) -> dict[str, float]:
     """Mean PSNR, SSIM and RMSE over the images (each scored alone: sizes may differ)."""
-    from restore_rwkv.data.modality import TASKS as MODALITY
+    from restore_rwkv.modality import TASKS as MODALITY
     from restore_rwkv.metrics import evaluate_physical
 
-    rows = [evaluate_physical(np.asarray(i, np.float64), np.asarray(r, np.float64), MODALITY[task])
+    rows = [evaluate_physical(np.asarray(i, np.float64), np.asarray(r, np.float64), MODALITY[task].modality)
             for i, r in zip(images, references)]
     return {k: float(np.mean([float(np.asarray(row[k])) for row in rows])) for k in ("psnr", "ssim", "rmse")}
 
@@ -126,8 +126,8 @@ def run_models(task: str, names: list[str], lq: list[np.ndarray], tile: int | No
     """Each model's restorations of ``lq`` (physical units) and how they ran (seconds per image, tiles);
     ``names`` are shipped names (skipped when not shipped) or run folders. Tiles as ``restore`` runs
     them: of the card's training patch size unless ``tile`` says otherwise (0: whole slices)."""
-    from restore_rwkv.data.modality import TASKS as MODALITY
-    from restore_rwkv.inference import choose_convention, inference_tile, restore_volume
+    from restore_rwkv.inference import inference_tile, restore_array
+    from restore_rwkv.modality import TASKS as MODALITY
     from restore_rwkv.models.card import load_model, shipped_models
 
     found = {}
@@ -135,11 +135,10 @@ def run_models(task: str, names: list[str], lq: list[np.ndarray], tile: int | No
         if name not in shipped_models() and not Path(name).is_dir():
             continue
         model, card = load_model(name)
-        convention = choose_convention(card, None, MODALITY[task])
         start = time.perf_counter()
         side = inference_tile(card.patch_size, tile)
-        outputs = [restore_volume(model, image.astype(np.float32), convention, tile=side).astype(np.float64)
-                   for image in lq]
+        outputs = [restore_array(image.astype(np.float32), model=model, card=card, modality=MODALITY[task].modality,
+                                 tile=tile, device="cpu").astype(np.float64) for image in lq]
         how = f"{(time.perf_counter() - start) / len(lq):.2f} s / image, " + (f"{side}² tiles" if side else "whole slices")
         found[name] = (outputs, how)
     return found
@@ -216,16 +215,16 @@ def efficiency_figure(rows: list[dict], path: Path) -> None:
 
 def effective_receptive_field(name: str, images: list[np.ndarray], task: str, size: int = 128) -> np.ndarray:
     """Mean |d output[centre] / d input| over centre crops of ``images`` (normalised), normalised to max 1."""
-    from restore_rwkv.data.modality import TASKS as MODALITY
-    from restore_rwkv.inference import choose_convention
+    from restore_rwkv.modality import TASKS as MODALITY
     from restore_rwkv.models.card import load_model
 
     model, card = load_model(name)
-    convention = choose_convention(card, None, MODALITY[task])
+    convention = card.convention_for(None, MODALITY[task].modality)
     total = torch.zeros(size, size, dtype=torch.float64)
     for image in images:
         y, x = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-        crop = torch.from_numpy(np.asarray(convention.normalize(image[y:y + size, x:x + size]), np.float32))
+        scale = convention.scaling.fit(image)  # the policy's scale of the whole image, as restore fits it
+        crop = torch.from_numpy(np.asarray(convention.normalize(image[y:y + size, x:x + size], scale), np.float32))
         crop = crop[None, None].requires_grad_(True)
         model(crop)[0, 0, size // 2, size // 2].backward()
         total += crop.grad[0, 0].abs().double()
@@ -374,7 +373,7 @@ def main() -> None:
 
 def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_bands: dict, out: Path, seconds: float,
            machine: str) -> str:
-    from restore_rwkv.data.modality import TASKS as MODALITY, get_convention
+    from restore_rwkv.modality import TASKS as MODALITY, get_convention
 
     lines = ["# Results on the demo data", "",
              "Produced by `python benchmarks/results.py` (this file and `results.json` beside it; "
@@ -395,7 +394,7 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
              "The CT validation split holds phantoms only (0.625 mm pixels, no real anatomy), so the CT "
              "baselines' parameters and the CT model's checkpoint were chosen on data unlike the test slice.", ""]
     for task, rows in results.items():
-        unit = get_convention(MODALITY[task]).unit
+        unit = get_convention(MODALITY[task].modality).unit
         lines += [f"## {TITLES[task]}", "", f"| method | parameter | PSNR dB | SSIM | RMSE {unit} |", "|---|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['parameter']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['rmse']:.4g} |" for r in rows]
         lines.append("")

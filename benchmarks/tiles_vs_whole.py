@@ -19,8 +19,8 @@ import numpy as np
 
 def main() -> None:
     from restore_rwkv.data.datasets import read_manifest
-    from restore_rwkv.data.modality import TASKS
-    from restore_rwkv.inference import choose_convention, restore_volume
+    from restore_rwkv.modality import TASKS
+    from restore_rwkv.inference import restore_volume
     from restore_rwkv.metrics import evaluate_physical
     from restore_rwkv.models.card import load_model
 
@@ -34,7 +34,9 @@ def main() -> None:
     record = sorted((r for r in read_manifest(Path(args.data) / "manifest.csv")
                      if r.task == args.task and r.split == "test"), key=lambda r: r.lq)[0]
     lq, hq = np.load(record.lq).astype(np.float32), np.load(record.hq).astype(np.float64)
-    convention = choose_convention(card, None, TASKS[args.task])
+    convention = card.convention_for(None, TASKS[args.task].modality)
+    scale = convention.scaling.fit(lq)  # the policy's scale (1 but for MRI), as restore fits it
+    lq, hq = lq / np.float32(scale), hq / scale  # scored in the policy's unit
     whole = restore_volume(model, lq, convention).astype(np.float64)
     rows = [{"mode": "input", **_scores(evaluate_physical(lq.astype(np.float64), hq, convention))},
             {"mode": "whole", **_scores(evaluate_physical(whole, hq, convention))}]

@@ -12,6 +12,7 @@ For each demo run (``restore-rwkv train --config demo_<task> --out runs``) this
     python scripts/ship_demo_models.py                 # all four runs under runs/
     python scripts/ship_demo_models.py --only ct_denoise_light
     python scripts/ship_demo_models.py --rescore       # new test scores for the shipped files, no runs needed
+    python scripts/ship_demo_models.py --policy --rescore  # cards in this version's format, then new scores
 """
 
 from __future__ import annotations
@@ -60,16 +61,16 @@ def split_scores(weights: Path, data: Path) -> dict:
 def fixture_crop(data: Path, task: str, card) -> tuple[np.ndarray, str]:
     """A CROP x CROP window from the middle of the first test input of ``task``, normalised like the card."""
     from restore_rwkv.data.datasets import read_manifest
-    from restore_rwkv.data.modality import TASKS
-    from restore_rwkv.metrics import resolve_convention
+    from restore_rwkv.modality import TASKS
 
     record = sorted((r for r in read_manifest(data / "manifest.csv") if r.task == task and r.split == "test"),
                     key=lambda r: r.lq)[0]
     image = np.load(record.lq).astype(np.float32)
-    modality = TASKS[task]
-    convention = resolve_convention(card.conventions[modality], modality)
+    modality = TASKS[task].modality
+    convention = card.convention(modality)
     y, x = (image.shape[0] - CROP) // 2, (image.shape[1] - CROP) // 2
-    crop = np.asarray(convention.normalize(image[y:y + CROP, x:x + CROP]), dtype=np.float32)
+    scale = convention.scaling.fit(image)  # the policy's scale of the whole image, as restore fits it
+    crop = np.asarray(convention.normalize(image[y:y + CROP, x:x + CROP], scale), dtype=np.float32)
     return crop, Path(record.lq).name
 
 
@@ -94,6 +95,22 @@ def rescore(name: str, data: Path, entry: dict) -> dict:
     with atomic_file(card_path(target)) as tmp:
         tmp.write_text(card.to_json())
     return {**entry, "metrics": metrics}
+
+
+def upgrade_policy(name: str) -> None:
+    """Rewrite a shipped card's conventions as this version's policies (``restore_rwkv.modality``), keeping
+    the weights: the demo data put each MR image's foreground 99th percentile at 3000 (``data.demo``),
+    which is the MR policy's fitted scaling, and CT and PET were in HU and SUV, as the policies say."""
+    from restore_rwkv.modality import get_convention
+    from restore_rwkv.models.card import CARD_FORMAT, SHIPPED_WEIGHTS, card_path, load_model_card
+    from restore_rwkv.utils.files import atomic_file
+
+    target = SHIPPED_WEIGHTS / f"{name}.safetensors"
+    card = load_model_card(target)
+    conventions = {m: get_convention(m).to_card() for m in card.modalities}
+    card = dataclasses.replace(card, conventions=conventions, format=CARD_FORMAT)
+    with atomic_file(card_path(target)) as tmp:
+        tmp.write_text(card.to_json())
 
 
 def ship(name: str, runs: Path, data: Path) -> dict:
@@ -206,6 +223,8 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=sorted(RUNS), help="ship these models only")
     parser.add_argument("--rescore", action="store_true",
                         help="score the shipped models again (after a change in how evaluate runs) without their runs")
+    parser.add_argument("--policy", action="store_true",
+                        help="first rewrite the shipped cards' intensity policies in this version's card format")
     args = parser.parse_args()
     from restore_rwkv.data.demo import ensure_demo_data
 
@@ -214,6 +233,8 @@ def main() -> None:
     log = REPO / "scripts" / "shipped_models.json"
     shipped = {e["name"]: e for e in json.loads(log.read_text())} if log.exists() else {}
     for name in args.only or RUNS:
+        if args.policy and name in shipped:
+            upgrade_policy(name)
         if args.rescore:
             if name in shipped:
                 shipped[name] = rescore(name, Path(args.data), shipped[name])

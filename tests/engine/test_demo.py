@@ -12,7 +12,7 @@ import torch
 import restore_rwkv.data.io as io
 from restore_rwkv.cli import main
 from restore_rwkv.data.datasets import read_manifest
-from restore_rwkv.data.modality import TASKS, get_convention
+from restore_rwkv.modality import TASKS, get_convention
 from restore_rwkv.engine.demo import ALL_IN_ONE, DEMO_MODELS, run_demo
 from restore_rwkv.metrics import evaluate_physical
 from restore_rwkv.models.card import ModelCard, save_model_with_card
@@ -30,7 +30,7 @@ def _weights(folder, name: str, identity: bool, task: str):
             model.output.weight.zero_()
             model.output.bias.zero_()
     card = ModelCard(model="restore_rwkv_light", task=task, model_args=dict(TINY),
-                     conventions=CONVENTIONS if task == "all_in_one" else {TASKS[task]: CONVENTIONS[TASKS[task]]})
+                     conventions=CONVENTIONS if task == "all_in_one" else {TASKS[task].modality: CONVENTIONS[TASKS[task].modality]})
     return save_model_with_card(model, folder / f"{name}.safetensors", card)
 
 
@@ -68,7 +68,7 @@ def test_scores_match_an_independent_computation_and_identity_equals_input(demo_
         hq = np.stack([np.load(r.hq) for r in tests]).astype(np.float64)
         if task == "ct_denoise":  # a DICOM series stores whole HU
             lq, hq = np.rint(lq), np.rint(hq)
-        expected = evaluate_physical(lq, hq, TASKS[task])
+        expected = evaluate_physical(lq, hq, TASKS[task].modality)
         scores = {s.method: s for s in report.scores if s.task == task}
         assert scores["input"].images == len(tests)
         assert scores["input"].psnr == pytest.approx(float(np.mean(expected["psnr"])), abs=0.02)

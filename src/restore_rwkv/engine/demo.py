@@ -22,7 +22,7 @@ import numpy as np
 
 from restore_rwkv.data.datasets import read_manifest
 from restore_rwkv.data.io import ImageMeta, read_image, write_dicom_series, write_nifti
-from restore_rwkv.data.modality import TASKS, get_convention
+from restore_rwkv.modality import TASKS, get_convention
 from restore_rwkv.inference import restore_file, write_restore_preview
 from restore_rwkv.metrics import evaluate_physical
 from restore_rwkv.models.card import shipped_models
@@ -63,7 +63,7 @@ class DemoReport:
     def table(self, task: str) -> str:
         """A plain-text table of the task's scores."""
         rows = [s for s in self.scores if s.task == task]
-        unit = get_convention(TASKS[task]).unit
+        unit = get_convention(TASKS[task].modality).unit
         lines = [f"{TASK_TITLES[task]} ({rows[0].images if rows else 0} test image(s)):",
                  f"  {'method':<24} {'PSNR dB':>8} {'SSIM':>7} {'RMSE ' + unit:>12}"]
         for s in rows:
@@ -107,9 +107,11 @@ def _as_stack(values: np.ndarray, shape: tuple[int, ...], path: Path) -> np.ndar
     return values
 
 
-def _scores(task: str, method: str, restored: np.ndarray, references: np.ndarray) -> DemoScore:
-    convention = get_convention(TASKS[task])
-    values = evaluate_physical(restored.astype(np.float64), references.astype(np.float64), convention)
+def _scores(task: str, method: str, restored: np.ndarray, references: np.ndarray, scale: float = 1.0) -> DemoScore:
+    """Mean scores of ``restored`` against ``references`` (stored units), both divided by ``scale`` first: in the
+    unit of the intensity policy the model restored with, where the evaluation window is defined."""
+    convention = get_convention(TASKS[task].modality)
+    values = evaluate_physical(restored.astype(np.float64) / scale, references.astype(np.float64) / scale, convention)
     psnr, ssim, rmse = (np.atleast_1d(np.asarray(values[k], dtype=np.float64)) for k in ("psnr", "ssim", "rmse"))
     return DemoScore(task, method, float(np.nanmean(psnr)), float(np.nanmean(ssim)), float(np.mean(rmse)),
                      int(references.shape[0]))
@@ -156,24 +158,25 @@ def run_demo(out: str | Path = "demo_output", data: str | Path = "data/demo", de
                                       "demo reference (full quality)")
         stored_input = _as_stack(read_image(source)[0], hq.shape, source)  # as the file stores it (DICOM: whole HU)
         stored_reference = _as_stack(read_image(references)[0], hq.shape, references)
-        report.scores.append(_scores(task, "input", stored_input, stored_reference))
         report.outputs[task] = {"input": source, "reference": references}
-        kept = {}
+        kept, rows, scale = {}, [], 1.0
         for model in (DEMO_MODELS[task], ALL_IN_ONE):
             target = out / "restored" / model / f"{task}{suffix}"
-            result = restore_file(source, target, shipped[model], modality=TASKS[task], device=device, overwrite=True,
+            result = restore_file(source, target, shipped[model], modality=TASKS[task].modality, device=device, overwrite=True,
                                   keep_slices=min(3, len(tests)), model_name=model, quiet=quiet)
             restored = _as_stack(read_image(target)[0], hq.shape, target)
             label = "all-in-one (light)" if model == ALL_IN_ONE else f"{model}"
-            report.scores.append(_scores(task, label, restored, stored_reference))
+            rows.append(_scores(task, label, restored, stored_reference, result.scale))
             report.outputs[task][model] = target
             if model == DEMO_MODELS[task]:
                 kept = {k: (stored_input[k], restored[k]) for k in result.kept}
-        convention = get_convention(TASKS[task])
+                scale = result.scale  # the input is scored in the single-task model's policy unit too
+        report.scores += [_scores(task, "input", stored_input, stored_reference, scale), *rows]
+        convention = get_convention(TASKS[task].modality)
         figure = out / "figures" / f"{task}.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
         write_restore_preview(figure, kept, convention, {k: stored_reference[k] for k in kept},
-                              title=f"{TASK_TITLES[task]}: restored by {DEMO_MODELS[task]}")
+                              title=f"{TASK_TITLES[task]}: restored by {DEMO_MODELS[task]}", scale=scale)
         report.figures[task] = figure
     report.seconds = time.perf_counter() - started
     _write_results(report, tasks)
@@ -191,7 +194,7 @@ def _write_results(report: DemoReport, tasks: tuple[str, ...]) -> None:
         rows = "".join(
             f"<tr><td>{html.escape(s.method)}</td><td>{s.psnr:.2f}</td><td>{s.ssim:.4f}</td><td>{s.rmse:.4g}</td></tr>"
             for s in report.scores if s.task == task)
-        unit = html.escape(get_convention(TASKS[task]).unit)
+        unit = html.escape(get_convention(TASKS[task].modality).unit)
         files = " · ".join(f"{html.escape(k)}: <code>{html.escape(str(p.relative_to(out)))}</code>"
                            for k, p in report.outputs[task].items())
         sections.append(

@@ -61,7 +61,7 @@ def write_picture(path: str | os.PathLike, array: np.ndarray, meta: ImageMeta | 
 def write_preview(path: str | os.PathLike, image: np.ndarray, modality: str | None = None,
                   window: tuple[float, float] | None = None) -> Path:
     """An 8-bit PNG of a 2-D image in physical units, through the modality's preview window."""
-    from restore_rwkv.data.modality import get_convention
+    from restore_rwkv.modality import get_convention
 
     image = np.asarray(image, dtype=np.float64)
     if window is None:

@@ -91,6 +91,7 @@ def test_normalize_divides_by_the_scale_and_denormalize_multiplies_it_back():
 
 def test_values_outside_the_range_keep_the_input_with_a_smooth_border():
     convention = get_convention("ct")
+    assert convention.keep_bounds == (-1500.0, 3072.0)  # CT noise in air (-1500..-1024 HU) is restored, padding kept
     original = np.zeros((32, 32))
     original[12:18, 12:18] = 8000.0  # metal: above 3072 HU
     original[0, :] = -3024.0  # out-of-field padding below -1024 HU
@@ -110,6 +111,8 @@ def test_values_outside_the_range_keep_the_input_with_a_smooth_border():
     assert np.all(np.diff(row[:-1]) > 0) and row[-2] == row[-1] == 5.0
     untouched, none = convention.keep_outside(restored, np.zeros((32, 32)))
     assert none == 0 and untouched is restored
+    noisy_air = np.full((32, 32), -1100.0)  # below the network's -1024 but no padding: restored as air
+    assert convention.keep_outside(restored, noisy_air)[1] == 0
 
 
 def test_keep_outside_works_in_the_scans_own_units():

@@ -14,8 +14,10 @@ A network sees values in [0, 1]. Each modality's policy (:class:`ModalityConvent
 2. **Normalisation**: values in the unit are clipped to ``norm_range`` (the paper's ranges) and mapped
    linearly to [0, 1]; the output is mapped back (no clipping) and multiplied by the scale, so it is
    written in the input's own units.
-3. **Values outside ``norm_range``** (metal, contrast, bright fat or vessels; CT padding below -1024 HU)
-   are never lost: :meth:`ModalityConvention.keep_outside` gives the output the input's value there,
+3. **Values outside the range** (metal, contrast, bright fat or vessels; CT's out-of-field padding) are
+   never lost: :meth:`ModalityConvention.keep_outside` gives the output the input's value wherever it
+   lies outside ``kept_range`` (``norm_range``, except CT's lower end: -1500 HU, because CT values
+   between -1500 and -1024 HU are noise in air, which nothing attenuates less than, and are restored),
    blended back into the restored image over ``OUTSIDE_BLEND`` pixels.
 
 A model card stores each modality's policy (:meth:`ModalityConvention.to_card`); entries written
@@ -173,6 +175,8 @@ class ModalityConvention:
         eval_window: (low, high) that outputs and labels are clipped to before metrics.
         preview_window: (low, high) shown as black..white in PNG previews.
         scaling: how stored values become the unit (:class:`Scaling`).
+        kept_range: (low, high) in the unit; input values outside it are kept in the output
+            (:meth:`keep_outside`); None: ``norm_range``.
     """
 
     name: str
@@ -181,6 +185,12 @@ class ModalityConvention:
     eval_window: tuple[float, float]
     preview_window: tuple[float, float]
     scaling: Scaling = field(default_factory=Scaling)
+    kept_range: tuple[float, float] | None = None
+
+    @property
+    def keep_bounds(self) -> tuple[float, float]:
+        """The (low, high) outside which input values are kept: ``kept_range``, else ``norm_range``."""
+        return self.kept_range if self.kept_range is not None else self.norm_range
 
     def normalize(self, x, scale: float = 1.0):
         """``x / scale`` clipped to ``norm_range`` and mapped to [0, 1] (numpy array or tensor)."""
@@ -200,14 +210,14 @@ class ModalityConvention:
         return _clip(x, *self.eval_window)
 
     def outside(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
-        """Boolean mask of the stored ``values`` that lie outside ``norm_range`` once divided by ``scale``."""
-        lo, hi = self.norm_range
+        """Boolean mask of the stored ``values`` that lie outside :attr:`keep_bounds` once divided by ``scale``."""
+        lo, hi = self.keep_bounds
         unit = np.asarray(values, dtype=np.float64) / scale
         return (unit < lo) | (unit > hi)
 
     def keep_outside(self, restored: np.ndarray, original: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, int]:
-        """``restored`` with ``original``'s values where the original lies outside ``norm_range``; returns it
-        and the number of such voxels.
+        """``restored`` with ``original``'s values where the original lies outside :attr:`keep_bounds`; returns
+        it and the number of such voxels.
 
         Both are in stored units, (H, W) or (N, H, W) (slices). Around each such region the output
         blends from the original to the restored value over ``OUTSIDE_BLEND`` pixels (raised cosine
@@ -224,18 +234,21 @@ class ModalityConvention:
 
     def to_card(self) -> dict:
         """The model card's entry for this convention."""
-        return {"unit": self.unit, "norm_range": [float(v) for v in self.norm_range],
-                "eval_window": [float(v) for v in self.eval_window],
-                "preview_window": [float(v) for v in self.preview_window], "scaling": self.scaling.to_card()}
+        entry = {"unit": self.unit, "norm_range": [float(v) for v in self.norm_range],
+                 "eval_window": [float(v) for v in self.eval_window],
+                 "preview_window": [float(v) for v in self.preview_window], "scaling": self.scaling.to_card()}
+        if self.kept_range is not None:
+            entry["kept_range"] = [float(v) for v in self.kept_range]
+        return entry
 
     @classmethod
     def from_card(cls, entry: Mapping | str | ModalityConvention, name: str | None = None) -> ModalityConvention:
         """A convention from a modality name, a convention, or a model card's entry.
 
         A card entry has ``norm_range`` and ``eval_window`` (and optionally ``unit``, ``name``,
-        ``preview_window``, ``scaling``); what it lacks comes from the default convention of its
-        modality, except ``scaling``, which comes from ``LEGACY_SCALING`` (cards written before
-        scalings existed). Fields this version does not know are ignored with a warning.
+        ``preview_window``, ``scaling``, ``kept_range``); what it lacks comes from the default
+        convention of its modality, except ``scaling``, which comes from ``LEGACY_SCALING`` (cards
+        written before scalings existed). Fields this version does not know are ignored with a warning.
         """
         if isinstance(entry, ModalityConvention):
             return entry
@@ -252,8 +265,11 @@ class ModalityConvention:
             warnings.warn(f"convention {label!r}: fields {unknown} are unknown to this version of restore-rwkv "
                           "and are ignored", stacklevel=2)
         ranges = {}
-        for part in ("norm_range", "eval_window"):
+        for part in ("norm_range", "eval_window", "kept_range"):
             value = entry.get(part, getattr(base, part, None))
+            if value is None and part == "kept_range":
+                ranges[part] = None
+                continue
             if value is None:
                 raise ValueError(f"convention {label or entry!r} lacks {part}")
             low, high = (float(v) for v in value)
@@ -267,10 +283,11 @@ class ModalityConvention:
                    norm_range=ranges["norm_range"], eval_window=ranges["eval_window"],
                    preview_window=tuple(float(v) for v in preview),
                    scaling=Scaling.from_card(scaling) if scaling is not None
-                   else LEGACY_SCALING.get(key or "", Scaling()))
+                   else LEGACY_SCALING.get(key or "", Scaling()),
+                   kept_range=ranges["kept_range"])
 
 
-_CARD_KEYS = {"name", "unit", "norm_range", "eval_window", "preview_window", "scaling"}
+_CARD_KEYS = {"name", "unit", "norm_range", "eval_window", "preview_window", "scaling", "kept_range"}
 
 
 def outside_weight(mask: np.ndarray) -> np.ndarray:
@@ -295,11 +312,15 @@ def _clip(x, lo: float, hi: float):
     return np.clip(x, lo, hi)
 
 
+# CT values below this are out-of-field padding (scanners write -2000, -2048, -3024 ...) and are kept; between it
+# and -1024 HU they are noise in air (nothing attenuates less than air, -1000 HU), which is restored like air.
+CT_PADDING_BELOW = -1500.0
 # The paper's ranges (PAPER.md, "Data and protocol per task"); CT previews use a soft-tissue window.
 CONVENTIONS: dict[str, ModalityConvention] = {
     "mri": ModalityConvention("mri", "a.u.", (0.0, 4095.0), (0.0, 4095.0), (0.0, 4095.0),
                               Scaling("foreground_percentile")),
-    "ct": ModalityConvention("ct", "HU", (-1024.0, 3072.0), (-160.0, 240.0), (-160.0, 240.0), Scaling("fixed")),
+    "ct": ModalityConvention("ct", "HU", (-1024.0, 3072.0), (-160.0, 240.0), (-160.0, 240.0), Scaling("fixed"),
+                             kept_range=(CT_PADDING_BELOW, 3072.0)),
     "pet": ModalityConvention("pet", "SUV", (0.0, 20.0), (0.0, 20.0), (0.0, 10.0), Scaling("suv")),
 }
 # The scaling of a card entry that names none (written before scalings existed): what those models did.

@@ -40,12 +40,23 @@ GAINS = {"ct_denoise": 2.0, "mri_sr": 1.5, "pet": 2.0}  # issue 14: least PSNR g
 
 
 def load_split(data: Path, task: str, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Names, LQ and HQ images of a split, each pair divided by its LQ's scale under the task's intensity
+    policy (1 but for MRI): every method runs on, and is scored in, the policy's unit, as restore and
+    evaluate do (the models' own fit of the scaled LQ then gives 1)."""
     from restore_rwkv.data.datasets import read_manifest
+    from restore_rwkv.modality import TASKS as MODALITY, get_convention
 
+    scaling = get_convention(MODALITY[task].modality).scaling
     records = sorted((r for r in read_manifest(data / "manifest.csv") if r.task == task and r.split == split),
                      key=lambda r: r.hq)
-    return ([Path(r.hq).stem for r in records], [np.load(r.lq).astype(np.float64) for r in records],
-            [np.load(r.hq).astype(np.float64) for r in records])
+    names, lqs, hqs = [], [], []
+    for r in records:
+        lq, hq = np.load(r.lq).astype(np.float64), np.load(r.hq).astype(np.float64)
+        scale = r.scale if r.scale is not None else scaling.fit(lq)
+        names.append(Path(r.hq).stem)
+        lqs.append(lq / scale)
+        hqs.append(hq / scale)
+    return names, lqs, hqs
 
 
 def score(task: str, images: list[np.ndarray], references: list[np.ndarray]) -> dict[str, float]:

@@ -122,6 +122,8 @@ def test_keep_outside_works_in_the_scans_own_units():
     original[4, 4] = 30.0 * scale  # SUV 30: above the range
     out, count = convention.keep_outside(np.full((8, 8), 9.0 * scale), original, scale)
     assert count == 1 and out[4, 4] == 30.0 * scale and out[0, 0] == 9.0 * scale
+    noise = np.full((8, 8), -0.3 * scale)  # negative activity is noise around zero: restored, not kept
+    assert convention.keep_outside(np.zeros((8, 8)), noise, scale)[1] == 0
 
 
 def test_conventions_round_trip_through_a_card_entry():

@@ -16,9 +16,10 @@ A network sees values in [0, 1]. Each modality's policy (:class:`ModalityConvent
    written in the input's own units.
 3. **Values outside the range** (metal, contrast, bright fat or vessels; CT's out-of-field padding) are
    never lost: :meth:`ModalityConvention.keep_outside` gives the output the input's value wherever it
-   lies outside ``kept_range`` (``norm_range``, except CT's lower end: -1500 HU, because CT values
-   between -1500 and -1024 HU are noise in air, which nothing attenuates less than, and are restored),
-   blended back into the restored image over ``OUTSIDE_BLEND`` pixels.
+   lies outside ``kept_range``, blended back into the restored image over ``OUTSIDE_BLEND`` pixels. The
+   kept range is ``norm_range`` but where the values beyond it are noise: CT between -1500 and -1024 HU
+   (noise in air, which nothing attenuates less than; below lies out-of-field padding) and negative PET
+   activity are restored.
 
 A model card stores each modality's policy (:meth:`ModalityConvention.to_card`); entries written
 before scalings existed read back with ``LEGACY_SCALING`` (what those models did: MRI unscaled).
@@ -176,7 +177,7 @@ class ModalityConvention:
         preview_window: (low, high) shown as black..white in PNG previews.
         scaling: how stored values become the unit (:class:`Scaling`).
         kept_range: (low, high) in the unit; input values outside it are kept in the output
-            (:meth:`keep_outside`); None: ``norm_range``.
+            (:meth:`keep_outside`); None: ``norm_range``; a None end: no bound on that side.
     """
 
     name: str
@@ -185,12 +186,16 @@ class ModalityConvention:
     eval_window: tuple[float, float]
     preview_window: tuple[float, float]
     scaling: Scaling = field(default_factory=Scaling)
-    kept_range: tuple[float, float] | None = None
+    kept_range: tuple[float | None, float | None] | None = None
 
     @property
     def keep_bounds(self) -> tuple[float, float]:
-        """The (low, high) outside which input values are kept: ``kept_range``, else ``norm_range``."""
-        return self.kept_range if self.kept_range is not None else self.norm_range
+        """The (low, high) outside which input values are kept: ``kept_range`` (a None end: infinite), else
+        ``norm_range``."""
+        if self.kept_range is None:
+            return self.norm_range
+        low, high = self.kept_range
+        return (-math.inf if low is None else low, math.inf if high is None else high)
 
     def normalize(self, x, scale: float = 1.0):
         """``x / scale`` clipped to ``norm_range`` and mapped to [0, 1] (numpy array or tensor)."""
@@ -238,7 +243,7 @@ class ModalityConvention:
                  "eval_window": [float(v) for v in self.eval_window],
                  "preview_window": [float(v) for v in self.preview_window], "scaling": self.scaling.to_card()}
         if self.kept_range is not None:
-            entry["kept_range"] = [float(v) for v in self.kept_range]
+            entry["kept_range"] = [None if v is None else float(v) for v in self.kept_range]
         return entry
 
     @classmethod
@@ -272,8 +277,10 @@ class ModalityConvention:
                 continue
             if value is None:
                 raise ValueError(f"convention {label or entry!r} lacks {part}")
-            low, high = (float(v) for v in value)
-            if not low < high:
+            if len(value) != 2:
+                raise ValueError(f"convention {label or entry!r}: {part} must be (low, high); got {value}")
+            low, high = (None if v is None and part == "kept_range" else float(v) for v in value)
+            if low is not None and high is not None and not low < high:
                 raise ValueError(f"convention {label or entry!r}: {part} must have low < high; got {value}")
             ranges[part] = (low, high)
         preview = entry.get("preview_window", base.preview_window if base else ranges["eval_window"])
@@ -321,7 +328,8 @@ CONVENTIONS: dict[str, ModalityConvention] = {
                               Scaling("foreground_percentile")),
     "ct": ModalityConvention("ct", "HU", (-1024.0, 3072.0), (-160.0, 240.0), (-160.0, 240.0), Scaling("fixed"),
                              kept_range=(CT_PADDING_BELOW, 3072.0)),
-    "pet": ModalityConvention("pet", "SUV", (0.0, 20.0), (0.0, 20.0), (0.0, 10.0), Scaling("suv")),
+    "pet": ModalityConvention("pet", "SUV", (0.0, 20.0), (0.0, 20.0), (0.0, 10.0), Scaling("suv"),
+                              kept_range=(None, 20.0)),  # negative activity is noise: restored
 }
 # The scaling of a card entry that names none (written before scalings existed): what those models did.
 LEGACY_SCALING: dict[str, Scaling] = {"mri": Scaling("fixed"), "ct": Scaling("fixed"), "pet": Scaling("suv")}

@@ -290,3 +290,49 @@ def test_evaluate_restores_in_tiles_of_the_cards_patch_size_as_restore_does(tiny
         np.testing.assert_allclose(images[0][saved], whole, rtol=1e-5, atol=1e-2)
         if max(shape) > 16:  # larger than a tile: the two ways differ
             assert np.abs(tiled - whole).max() > 1.0, name
+
+
+def test_evaluate_scores_what_restore_writes_for_an_mr_scan_at_its_own_scale(tmp_path):
+    """An MR pair at an arbitrary stored scale with a vessel brighter than the range: evaluate (this version's MR
+    policy) saves exactly what restore_array returns, and scores it in the policy's unit."""
+    import restore_rwkv
+    from restore_rwkv.data.datasets import PairRecord
+
+    rng = np.random.default_rng(5)
+    hq = rng.uniform(100.0, 900.0, (32, 40))
+    hq[10:12, 10:14] = 3000.0  # a vessel (0.6 % of the image): above 4095 once the foreground's 99th percentile is at 3000
+    lq = hq + rng.normal(0.0, 20.0, hq.shape)
+    for name, image in (("lq.npy", lq), ("hq.npy", hq)):
+        np.save(tmp_path / name, image.astype(np.float32))
+    torch.manual_seed(0)
+    model = create_model("restore_rwkv_light", **ARGS).eval()
+    card = ModelCard(model="restore_rwkv_light", task="mri_sr", model_args=ARGS,
+                     conventions={"mri": get_convention("mri").to_card()})
+    convention = card.convention("mri")
+    dataset = PairedSliceDataset([PairRecord(str(tmp_path / "lq.npy"), str(tmp_path / "hq.npy"), "mri", "mri_sr")],
+                                 conventions={"mri": convention}, physical=True)
+    (row,) = evaluate_model(model, dataset, conventions={"mri": convention}, save_dir=tmp_path / "out", quiet=True)
+    saved = np.load(next((tmp_path / "out").rglob("*.npy")))
+    restored = restore_rwkv.restore_array(np.load(tmp_path / "lq.npy"), model=model, card=card, tile=0, device="cpu")
+    np.testing.assert_allclose(saved, restored, rtol=1e-5, atol=1e-4)
+    assert (np.abs(restored[10:12, 10:14] - np.load(tmp_path / "lq.npy")[10:12, 10:14]) < 1e-3).all()  # kept
+    scale = convention.scaling.fit(np.load(tmp_path / "lq.npy"))
+    expected = evaluate_physical(restored / scale, hq / scale, convention)
+    assert row["psnr_out"] == pytest.approx(float(expected["psnr"]), rel=1e-5)
+
+
+def test_a_manifest_scale_serves_only_the_policy_it_was_fitted_with(tmp_path):
+    """prepare's scale column is the default MR policy's; a card with another MR policy fits its own."""
+    from restore_rwkv.data.datasets import PairRecord
+    from restore_rwkv.modality import Scaling
+
+    image = np.full((16, 16), 1000.0, np.float32)
+    np.save(tmp_path / "x.npy", image)
+    record = PairRecord(str(tmp_path / "x.npy"), str(tmp_path / "x.npy"), "mri", "mri_sr", scale=0.25)
+    default = PairedSliceDataset([record], conventions={"mri": get_convention("mri")})[0]
+    assert default["scale"] == 0.25 and float(default["hq"].max()) == pytest.approx(4000 / 4095)
+    fixed = get_convention("mri", scaling=Scaling("fixed"))  # e.g. a format-1 card: MR unscaled
+    item = PairedSliceDataset([record], conventions={"mri": fixed})[0]
+    assert item["scale"] == 1.0 and float(item["hq"].max()) == pytest.approx(1000 / 4095)
+    other = get_convention("mri", scaling=Scaling("foreground_percentile", target=2000.0))
+    assert PairedSliceDataset([record], conventions={"mri": other})[0]["scale"] == pytest.approx(0.5)

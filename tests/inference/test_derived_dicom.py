@@ -146,3 +146,44 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, identity_we
     assert len(lines) == 1 and str(target) in lines[0] and "File too large" in lines[0], lines
     assert not (tmp_path / "new").exists()  # no output, no staged folder, no parent folder it made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "weights"]
+
+
+def test_a_derived_enhanced_object_drops_what_described_the_source_pixels(tmp_path):
+    """Frame types say DERIVED; a thumbnail, a modality LUT, signatures, overlays of another size and a real-world
+    value mapping of stored values that no longer hold are removed; the processing equipment is recorded."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from restore_rwkv.data.io.dicom import Derivation, derive_dataset, with_pixel_grid
+    from tests.data.conftest import make_enhanced_ct
+
+    make_ct_series(tmp_path / "ct", slices=3, rows=8, cols=10)
+    make_enhanced_ct(tmp_path / "ct", tmp_path / "enhanced.dcm")
+    header = pydicom.dcmread(tmp_path / "enhanced.dcm", stop_before_pixels=True)
+    frame_type = Dataset()
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    header.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence = Sequence([frame_type])
+    header.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    header.IconImageSequence = Sequence([Dataset()])
+    header.RealWorldValueMappingSequence = Sequence([Dataset()])
+    header.DigitalSignaturesSequence = Sequence([Dataset()])
+    header.add_new(0x60000010, "US", 8)  # an overlay plane of the source's size
+    header.add_new(0x60000011, "US", 10)
+    derivation = Derivation(label="restored", description="by a test", software="restore-rwkv 9.9")
+    same = derive_dataset(header, np.zeros((3, 8, 10)), pydicom.uid.generate_uid(), derivation)
+    frame = same.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0]
+    assert list(frame.FrameType) == ["DERIVED", "SECONDARY", "AXIAL", "NONE"]
+    assert list(same.ImageType) == ["DERIVED", "SECONDARY", "AXIAL", "NONE"]
+    for keyword in ("IconImageSequence", "DigitalSignaturesSequence"):
+        assert keyword not in same
+    assert "RealWorldValueMappingSequence" in same  # the source's rescale still holds these values
+    assert (0x6000, 0x0010) in same  # the overlay still fits the image
+    (equipment,) = same.ContributingEquipmentSequence
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert equipment.SoftwareVersions == "restore-rwkv 9.9" and equipment.ContributionDescription == "by a test"
+    finer = derive_dataset(with_pixel_grid(header, 2), np.full((3, 16, 20), 2.0e5), pydicom.uid.generate_uid(),
+                           derivation)
+    assert "RealWorldValueMappingSequence" not in finer  # a new rescale: the mapping of old stored values is gone
+    assert not any(tag.group == 0x6000 for tag in finer.keys())  # an 8 x 10 overlay on a 16 x 20 image is gone
+    spacing = finer.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in spacing] == pytest.approx([0.35, 0.4])

@@ -174,10 +174,15 @@ def test_upsample_restores_a_real_low_resolution_acquisition_on_the_original_gri
     assert np.allclose(image.GetSpacing(), original.GetSpacing(), atol=1e-4)
     assert np.allclose(image.GetOrigin(), original.GetOrigin(), atol=1e-3)
 
-    # the values are those of restoring the zero-filled input on the same grid
+    # the values are those of restoring the zero-filled input on the same grid (zero-filled here with numpy)
     model, card = load_model("mri_sr_x4_light")
     axis = 2 if output == "out.nii.gz" else 0
-    filled = np.moveaxis(zero_fill(np.moveaxis(lr_read, axis, 0).astype(np.float64), 4), 0, axis)
+    small = np.fft.fftshift(np.fft.fft2(np.moveaxis(lr_read, axis, 0).astype(np.float64)), axes=(1, 2))
+    padded = np.zeros((small.shape[0], 256, 256), complex)
+    padded[:, 96:160, 96:160] = small
+    filled = np.abs(np.fft.ifft2(np.fft.ifftshift(padded, axes=(1, 2)))) * 16.0
+    np.testing.assert_allclose(filled, zero_fill(np.moveaxis(lr_read, axis, 0).astype(np.float64), 4), atol=1e-9)
+    filled = np.moveaxis(filled, 0, axis)
     expected = restore_rwkv.restore_array(filled.astype(np.float32), model=model, card=card, axis=axis, device="cpu")
     tolerance = 1e-4 * float(np.abs(expected).max())
     np.testing.assert_allclose(restored, expected, rtol=0, atol=tolerance)
@@ -202,3 +207,16 @@ def test_upsample_is_for_mr_only(tmp_path, capsys):
     assert main(["restore", str(path), "--weights", "ct_denoise_light", "-o", str(tmp_path / "o.dcm"), "--quiet",
                  "--upsample", "0"]) == 2
     assert not (tmp_path / "o.dcm").exists()
+
+
+def test_pet_scale_touches_only_pet_inputs_of_a_batch(tmp_path):
+    """A batch mixing CT and PET: --pet-scale converts the PET file and leaves the CT's HU alone."""
+    path, lq, _ = _noisy_ct(tmp_path)
+    make_pet_series(tmp_path / "pet", units="CNTS", slope=5.0)
+    assert main(["restore", str(path), str(tmp_path / "pet"), "--weights", "all_in_one_light", "-o",
+                 str(tmp_path / "out"), "--quiet", "--device", "cpu", "--pet-scale", "3000"]) == 0
+    alone = tmp_path / "alone.dcm"
+    assert main(["restore", str(path), "--weights", "all_in_one_light", "-o", str(alone), "--quiet",
+                 "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(io.read_image(tmp_path / "out" / "ct.dcm")[0], io.read_image(alone)[0])
+    assert (tmp_path / "out" / "pet").is_dir()

@@ -292,3 +292,39 @@ def test_restore_array_slices_along_the_coarsest_axis_and_keeps_the_units(weight
         restore_rwkv.restore_array(volume, w, units="mm", device="cpu")
     with pytest.raises(InputError, match="expected a 2-D image or 3-D volume"):
         restore_rwkv.restore_array(volume[None], w, device="cpu")
+
+
+def test_a_streamed_mr_series_gets_the_scale_of_the_whole_volume(tmp_path, monkeypatch):
+    """An MR series restored into a series (streamed: the scale fitted in a first pass over the files) and
+    into NIfTI (read whole) gives the output restore_array gives the volume, above FIT_SAMPLE too."""
+    import restore_rwkv
+    import restore_rwkv.modality as modality
+    from restore_rwkv.modality import get_convention
+
+    monkeypatch.setattr(modality, "FIT_SAMPLE", 1000)  # 2,400 voxels: every third enters the fit
+
+    def mr(ds, k):
+        ds.Modality, ds.SOPClassUID = "MR", "1.2.840.10008.5.1.4.1.1.4"
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+
+    make_ct_series(tmp_path / "mr", slices=5, rows=24, cols=20, edit=mr)
+    for path in (tmp_path / "mr").iterdir():  # magnitude values, as MR files store them
+        ds = pydicom.dcmread(path)
+        ds.PixelData = np.abs(ds.pixel_array).astype(np.int16).tobytes()
+        ds.save_as(path)
+    volume, _ = io.read_image(tmp_path / "mr")
+    torch.manual_seed(1)
+    card = ModelCard(model="restore_rwkv_light", task="mri_sr", conventions={"mri": get_convention("mri").to_card()},
+                     model_args={**TINY, "num_blocks": list(TINY["num_blocks"])})
+    weights = save_model_with_card(tiny_model(False), tmp_path / "w" / "mr.safetensors", card)
+    expected = restore_rwkv.restore_array(volume, weights, device="cpu")
+    for target in ("series", "whole.nii.gz"):
+        assert main(["restore", str(tmp_path / "mr"), "--weights", str(weights), "-o", str(tmp_path / target),
+                     "--quiet", "--device", "cpu"]) == 0
+        restored = io.read_image(tmp_path / target)[0]
+        np.testing.assert_allclose(restored, expected, rtol=0, atol=1e-3 * float(np.abs(expected).max()))
+    sample = volume.reshape(-1)[::3].astype(np.float64)
+    scale = get_convention("mri").scaling.scale_of_sample(sample)
+    assert scale != pytest.approx(get_convention("mri").scaling.scale_of_sample(volume.reshape(-1).astype(float)))
+    unscaled = restore_rwkv.restore_array(volume / scale, weights, scale=1.0, device="cpu") * scale
+    np.testing.assert_allclose(expected, unscaled, rtol=1e-4, atol=1e-3)

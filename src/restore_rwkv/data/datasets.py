@@ -241,6 +241,14 @@ def item_name(path: str, index: int | None) -> str:
     return name if index is None else f"{name}#{index}"
 
 
+def pair_scale(record: PairRecord, convention: ModalityConvention, cache: VolumeCache) -> float:
+    """A pair's scale under ``convention``: the manifest's when ``prepare`` fitted it with this same
+    (default) scaling, else fitted on the pair's LQ file (a whole volume for a slice of one)."""
+    if record.scale is not None and convention.scaling == get_convention(convention.name).scaling:
+        return float(record.scale)
+    return cache.scale(record.lq, convention)
+
+
 class PairedSliceDataset(Dataset):
     """(LQ, HQ) pairs from records (manifest, folders or reference layout), normalised per modality.
 
@@ -269,7 +277,7 @@ class PairedSliceDataset(Dataset):
         hq = self.cache.slice(r.hq, r.hq_slice)
         if lq.shape != hq.shape:
             raise InputError(r.lq, f"LQ shape {lq.shape} differs from HQ shape {hq.shape} ({r.hq})")
-        scale = r.scale if r.scale is not None else self.cache.scale(r.lq, convention)
+        scale = pair_scale(r, convention, self.cache)
         item = {"lq": torch.from_numpy(convention.normalize(lq, scale))[None],
                 "hq": torch.from_numpy(convention.normalize(hq, scale))[None],
                 "task": r.task, "modality": convention.name, "name": item_name(r.hq, r.hq_slice), "scale": float(scale)}
@@ -279,7 +287,8 @@ class PairedSliceDataset(Dataset):
 
 
 class SimulatedPairDataset(Dataset):
-    """HQ slices with LQ made on the fly by ``degrade(hq_physical, seed) -> lq_physical``.
+    """HQ slices with LQ made on the fly by ``degrade(hq, seed) -> lq``, both in the policy's unit (the HQ
+    file divided by its scale: SUV for PET in Bq/ml, as ``prepare`` converts it before it simulates).
 
     The seed of item i is ``seed + i`` (plus ``epoch * len(self)`` after ``set_epoch``), so a
     run is reproducible while each epoch sees fresh noise.
@@ -306,15 +315,14 @@ class SimulatedPairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path, slice_index = self.items[index]
-        hq = torch.from_numpy(self.cache.slice(str(path), slice_index))
-        lq = self.degrade(hq, seed=self.seed + index + self.epoch * len(self))
         scale = self.cache.scale(str(path), self.convention)  # of the HQ file: no LQ volume exists
-        item = {"lq": self.convention.normalize(lq.float(), scale)[None],
-                "hq": self.convention.normalize(hq.float(), scale)[None],
+        hq = torch.from_numpy(self.cache.slice(str(path), slice_index)) / scale  # in the policy's unit, like prepare
+        lq = self.degrade(hq, seed=self.seed + index + self.epoch * len(self))
+        item = {"lq": self.convention.normalize(lq.float())[None], "hq": self.convention.normalize(hq.float())[None],
                 "task": self.task, "modality": self.convention.name, "name": item_name(str(path), slice_index),
                 "scale": float(scale)}
         if self.physical:
-            item["lq_units"] = (lq.float() / scale)[None]
+            item["lq_units"] = lq.float()[None]
         return self.transform(item, index) if self.transform else item
 
 

@@ -379,8 +379,9 @@ class PairWriter:
 
 
 def volume_scale(task: str, lq_slices: Sequence[np.ndarray], label: str) -> float | None:
-    """The intensity policy's scale of one input volume, fitted on all its LQ slices (the model's inputs),
-    or None when the task's policy needs no fit (its scale does not depend on the values)."""
+    """The default intensity policy's scale of one input volume, fitted on the LQ slices written for it (the
+    model's inputs; ``--slices`` central ones, with IXI's default 100 of about 130 nearly the whole
+    volume ``restore`` would fit on), or None when the policy needs no fit."""
     from restore_rwkv.data.intensity import input_scale
     from restore_rwkv.modality import get_convention
 

@@ -135,10 +135,11 @@ def _write_preview(result: RestoreResult, preview: Path, batch: bool, reference,
     references = None
     if reference is not None:
         ref, _ = read_image(reference)
-        expected = result.shape if result.upsample == 1 else None
-        if expected is not None and tuple(ref.shape) != expected:
-            raise InputError(reference, f"reference of shape {tuple(ref.shape)} for an image of shape {expected}")
-        references = kept_slices_of(ref, None, result.axis, sorted(result.kept))
+        in_plane = [a for a in range(len(result.shape)) if a != result.axis]
+        expected = tuple(n * result.upsample if a in in_plane else n for a, n in enumerate(result.shape))
+        if tuple(ref.shape) != expected:
+            raise InputError(reference, f"reference of shape {tuple(ref.shape)} for an output of shape {expected}")
+        references = kept_slices_of(ref, result.axis, sorted(result.kept))
     target = preview_path(preview, result.input, batch)
     unit = f" (scale {result.scale:.4g} stored per {convention.unit})" if result.scale != 1.0 else ""
     write_restore_preview(target, result.kept, convention, references,

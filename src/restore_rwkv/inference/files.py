@@ -39,7 +39,7 @@ from restore_rwkv.data.io import (
 )
 from restore_rwkv.data.io.dicom import SPATIAL_RESAMPLING, Derivation, with_pixel_grid, IMAGE_PROCESSING
 from restore_rwkv.inference.slices import (SliceStats, as_slices, default_max_memory, inference_tile, model_input,
-                                          plan_slices, resolve_device, restore_slices, slicing_axis)
+                                          plan_slices, resolve_device, restore_slices, restore_volume, slicing_axis)
 from restore_rwkv.modality import ModalityConvention
 from restore_rwkv.models.card import ModelCard, load_model, resolve_weights, weights_name
 from restore_rwkv.utils.errors import InputError, check_finite
@@ -172,9 +172,10 @@ def _derivation(card: ModelCard, name: str, convention: ModalityConvention, scal
     label = f"restored by restore-rwkv {name}"
     steps = f"{card.task} model {name} ({card.model}, restore-rwkv {__version__})"
     grid = f"; k-space zero-filled x{upsample} in-plane first" if upsample > 1 else ""
+    low, high = (f"{v:g}" for v in convention.keep_bounds)
     text = (f"Restored by the {steps}{grid}; intensities in {convention.unit} for the network ({scale_note}), "
-            f"written back in the source's units; values outside {list(convention.norm_range)} "
-            f"{convention.unit} kept from the source")
+            f"written back in the source's units; values below {low} or above {high} {convention.unit} "
+            "kept from the source")
     codes = (IMAGE_PROCESSING, SPATIAL_RESAMPLING) if upsample > 1 else (IMAGE_PROCESSING,)
     return Derivation(label=label, description=text, codes=codes, software=f"restore-rwkv {__version__}")
 
@@ -229,15 +230,9 @@ def _restore_stack(model: nn.Module, card: ModelCard, slices: np.ndarray, conven
                    precision: str, max_memory: int | None, quiet: bool, keep: Sequence[int]
                    ) -> tuple[np.ndarray, SliceStats, dict[int, tuple[np.ndarray, np.ndarray]]]:
     """(N, H, W) stored values restored: (N, H·up, W·up) float32, the stats, and the kept (input, output) slices."""
-    tile = inference_tile(card.patch_size, tile)
-    budget = default_max_memory(device) if max_memory is None else int(max_memory)
-    count, height, width = slices.shape
-    out = np.empty((count, height * upsample, width * upsample), dtype=np.float32)
     stats = SliceStats()
-    for k, restored in enumerate(restore_slices(model, slices, convention, batch_size, device, precision, budget,
-                                                tile, total=count, quiet=quiet, scale=scale, upsample=upsample,
-                                                stats=stats)):
-        out[k] = restored
+    out = restore_volume(model, slices, convention, 0, batch_size, device, precision, max_memory,
+                         inference_tile(card.patch_size, tile), quiet, scale, upsample, stats)
     kept = {k: (model_input(np.asarray(slices[k], dtype=np.float32), upsample), out[k]) for k in keep}
     return out, stats, kept
 
@@ -300,7 +295,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
         raise InputError(source, f"--axis {axis}: a volume has axes 0, 1 and 2") from None
     slices = as_slices(values, axis)
     scale, note = input_scale(convention, meta, (model_input(s, upsample) for s in slices),
-                              slices.size * upsample ** 2, scale=pet_scale, source=source)
+                              slices.size * upsample ** 2, scale=_pet_only(pet_scale, convention), source=source)
     keep = _kept_indices(slices.shape[0], keep_slices)
     restored_slices, stats, kept = _restore_stack(model, card, slices, convention, scale, upsample, tile,
                                                   batch_size, device, precision, max_memory, quiet, keep)
@@ -346,7 +341,8 @@ def _restore_series_stream(source: Path, output: Path, model: nn.Module, card: M
 
     # an MR scale is fitted on the whole volume before the first slice is restored: one more pass over the files
     scale, note = input_scale(convention, meta, (model_input(s, upsample) for s in slices()),
-                              count * rows * columns * upsample ** 2, scale=pet_scale, source=source)
+                              count * rows * columns * upsample ** 2, scale=_pet_only(pet_scale, convention),
+                              source=source)
     keep = _kept_indices(count, keep_slices)
     kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     inputs: dict[int, np.ndarray] = {}
@@ -376,6 +372,11 @@ def _restore_series_stream(source: Path, output: Path, model: nn.Module, card: M
                          time.perf_counter() - start, True, scale, note, stats.outside, upsample, kept)
 
 
+def _pet_only(pet_scale: float | None, convention: ModalityConvention) -> float | None:
+    """``pet_scale`` for a PET image; None for the others (a batch may mix modalities)."""
+    return pet_scale if convention.scaling.kind == "suv" else None
+
+
 def _kept_indices(count: int, wanted: int) -> list[int]:
     """Up to ``wanted`` evenly spaced slice indices of ``count`` (the middle one first when one)."""
     if wanted <= 0 or count == 0:
@@ -385,7 +386,7 @@ def _kept_indices(count: int, wanted: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0.15 * (count - 1), 0.85 * (count - 1), wanted)})
 
 
-def kept_slices_of(array: np.ndarray, meta: ImageMeta, axis: int | None, indices: Sequence[int]) -> dict[int, np.ndarray]:
+def kept_slices_of(array: np.ndarray, axis: int | None, indices: Sequence[int]) -> dict[int, np.ndarray]:
     """Slices ``indices`` of ``array`` along ``axis`` (a reference's, for the preview), float32."""
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 2:

@@ -199,10 +199,9 @@ def _forward_tiled(model: nn.Module, images: torch.Tensor, plan: SlicePlan, devi
 
 @dataclass
 class SliceStats:
-    """What :func:`restore_slices` met: slices restored and voxels outside the normalisation range,
-    whose input values the output keeps (``ModalityConvention.keep_outside``)."""
+    """What :func:`restore_slices` met: the voxels outside the policy's kept range, whose input values
+    the output keeps (``ModalityConvention.keep_outside``)."""
 
-    slices: int = 0
     outside: int = 0
 
 
@@ -238,7 +237,6 @@ def restore_slices(model: nn.Module, slices: Iterable[np.ndarray], convention: M
             out = forward_slices(model, convention.normalize(stacked, scale), plan, device, precision)
             restored = convention.denormalize(out.double(), scale).numpy()
             restored, outside = convention.keep_outside(restored, inputs, scale)
-            stats.slices += len(pending)
             stats.outside += outside
             bar.update(len(pending))
             pending.clear()

@@ -41,7 +41,7 @@ _PATIENT_AND_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSe
                       "StudyDate", "StudyTime", "StudyID", "StudyDescription", "AccessionNumber",
                       "ReferringPhysicianName", "FrameOfReferenceUID")
 _POSITION_TOLERANCE = 0.1  # fraction of the slice step by which a slice may sit off its regular place
-# Lossy transfer syntaxes (by UID prefix) and the LossyImageCompressionMethod (0028,2114) term of each.
+# Lossy transfer syntaxes and the LossyImageCompressionMethod (0028,2114) term of each.
 _LOSSY_SYNTAXES = (("1.2.840.10008.1.2.4.50", "ISO_10918_1"), ("1.2.840.10008.1.2.4.51", "ISO_10918_1"),
                    ("1.2.840.10008.1.2.4.81", "ISO_14495_1"), ("1.2.840.10008.1.2.4.91", "ISO_15444_1"),
                    ("1.2.840.10008.1.2.4.203", "ISO_15444_15"))
@@ -49,6 +49,13 @@ SERIES_NUMBER_STEP = 1000  # a derived series is numbered source + k * 1000, the
 IMAGE_PROCESSING = ("110001", "DCM", "Image Processing")  # CID 7203 Image Derivation
 SPATIAL_RESAMPLING = ("113085", "DCM", "Spatial resampling")
 SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")  # CID 7202
+PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")  # CID 7005 Contributing Equipment Purposes
+# Elements whose content is tied to the source's pixels and that a derived image drops: a thumbnail, a
+# stored-value lookup table the new rescale replaces, signatures of the old data.
+_SOURCE_PIXEL_ELEMENTS = ("IconImageSequence", "ModalityLUTSequence", "DigitalSignaturesSequence",
+                          "MACParametersSequence")
+_FRAME_TYPE_SEQUENCES = ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence", "PETFrameTypeSequence",
+                         "FrameTypeSequence")
 
 
 @dataclass(frozen=True)
@@ -678,6 +685,9 @@ def derive_dataset(header, values: np.ndarray, series_uid: str, derivation: Deri
     # a header read from a file keeps its rescale (1, 0 when it has none); a header made from geometry has no pixels yet
     old = _rescale(ds, 0) if has_rescale or header.get("BitsAllocated") else None
     _set_pixels(ds, values, old)
+    if old is not None and _rescale(ds, 0) != old:
+        ds.pop("RealWorldValueMappingSequence", None)  # it maps the old stored values
+    _drop_source_pixel_elements(ds)
     ds.remove_private_tags()
     source_class, source_instance = str(header.get("SOPClassUID", "") or ""), str(header.get("SOPInstanceUID", "") or "")
     if source_class and source_instance and header.get("BitsAllocated"):  # a real source instance, not made from geometry
@@ -690,23 +700,71 @@ def derive_dataset(header, values: np.ndarray, series_uid: str, derivation: Deri
     ds.SOPInstanceUID = sop_uid
     further = [str(v) for v in (header.get("ImageType") or [])][2:]
     ds.ImageType = ["DERIVED", "SECONDARY", *further]
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):  # enhanced objects
+        for group in ds.get(groups, []):
+            for keyword in _FRAME_TYPE_SEQUENCES:
+                for item in group.get(keyword, []):
+                    if item.get("FrameType"):
+                        item.FrameType = ["DERIVED", "SECONDARY", *[str(v) for v in item.FrameType][2:]]
     if series_number is not None:
         ds.SeriesNumber = int(series_number)
     original = str(ds.get("SeriesDescription", "")).strip()
     ds.SeriesDescription = (f"{original} ({derivation.label})" if original else derivation.label)[:64]
     ds.DerivationDescription = (derivation.description or derivation.label)[:1024]
     ds.DerivationCodeSequence = Sequence([_code_item(code) for code in derivation.codes])
-    if derivation.software:
-        ds.SoftwareVersions = derivation.software[:64]
     now = dt.datetime.now()
     ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.ContentTime = ds.InstanceCreationTime = now.strftime("%H%M%S.%f")
+    if derivation.software:
+        ds.SoftwareVersions = derivation.software[:64]
+        contribution = Dataset()  # the equipment that made this instance from the source (PS3.3 C.7.5.1)
+        contribution.PurposeOfReferenceCodeSequence = Sequence([_code_item(PROCESSING_EQUIPMENT)])
+        contribution.Manufacturer = derivation.software.split()[0]
+        contribution.SoftwareVersions = derivation.software[:64]
+        contribution.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f")
+        contribution.ContributionDescription = (derivation.description or derivation.label)[:1024]
+        ds.ContributingEquipmentSequence = Sequence([*ds.get("ContributingEquipmentSequence", []), contribution])
     ds.file_meta = pydicom.dataset.FileMetaDataset(ds.file_meta) if hasattr(ds, "file_meta") else \
         pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     return ds
+
+
+def _drop_source_pixel_elements(ds) -> None:
+    """Remove what describes the source's pixels only: thumbnails, a modality LUT, signatures, and overlay
+    planes whose size is no longer the image's (after upsampling)."""
+    for keyword in _SOURCE_PIXEL_ELEMENTS:
+        ds.pop(keyword, None)
+    for group in range(0x6000, 0x6020, 2):  # overlay planes
+        rows, columns = ds.get((group, 0x0010)), ds.get((group, 0x0011))
+        if rows is None and columns is None:
+            continue
+        if rows is None or columns is None or (int(rows.value), int(columns.value)) != (int(ds.Rows), int(ds.Columns)):
+            for tag in [t for t in ds.keys() if t.group == group]:
+                del ds[tag]
+
+
+def folder_series_keys(folder: Path) -> list[tuple[str, int | None]]:
+    """(StudyInstanceUID, SeriesNumber) of every readable DICOM file in ``folder`` (others are skipped)."""
+    import pydicom
+
+    keys = []
+    try:
+        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    except OSError:
+        return keys
+    for path in files:
+        if path.suffix.lower() not in DICOM_SUFFIXES and not looks_like_dicom(path):
+            continue
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+                                 specific_tags=["StudyInstanceUID", "SeriesNumber"])
+        except Exception:  # a damaged file tells nothing about the study
+            continue
+        keys.append(_series_key(ds))
+    return keys
 
 
 def study_series_numbers(folder: Path, study_uid: str, known: list[tuple[str, int | None]] = ()) -> set[int]:
@@ -790,9 +848,11 @@ def write_dicom(path: str | os.PathLike, array: np.ndarray, meta: ImageMeta,
     from pydicom.uid import generate_uid
 
     header = meta.datasets[0]
-    number = new_series_number(header.get("SeriesNumber"),
-                               study_series_numbers(Path(meta.source).parent, str(header.get("StudyInstanceUID", "")))
-                               if meta.source is not None else set())
+    used = set()
+    if meta.source is not None:  # every file beside the source, and the first of each folder beside that
+        folder = Path(meta.source).parent
+        used = study_series_numbers(folder, str(header.get("StudyInstanceUID", "")), folder_series_keys(folder))
+    number = new_series_number(header.get("SeriesNumber"), used)
     try:
         ds = derive_dataset(header, values, generate_uid(), description, number)
     except InputError as exc:

@@ -42,7 +42,7 @@ GAINS = {"ct_denoise": 2.0, "mri_sr": 1.5, "pet": 2.0}  # issue 14: least PSNR g
 def load_split(data: Path, task: str, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """Names, LQ and HQ images of a split, each pair divided by its LQ's scale under the task's intensity
     policy (1 but for MRI): every method runs on, and is scored in, the policy's unit, as restore and
-    evaluate do (the models' own fit of the scaled LQ then gives 1)."""
+    evaluate do (the models then run with scale 1)."""
     from restore_rwkv.data.datasets import read_manifest
     from restore_rwkv.modality import TASKS as MODALITY, get_convention
 
@@ -149,7 +149,8 @@ def run_models(task: str, names: list[str], lq: list[np.ndarray], tile: int | No
         start = time.perf_counter()
         side = inference_tile(card.patch_size, tile)
         outputs = [restore_array(image.astype(np.float32), model=model, card=card, modality=MODALITY[task].modality,
-                                 tile=tile, device="cpu").astype(np.float64) for image in lq]
+                                 tile=tile, scale=1.0, device="cpu").astype(np.float64)  # already in the unit
+                   for image in lq]
         how = f"{(time.perf_counter() - start) / len(lq):.2f} s / image, " + (f"{side}² tiles" if side else "whole slices")
         found[name] = (outputs, how)
     return found

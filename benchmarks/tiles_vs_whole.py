@@ -35,7 +35,7 @@ def main() -> None:
                      if r.task == args.task and r.split == "test"), key=lambda r: r.lq)[0]
     lq, hq = np.load(record.lq).astype(np.float32), np.load(record.hq).astype(np.float64)
     convention = card.convention_for(None, TASKS[args.task].modality)
-    scale = convention.scaling.fit(lq)  # the policy's scale (1 but for MRI), as restore fits it
+    scale = record.scale or convention.scaling.fit(lq)  # the policy's scale (1 but for MRI), as evaluate finds it
     lq, hq = lq / np.float32(scale), hq / scale  # scored in the policy's unit
     whole = restore_volume(model, lq, convention).astype(np.float64)
     rows = [{"mode": "input", **_scores(evaluate_physical(lq.astype(np.float64), hq, convention))},

@@ -69,7 +69,7 @@ def fixture_crop(data: Path, task: str, card) -> tuple[np.ndarray, str]:
     modality = TASKS[task].modality
     convention = card.convention(modality)
     y, x = (image.shape[0] - CROP) // 2, (image.shape[1] - CROP) // 2
-    scale = convention.scaling.fit(image)  # the policy's scale of the whole image, as restore fits it
+    scale = record.scale or convention.scaling.fit(image)  # the policy's scale, as evaluate finds it
     crop = np.asarray(convention.normalize(image[y:y + CROP, x:x + CROP], scale), dtype=np.float32)
     return crop, Path(record.lq).name
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 
-
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="score weights on a test split (PSNR, SSIM, RMSE per image and per task)",

@@ -238,7 +238,6 @@ def format_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(text + notes)
 
 
-
 # ----------------------------------------------------------------------------- evaluating weights on a split
 def split_records(data: str | os.PathLike, split: str) -> list:
     """The pairs of ``split`` in a prepared root (``ROOT/{MRI,CT,PET}/SPLIT/{LQ,HQ}``) or a manifest

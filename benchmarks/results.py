@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from restore_rwkv.demo.models import ALL_IN_ONE_MODEL as ALL_IN_ONE
+from restore_rwkv.demo.models import SINGLE_TASK as SINGLE
 from restore_rwkv.engine.trainer import run_progress
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("ct_denoise", "mri_sr", "pet")
 TITLES = {"ct_denoise": "CT denoising (quarter dose, 512 × 512, HU)", "mri_sr": "MRI super-resolution ×4",
           "pet": "PET synthesis (dose / 12)"}
-SINGLE = {"ct_denoise": "ct_denoise_light", "mri_sr": "mri_sr_x4_light", "pet": "pet_synthesis_light"}
-ALL_IN_ONE = "all_in_one_light"
 GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # pixels
 BM3D_SIGMAS_HU = (10.0, 15.0, 20.0, 30.0, 40.0, 60.0)  # noise level given to BM3D, in HU
 # Peer networks (docs/models.md): trained by this script with the CT demo config, only the model swapped.
@@ -284,7 +284,7 @@ def main() -> None:
     data, out = Path(args.data), Path(args.out)
     torch.manual_seed(0)
     started = time.perf_counter()
-    from restore_rwkv.data.demo import ensure_demo_data
+    from restore_rwkv.demo.recipe import ensure_demo_data
 
     ensure_demo_data(data, quiet=True)
     use_bm3d = not args.skip_bm3d and importlib.util.find_spec("bm3d") is not None

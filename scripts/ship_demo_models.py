@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from restore_rwkv.demo.models import DEMO_MODELS
+
 REPO = Path(__file__).resolve().parents[1]
-RUNS = {"ct_denoise_light": "demo_ct_denoise", "mri_sr_x4_light": "demo_mri_sr_x4",
-        "pet_synthesis_light": "demo_pet_synthesis", "all_in_one_light": "demo_all_in_one"}
+RUNS = {m.name: m.config for m in DEMO_MODELS}  # shipped name -> the demo config of its run
 CROP = 48
 NOTES = ("Demonstration model: the light Restore-RWKV, EMA weights at iteration {iterations} (best validation PSNR) "
          "of a {total}-iteration run on the offline demo "
@@ -226,7 +227,7 @@ def main() -> None:
     parser.add_argument("--policy", action="store_true",
                         help="first rewrite the shipped cards' intensity policies in this version's card format")
     args = parser.parse_args()
-    from restore_rwkv.data.demo import ensure_demo_data
+    from restore_rwkv.demo.recipe import ensure_demo_data
 
     ensure_demo_data(Path(args.data), quiet=False)  # scores on the test split this version of prepare demo writes
     torch.manual_seed(0)

@@ -263,7 +263,7 @@ def test_prepare_ixi_nifti_slices_sit_where_they_were_in_the_volume(tmp_path):
 
 
 def test_rician_noise_follows_the_rice_distribution():
-    from restore_rwkv.data.demo import _rician
+    from restore_rwkv.demo.recipe import _rician
 
     rng = np.random.default_rng(0)
     sigma = 30.0
@@ -275,7 +275,7 @@ def test_rician_noise_follows_the_rice_distribution():
 
 
 def test_demo_template_slices_carry_the_noise_of_one_acquisition(demo_root):
-    from restore_rwkv.data import demo
+    from restore_rwkv.demo import recipe as demo
 
     rows = [r for r in _rows(demo_root) if r["task"] == "mri_sr" and "mni152" in r["hq"]]
     assert {r["split"] for r in rows} == {"train", "validation"}
@@ -295,7 +295,7 @@ def test_demo_template_slices_carry_the_noise_of_one_acquisition(demo_root):
 def test_demo_data_of_another_version_is_rebuilt_and_a_foreign_folder_refused(demo_root, tmp_path, monkeypatch):
     import shutil
 
-    import restore_rwkv.data.demo as demo
+    import restore_rwkv.demo.recipe as demo
 
     assert demo.demo_data_state(demo_root) == "current"
     assert demo.demo_data_state(tmp_path / "nothing") == "missing"

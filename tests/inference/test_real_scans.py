@@ -87,7 +87,7 @@ def _noisy_ct(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     8000 HU metal insert, written as a plain DICOM file: the file, its HU and the full-dose reference."""
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from restore_rwkv.data.demo import CT_TEST, package_file
+    from restore_rwkv.demo.recipe import CT_TEST, package_file
 
     source = package_file(CT_TEST[0].package, *CT_TEST[0].parts)
     ds = pydicom.dcmread(source)
@@ -126,7 +126,7 @@ def test_a_metal_insert_keeps_its_hu_and_the_tissue_around_it_is_denoised(tmp_pa
 
 def _mni_slices(count: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """``count`` real 256 x 256 axial MR slices (MNI152 T1, 1 mm) as an (x, y, z) volume, and its affine."""
-    from restore_rwkv.data.demo import MNI_FILES, package_file
+    from restore_rwkv.demo.recipe import MNI_FILES, package_file
 
     volume, meta = io.read_nifti_canonical(package_file("nilearn", "datasets", "data", MNI_FILES["t1"]))
     middle = volume.shape[2] // 2

@@ -24,7 +24,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from restore_rwkv.engine.demo import ALL_IN_ONE, DEMO_MODELS, run_demo
+    from restore_rwkv.demo.models import ALL_IN_ONE_MODEL as ALL_IN_ONE
+    from restore_rwkv.demo.models import SINGLE_TASK as DEMO_MODELS
+    from restore_rwkv.demo.run import run_demo
     from restore_rwkv.utils.errors import InputError
 
     known = set(DEMO_MODELS.values()) | {ALL_IN_ONE}

@@ -120,6 +120,6 @@ def _run_simulate(args) -> int:
 
 
 def _run_demo(args) -> int:
-    from restore_rwkv.data.demo import prepare_demo
+    from restore_rwkv.demo.recipe import prepare_demo
 
     return _finish(prepare_demo(args.out, overwrite=args.overwrite, quiet=args.quiet, seed=args.seed))

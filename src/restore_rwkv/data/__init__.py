@@ -14,7 +14,6 @@ from restore_rwkv.data.datasets import (
     reference_layout,
     write_manifest,
 )
-from restore_rwkv.data.demo import prepare_demo
 from restore_rwkv.data.io import (
     IMAGE_SUFFIXES,
     ImageMeta,
@@ -44,7 +43,7 @@ __all__ = [
     "IMAGE_SUFFIXES", "ImageMeta", "PairRecord", "PairedSliceDataset",
     "PreparationReport", "RandomPatchPairs", "SimulatedPairDataset", "TaskBalancedSampler", "VolumeCache",
     "central_slices", "is_image_file", "list_dicom_series", "pair_folders", "prepare_aapm",
-    "prepare_demo", "prepare_ixi", "prepare_simulated", "read_array", "read_dicom", "read_dicom_series",
+"prepare_ixi", "prepare_simulated", "read_array", "read_dicom", "read_dicom_series",
     "read_image", "read_itk", "read_manifest", "read_nifti", "read_nifti_canonical", "read_picture",
     "read_reference_bin", "reference_layout", "write_array", "write_dicom", "write_dicom_series", "write_image",
     "write_itk", "write_manifest", "write_nifti", "write_picture", "write_preview",

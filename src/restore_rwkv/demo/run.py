@@ -1,7 +1,7 @@
 """The demo: shipped models restore the demo test scans in their formats, with figures, tables and a page.
 
 ``run_demo`` builds the demo data when it is missing or another version wrote it
-(``data.demo.ensure_demo_data``), writes each
+(``demo.recipe.ensure_demo_data``), writes each
 task's test inputs as a clinical file (CT as a DICOM series, MRI and PET as NIfTI volumes),
 restores them with ``inference.restore_file`` and the shipped single-task and all-in-one
 models, scores input and outputs against the references with the paper's protocol
@@ -25,15 +25,13 @@ from restore_rwkv.data.io import ImageMeta, read_image, write_dicom_series, writ
 from restore_rwkv.modality import TASKS, get_convention
 from restore_rwkv.inference import restore_file, write_restore_preview
 from restore_rwkv.metrics import evaluate_physical
+from restore_rwkv.demo.models import ALL_IN_ONE_MODEL as ALL_IN_ONE
+from restore_rwkv.demo.models import SINGLE_TASK as DEMO_MODELS
+from restore_rwkv.demo.models import TASK_TITLES
 from restore_rwkv.models.card import shipped_models
 from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.files import atomic_file
 
-# task -> shipped single-task model; every task is also restored by the all-in-one model
-DEMO_MODELS = {"ct_denoise": "ct_denoise_light", "mri_sr": "mri_sr_x4_light", "pet": "pet_synthesis_light"}
-ALL_IN_ONE = "all_in_one_light"
-TASK_TITLES = {"ct_denoise": "CT denoising (quarter dose)", "mri_sr": "MRI super-resolution x4",
-               "pet": "PET synthesis (dose / 12)"}
 # how each task's test input is written: CT as the scanner would (DICOM series), the others as NIfTI
 INPUT_FORMATS = {"ct_denoise": "dicom-series", "mri_sr": "nifti", "pet": "nifti"}
 
@@ -127,7 +125,7 @@ def run_demo(out: str | Path = "demo_output", data: str | Path = "data/demo", de
     run's folder).
     Raises InputError when a model is missing (the package was installed without its weights).
     """
-    from restore_rwkv.data.demo import demo_pixel_spacing, ensure_demo_data
+    from restore_rwkv.demo.recipe import demo_pixel_spacing, ensure_demo_data
 
     started = time.perf_counter()
     out, data = Path(out), Path(data)

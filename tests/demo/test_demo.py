@@ -13,7 +13,9 @@ import restore_rwkv.data.io as io
 from restore_rwkv.cli import main
 from restore_rwkv.data.datasets import read_manifest
 from restore_rwkv.modality import TASKS, get_convention
-from restore_rwkv.engine.demo import ALL_IN_ONE, DEMO_MODELS, run_demo
+from restore_rwkv.demo.models import ALL_IN_ONE_MODEL as ALL_IN_ONE
+from restore_rwkv.demo.models import SINGLE_TASK as DEMO_MODELS
+from restore_rwkv.demo.run import run_demo
 from restore_rwkv.metrics import evaluate_physical
 from restore_rwkv.models.card import ModelCard, save_model_with_card
 from restore_rwkv.models.registry import create_model

@@ -175,7 +175,7 @@ def _crops(image: np.ndarray, size: int, stride: int, min_foreground: float = 0.
 
 def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, seed: int = 0) -> PreparationReport:
     """Build the demo dataset under ``out`` (about 50 s on 2 CPU cores, no network)."""
-    from restore_rwkv.data.phantoms import fdg_activity, random_body_phantom, shepp_logan_hu
+    from restore_rwkv.demo.phantoms import fdg_activity, random_body_phantom, shepp_logan_hu
     from restore_rwkv.physics import KSpaceTruncation, LowCountPET, LowDoseCT
 
     started = time.perf_counter()

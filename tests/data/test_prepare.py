@@ -6,11 +6,9 @@ import csv
 import json
 
 import numpy as np
-import pytest
 
 from restore_rwkv.cli import main
 from restore_rwkv.data.prepare import split_counts
-from restore_rwkv.utils.errors import InputError
 
 
 def _rows(root):

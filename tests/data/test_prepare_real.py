@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from restore_rwkv.cli import main
-from restore_rwkv.data import prepare as prepare_module
+from restore_rwkv.data.prepare import simulate as prepare_module  # the simulation preparer and its degradations
 from restore_rwkv.data.prepare import split_counts
 from tests.data.conftest import make_ct_series, make_enhanced_ct, make_pet_series
 
@@ -274,7 +274,7 @@ def test_ct_simulation_takes_each_images_pixel_spacing(tmp_path, monkeypatch, ca
     seen.clear()
     assert main(["prepare", "simulate", "--task", "ct", "--src", str(src), "--out", str(tmp_path / "sim2"), "--quiet",
                  "--split", "1,0,0", "--pixel-size-mm", "1.5"]) == 0
-    assert set(seen[1:]) == {1.5} and _summary(tmp_path / "sim2")["notes"] == []
+    assert set(seen) == {1.5} and _summary(tmp_path / "sim2")["notes"] == []
 
 
 def test_non_square_ct_pixels_are_refused(tmp_path, capsys):
@@ -417,7 +417,7 @@ def test_a_permission_error_while_staging_is_one_line(tmp_path, small_source, ca
 
 _SLOW_RUN = """
 import sys, time
-import restore_rwkv.data.prepare as p
+import restore_rwkv.data.prepare.simulate as p
 original = p.default_degradation
 def slow(task, **options):
     op = original(task, **options)

@@ -25,6 +25,7 @@ import math
 import random
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,19 @@ class CosineWithWarmup:
         span = max(1, self.iterations - self.warmup)
         progress = min(1.0, (step - self.warmup) / span)
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class _RunState:
+    """What a fit carries from step to step: the model and what updates it, the iteration, the best validation."""
+
+    model: nn.Module
+    ema: ExponentialMovingAverage | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    iteration: int = 0
+    best: dict = field(default_factory=lambda: {"psnr": -math.inf})
 
 
 class Trainer:
@@ -182,88 +196,20 @@ class Trainer:
         cfg = self.config
         device = pick_device(cfg.train.device, info)
         self._check(info, device)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        torch.manual_seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
-        random.seed(cfg.train.seed)
-
-        try:
-            model = create_model(cfg.model.name, **cfg.model.args).to(device)
-        except (TypeError, ValueError) as exc:
-            raise InputError(None, f"model: {exc}") from None
+        self._seed()
         resume_from = self._agreed_resume_path(info)
-        if cfg.model.init_weights and resume_from is None:  # a resumed run takes its weights from the checkpoint
-            load_pretrained(model, resolve_weights(cfg.model.init_weights))
-        if cfg.model.zero_init_output:
-            zero_output_layer(model)
-        if cfg.train.gradient_checkpointing:
-            model.set_gradient_checkpointing(True)
-        ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                     weight_decay=cfg.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, CosineWithWarmup(cfg.schedule.iterations, cfg.schedule.warmup, cfg.schedule.min_lr / cfg.optim.lr))
-        scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
-
-        iteration, best = 0, {"psnr": -math.inf}
+        run = self._build(device, load_init=resume_from is None)
         if resume_from is not None:
-            state = load_checkpoint(resume_from)
-            if int(state["iteration"]) > cfg.schedule.iterations:
-                raise InputError(resume_from, f"is at iteration {state['iteration']}, beyond schedule.iterations "
-                                              f"{cfg.schedule.iterations}")
-            try:
-                model.load_state_dict(state["model"])
-            except RuntimeError as exc:
-                raise InputError(resume_from, "its weights do not fit this config's model "
-                                              f"({' '.join(str(exc).split())[:200]})") from None
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            # this config's optimiser settings and schedule win over the checkpoint's (config.yaml says what runs)
-            factor = CosineWithWarmup(cfg.schedule.iterations, cfg.schedule.warmup, cfg.schedule.min_lr / cfg.optim.lr)
-            scheduler.base_lrs = [cfg.optim.lr for _ in optimizer.param_groups]
-            scheduler.lr_lambdas = [factor for _ in optimizer.param_groups]
-            for group in optimizer.param_groups:
-                group.update(lr=cfg.optim.lr * factor(scheduler.last_epoch), betas=tuple(cfg.optim.betas),
-                             weight_decay=cfg.optim.weight_decay, initial_lr=cfg.optim.lr)
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            if ema is not None and state.get("ema"):
-                ema.load_state_dict(state["ema"], device=device)
-                ema.decay = float(cfg.train.ema_decay)
-            iteration, best = int(state["iteration"]), dict(state.get("best") or best)
-            if "iteration" in best:
-                best["iteration"] = int(best["iteration"])
-            states = state.get("rng") or []
-            if len(states) == info.world_size:
-                set_rng_state(states[info.rank])
-            if info.is_main:
-                print(f"resuming {self.run_dir.name} from {resume_from} at iteration {iteration}")
-                self._trim_log(iteration)
+            self._resume(run, resume_from, device, info)
         elif info.is_main:
             self._trim_log(0)
-
         if info.distributed:
             # Depthwise kernels (C, 1, k, k) get channels-last gradients whose strides differ from the bucket's
             # only along the size-1 axis: the same memory layout, so DDP's performance warning does not apply.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-               if info.distributed else model)
-        local_batch = cfg.data.batch_size // info.world_size
-        train_set = build_dataset(cfg.data.train, cfg.data.patch_size, cfg.train.seed)
-        try:
-            sampler = EndlessEpochSampler(len(train_set), cfg.train.seed, info.rank, info.world_size,
-                                          start=iteration * local_batch,
-                                          tasks=dataset_tasks(train_set) if cfg.data.balance_tasks else None,
-                                          task_weights=cfg.data.task_weights)
-        except ValueError as exc:  # e.g. task_weights for a task the training data does not hold
-            raise InputError(None, f"data: {exc}") from None
-        loader = DataLoader(EpochItems(train_set), batch_size=local_batch, sampler=sampler,
-                            num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
-                            persistent_workers=False, drop_last=True)
+        ddp = (DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+               if info.distributed else run.model)
+        loader, train_set = self._loader(run.iteration, info, device)
         val_set = build_dataset(cfg.data.val, None, cfg.train.seed, physical=True) if cfg.data.val else None
         modalities = sorted({item for item in _modalities(train_set)})
 
@@ -272,51 +218,24 @@ class Trainer:
         if info.is_main and not self.quiet:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.schedule.iterations, initial=iteration, desc=cfg.name, dynamic_ncols=True)
+            bar = tqdm(total=cfg.schedule.iterations, initial=run.iteration, desc=cfg.name, dynamic_ncols=True)
         batches = iter(loader)
         window = {"loss": 0.0, "n": 0, "data": 0.0, "start": time.perf_counter()}
         last_val: dict = {}
-        model.train()
+        run.model.train()
         stop = min(cfg.schedule.iterations, self.until) if self.until is not None else cfg.schedule.iterations
-        self.model = model
-        while iteration < stop:
+        self.model = run.model
+        while run.iteration < stop:
             t0 = time.perf_counter()
             batch = next(batches)
             window["data"] += time.perf_counter() - t0
-            lq = batch["lq"].to(device, non_blocking=True)
-            hq = batch["hq"].to(device, non_blocking=True)
-            with self._amp(device):
-                out = ddp(lq)
-            loss = nn.functional.l1_loss(out.float(), hq.float())
-            if cfg.train.window_loss_weight:
-                low, high = window_bounds(batch["modality"], device)
-                narrower = ((low > 0) | (high < 1)).float().flatten()  # a full-range window adds nothing new
-                per_sample = (torch.minimum(torch.maximum(out.float(), low), high)
-                              - torch.minimum(torch.maximum(hq.float(), low), high)).abs().flatten(1).mean(1)
-                loss = loss + cfg.train.window_loss_weight * (narrower * per_sample).mean()
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.optim.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            step_lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            iteration += 1
-            window["loss"] += loss.detach()
+            loss, step_lr = self._step(run, ddp, batch, device)
+            window["loss"] += loss
             window["n"] += 1
             if bar is not None:
                 bar.update(1)
 
+            iteration = run.iteration
             log_now = iteration % cfg.train.log_every == 0 or iteration == cfg.schedule.iterations
             val_now = val_set is not None and (iteration % cfg.train.val_every == 0
                                                or iteration == cfg.schedule.iterations)
@@ -330,29 +249,155 @@ class Trainer:
                        "data_wait": data_wait / info.world_size}
                 window = {"loss": 0.0, "n": 0, "data": 0.0, "start": time.perf_counter()}
             if val_now:
-                last_val = self._validate(model, ema, val_set, device, info)
+                last_val = self._validate(run.model, run.ema, val_set, device, info)
                 row.update({f"val_{k}": v for k, v in last_val.items()})
-                if last_val["psnr"] > best["psnr"]:
-                    best = {**last_val, "iteration": iteration}
-                    self._save(model, optimizer, scheduler, scaler, ema, iteration, best, info, "best.pt")
-                    self._export(model, ema, iteration, best, modalities, info)
-                model.train()
+                if last_val["psnr"] > run.best["psnr"]:
+                    run.best = {**last_val, "iteration": iteration}
+                    self._save(run, info, "best.pt")
+                    self._export(run.model, run.ema, iteration, run.best, modalities, info)
+                run.model.train()
             if row is not None:
                 self._log(row, writer, bar, info)
             if iteration % cfg.train.save_every == 0 or iteration in (cfg.schedule.iterations, stop):
-                self._save(model, optimizer, scheduler, scaler, ema, iteration, best, info, "last.pt")
+                self._save(run, info, "last.pt")
             if row is not None or val_now:
                 window["start"] = time.perf_counter()  # validation and saving are not part of the next window
-        if val_set is None and iteration == cfg.schedule.iterations:
-            self._export(model, ema, iteration, {}, modalities, info)
+        if val_set is None and run.iteration == cfg.schedule.iterations:
+            self._export(run.model, run.ema, run.iteration, {}, modalities, info)
         if bar is not None:
             bar.close()
         if writer is not None:
             writer.close()
         barrier(info)
         exported = (self.run_dir / "model.safetensors").exists()
-        return {"iteration": iteration, "last": last_val, "best": best if "iteration" in best else {},
+        return {"iteration": run.iteration, "last": last_val, "best": run.best if "iteration" in run.best else {},
                 "weights": str(self.run_dir / "model.safetensors") if exported else None}
+
+    # ------------------------------------------------------------------ seams of a fit
+    def _seed(self) -> None:
+        """Seeds, threads and determinism the config asks for, before anything random is drawn."""
+        cfg = self.config
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+
+    def _build(self, device: torch.device, load_init: bool = True) -> "_RunState":
+        """The model (from ``model.init_weights`` when ``load_init``; output zeroed when asked), its EMA,
+        the Adam optimiser, the warm-up and cosine schedule and the fp16 grad scaler, at iteration 0."""
+        cfg = self.config
+        try:
+            model = create_model(cfg.model.name, **cfg.model.args).to(device)
+        except (TypeError, ValueError) as exc:
+            raise InputError(None, f"model: {exc}") from None
+        if cfg.model.init_weights and load_init:  # a resumed run takes its weights from the checkpoint
+            load_pretrained(model, resolve_weights(cfg.model.init_weights))
+        if cfg.model.zero_init_output:
+            zero_output_layer(model)
+        if cfg.train.gradient_checkpointing:
+            model.set_gradient_checkpointing(True)
+        ema = ExponentialMovingAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                     weight_decay=cfg.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor())
+        scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+        return _RunState(model, ema, optimizer, scheduler, scaler)
+
+    def _lr_factor(self) -> CosineWithWarmup:
+        cfg = self.config
+        return CosineWithWarmup(cfg.schedule.iterations, cfg.schedule.warmup, cfg.schedule.min_lr / cfg.optim.lr)
+
+    def _resume(self, run: "_RunState", path: Path, device: torch.device, info: ProcessInfo) -> None:
+        """Load a checkpoint into ``run`` (weights, optimiser, schedule, scaler, EMA, iteration, best, this
+        rank's random states); this config's optimiser settings and schedule win over the checkpoint's."""
+        cfg = self.config
+        state = load_checkpoint(path)
+        if int(state["iteration"]) > cfg.schedule.iterations:
+            raise InputError(path, f"is at iteration {state['iteration']}, beyond schedule.iterations "
+                                   f"{cfg.schedule.iterations}")
+        try:
+            run.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise InputError(path, "its weights do not fit this config's model "
+                                   f"({' '.join(str(exc).split())[:200]})") from None
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        factor = self._lr_factor()  # config.yaml says what runs
+        run.scheduler.base_lrs = [cfg.optim.lr for _ in run.optimizer.param_groups]
+        run.scheduler.lr_lambdas = [factor for _ in run.optimizer.param_groups]
+        for group in run.optimizer.param_groups:
+            group.update(lr=cfg.optim.lr * factor(run.scheduler.last_epoch), betas=tuple(cfg.optim.betas),
+                         weight_decay=cfg.optim.weight_decay, initial_lr=cfg.optim.lr)
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        if run.ema is not None and state.get("ema"):
+            run.ema.load_state_dict(state["ema"], device=device)
+            run.ema.decay = float(cfg.train.ema_decay)
+        run.iteration, run.best = int(state["iteration"]), dict(state.get("best") or run.best)
+        if "iteration" in run.best:
+            run.best["iteration"] = int(run.best["iteration"])
+        states = state.get("rng") or []
+        if len(states) == info.world_size:
+            set_rng_state(states[info.rank])
+        if info.is_main:
+            print(f"resuming {self.run_dir.name} from {path} at iteration {run.iteration}")
+            self._trim_log(run.iteration)
+
+    def _loader(self, iteration: int, info: ProcessInfo, device: torch.device) -> tuple[DataLoader, object]:
+        """The training stream from sample ``iteration x local batch`` on (this rank's share), and its dataset."""
+        cfg = self.config
+        local_batch = cfg.data.batch_size // info.world_size
+        train_set = build_dataset(cfg.data.train, cfg.data.patch_size, cfg.train.seed)
+        try:
+            sampler = EndlessEpochSampler(len(train_set), cfg.train.seed, info.rank, info.world_size,
+                                          start=iteration * local_batch,
+                                          tasks=dataset_tasks(train_set) if cfg.data.balance_tasks else None,
+                                          task_weights=cfg.data.task_weights)
+        except ValueError as exc:  # e.g. task_weights for a task the training data does not hold
+            raise InputError(None, f"data: {exc}") from None
+        loader = DataLoader(EpochItems(train_set), batch_size=local_batch, sampler=sampler,
+                            num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
+                            persistent_workers=False, drop_last=True)
+        return loader, train_set
+
+    def _step(self, run: "_RunState", ddp: nn.Module, batch: dict, device: torch.device) -> tuple[torch.Tensor, float]:
+        """One optimiser step on ``batch``: L1 (plus the window term when asked), backward, clipping, the
+        step, the schedule and the EMA; returns the loss (detached) and the learning rate it used."""
+        cfg = self.config
+        lq = batch["lq"].to(device, non_blocking=True)
+        hq = batch["hq"].to(device, non_blocking=True)
+        with self._amp(device):
+            out = ddp(lq)
+        loss = nn.functional.l1_loss(out.float(), hq.float())
+        if cfg.train.window_loss_weight:
+            low, high = window_bounds(batch["modality"], device)
+            narrower = ((low > 0) | (high < 1)).float().flatten()  # a full-range window adds nothing new
+            per_sample = (torch.minimum(torch.maximum(out.float(), low), high)
+                          - torch.minimum(torch.maximum(hq.float(), low), high)).abs().flatten(1).mean(1)
+            loss = loss + cfg.train.window_loss_weight * (narrower * per_sample).mean()
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.unscale_(run.optimizer)
+        else:
+            loss.backward()
+        if cfg.optim.grad_clip:
+            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)
+        if run.scaler is not None:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            run.optimizer.step()
+        step_lr = run.optimizer.param_groups[0]["lr"]
+        run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        run.iteration += 1
+        return loss.detach(), step_lr
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -425,15 +470,16 @@ class Trainer:
             if "val_psnr" in row and getattr(self, "sample_grid", None) is not None:
                 writer.add_image("validation/lq_restored_hq", self.sample_grid, row["iteration"])
 
-    def _save(self, model, optimizer, scheduler, scaler, ema, iteration: int, best: dict, info: ProcessInfo,
-              name: str) -> None:
+    def _save(self, run: "_RunState", info: ProcessInfo, name: str) -> None:
         states = gather_objects(rng_state(), info)
         if info.is_main:
             save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None, "rng": states, "iteration": iteration,
-                "best": {k: float(v) for k, v in best.items()}, "config": self.config.to_dict(),
+                "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+                "ema": run.ema.state_dict() if run.ema is not None else None, "rng": states,
+                "iteration": run.iteration, "best": {k: float(v) for k, v in run.best.items()},
+                "config": self.config.to_dict(),
             }, self.run_dir / "checkpoints" / name)
         barrier(info)
 

@@ -101,3 +101,15 @@ def machine_summary() -> str:
         f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); Python {platform.python_version()}"
     )
+
+
+def erf_radius(field, share: float = 0.9) -> float:
+    """Radius (pixels) of the disc round the centre that holds ``share`` of the field's gradient mass."""
+    import numpy as np
+
+    size = field.shape[0]
+    yy, xx = np.mgrid[:size, :size]
+    distance = np.hypot(yy - size // 2, xx - size // 2).ravel()
+    order = np.argsort(distance, kind="stable")
+    mass = np.cumsum(field.ravel()[order])
+    return float(distance[order][np.searchsorted(mass, share * mass[-1])])

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import erf_radius  # noqa: E402  (benchmarks run from their folder or with it on the path)
 from restore_rwkv.demo.models import ALL_IN_ONE_MODEL as ALL_IN_ONE
 from restore_rwkv.demo.models import SINGLE_TASK as SINGLE
 from restore_rwkv.engine.trainer import run_progress
@@ -241,16 +242,6 @@ def effective_receptive_field(name: str, images: list[np.ndarray], task: str, si
         model(crop)[0, 0, size // 2, size // 2].backward()
         total += crop.grad[0, 0].abs().double()
     return (total / total.max()).numpy()
-
-
-def erf_radius(field: np.ndarray, share: float = 0.9) -> float:
-    """Radius (pixels) of the disc round the centre that holds ``share`` of the field's gradient mass."""
-    size = field.shape[0]
-    yy, xx = np.mgrid[:size, :size]
-    distance = np.hypot(yy - size // 2, xx - size // 2).ravel()
-    order = np.argsort(distance, kind="stable")
-    mass = np.cumsum(field.ravel()[order])
-    return float(distance[order][np.searchsorted(mass, share * mass[-1])])
 
 
 def erf_figure(fields: dict[str, np.ndarray], path: Path) -> None:

@@ -28,7 +28,7 @@ from restore_rwkv.engine.trainer import run_progress
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("ct_denoise", "mri_sr", "pet")
-TITLES = {"ct_denoise": "CT denoising (quarter dose, 512 × 512, HU)", "mri_sr": "MRI super-resolution ×4",
+TITLES = {"ct_denoise": "CT denoising (quarter dose, HU)", "mri_sr": "MRI super-resolution ×4",
           "pet": "PET synthesis (dose / 12)"}
 GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # pixels
 BM3D_SIGMAS_HU = (10.0, 15.0, 20.0, 30.0, 40.0, 60.0)  # noise level given to BM3D, in HU
@@ -61,13 +61,16 @@ def load_split(data: Path, task: str, split: str) -> tuple[list[str], list[np.nd
 
 
 def score(task: str, images: list[np.ndarray], references: list[np.ndarray]) -> dict[str, float]:
-    """Mean PSNR, SSIM and RMSE over the images (each scored alone: sizes may differ)."""
-    from restore_rwkv.modality import TASKS as MODALITY
+    """Mean PSNR, SSIM and RMSE over the images (each scored alone: sizes may differ), their (population)
+    standard deviations (``psnr_std``, ...) and the number of images ``n``."""
     from restore_rwkv.metrics import evaluate_physical
+    from restore_rwkv.modality import TASKS as MODALITY
 
     rows = [evaluate_physical(np.asarray(i, np.float64), np.asarray(r, np.float64), MODALITY[task].modality)
             for i, r in zip(images, references)]
-    return {k: float(np.mean([float(np.asarray(row[k])) for row in rows])) for k in ("psnr", "ssim", "rmse")}
+    values = {k: np.array([float(np.asarray(row[k])) for row in rows]) for k in ("psnr", "ssim", "rmse")}
+    return {**{k: float(v.mean()) for k, v in values.items()}, **{f"{k}_std": float(v.std()) for k, v in values.items()},
+            "n": len(rows)}
 
 
 def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -381,25 +384,29 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
     lines = ["# Results on the demo data", "",
              "Produced by `python benchmarks/results.py` (this file and `results.json` beside it; "
              f"{seconds / 60:.0f} min on a 2-core CPU, {dt.date.today().isoformat()}). Test split of "
-             "`restore-rwkv prepare demo` (docs/data.md): CT one real 512 × 512 head slice of a patient "
-             "not in training; MRI one real 484 × 484 abdominal slice of a subject not in training; PET 12 "
-             "slices of the template brain from a stretch not used in training (no real PET ships offline). Scores: the paper's "
-             "protocol (docs/metrics.md), per image, then the mean. Baseline parameters were chosen on the "
-             "validation split. The models are the shipped demonstration models (docs/models.md): light "
-             "Restore-RWKV, 1.24 M parameters, 3000 iterations (all-in-one: 8000, half of them PET) on 64 × 64 patches on a "
-             "CPU — far from the paper's training, so these numbers say what the demo shows, not what the "
-             "method can do. Every network restores in overlapping 64 × 64 tiles, the training patch size, as "
-             "`restore` and `evaluate` do by default (docs/inference.md, \"Tiles\"); the CT table also shows "
-             "the CT model on whole slices. `make demo` prints the input and model rows of these tables "
-             "again, scored on the files it writes: MRI and PET agree to the printed digits, CT within 0.01 dB "
-             "and 0.0001 SSIM (a DICOM series stores whole HU); other machines' thread counts and BLAS builds "
-             "can move the last digit. "
-             "The CT validation split holds phantoms only (0.625 mm pixels, no real anatomy), so the CT "
-             "baselines' parameters and the CT model's checkpoint were chosen on data unlike the test slice.", ""]
+             "`restore-rwkv prepare demo` (demo data version 6, docs/data.md): CT a 20-slice slab of InVesalius' "
+             "real head CT (256², 0.957 mm) held 20 mm away from its training slices and a real 512² head slice of "
+             "a patient not in training; MRI a 12-slice slab of each of two real heads (pycortex S1, Colin27; "
+             "256², 1 mm) held 20 mm away from their training slices and a real 484² abdominal slice of a subject "
+             "not in training; PET 12 slices of the template brain from a stretch not used in training (no real "
+             "PET ships offline). Scores: the paper's protocol (docs/metrics.md), in each policy's unit, per "
+             "slice, then mean ± standard deviation over the slices. Baseline parameters and the models' "
+             "checkpoints were chosen on the validation split (real slabs of the same volumes for CT and MRI). "
+             "The models are the shipped demonstration models (docs/models.md): light Restore-RWKV, 1.24 M "
+             "parameters, trained on 64 × 64 patches on a CPU, far from the paper's training, so these numbers "
+             "say what the demo shows, not what the method can do; docs/models.md says which of them were "
+             "trained on this version of the data. Every network restores in overlapping 64 × 64 tiles, the "
+             "training patch size, as `restore` and `evaluate` do by default (docs/inference.md, \"Tiles\"); the "
+             "CT table also shows the CT model on whole slices. `make demo` prints the input and model rows of "
+             "these tables again, scored on the files it writes (per test set and over all slices): MRI and PET "
+             "agree to the printed digits, CT within 0.01 dB and 0.0001 SSIM (a DICOM series stores whole HU); "
+             "other machines' thread counts and BLAS builds can move the last digit.", ""]
     for task, rows in results.items():
         unit = get_convention(MODALITY[task].modality).unit
-        lines += [f"## {TITLES[task]}", "", f"| method | parameter | PSNR dB | SSIM | RMSE {unit} |", "|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['parameter']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['rmse']:.4g} |" for r in rows]
+        lines += [f"## {TITLES[task]} ({rows[0]['n']} test slices)", "",
+                  f"| method | parameter | PSNR dB | SSIM | RMSE {unit} |", "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['parameter']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | "
+                  f"{r['ssim']:.4f} ± {r['ssim_std']:.4f} | {r['rmse']:.4g} ± {r['rmse_std']:.2g} |" for r in rows]
         lines.append("")
     lines += ["## Checks (issue 14)", ""] + [f"- {c}" for c in checks] + [""]
     if mri_bands:
@@ -438,6 +445,11 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
             lines.append(f"| {PEERS[name]} | " + " | ".join(cells) + " |")
         lines += ["", f"![CPU inference time and memory against image size]"
                       f"({Path(figures['efficiency']).relative_to(out.parent)})", ""]
+    if not peers:
+        lines += ["## Peer networks", "",
+                  "Not in this report (`--skip-peers`): peers are compared with our CT model trained on the same "
+                  "data and recipe, and are trained again when it is (`python benchmarks/results.py` trains "
+                  "them, about 40 minutes).", ""]
     if "ct" in figures:
         lines += ["## Effective receptive field", "",
                   "Mean absolute gradient of the centre output pixel with respect to the input, over 128 × 128 "
@@ -447,7 +459,7 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
                   "| model | radius (pixels) |", "|---|---|"]
         lines += [f"| {label} | {radius:.1f} |" for label, radius in figures.get("erf_radius", {}).items()]
         lines += ["", "The paper finds Restore-RWKV's field the widest of the methods it compares; these small "
-                  "demonstration models, trained from the identity on 64 × 64 patches for 3000 steps, are measured "
+                  "demonstration models, trained from the identity on 64 × 64 patches, are measured "
                   "as they are, whichever way it comes out.", ""]
     return "\n".join(lines)
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from restore_rwkv.demo.models import DEMO_MODELS
+from restore_rwkv.demo.recipe import DEMO_DATA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {m.name: m.config for m in DEMO_MODELS}  # shipped name -> the demo config of its run
@@ -138,16 +139,24 @@ def ship(name: str, runs: Path, data: Path) -> dict:
     fixtures.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(fixtures / f"{name}.npz", input=crop, output=output, source=np.array(source))
     return {"name": name, "run": f"runs/{RUNS[name]}", "iterations": card.iterations, "train_seconds": round(seconds),
-            "metrics": metrics, "bytes": target.stat().st_size}
+            "metrics": metrics, "bytes": target.stat().st_size, "data_version": DEMO_DATA_VERSION}
 
 
-DATA = {"ct_denoise": "CT: 12 phantoms and 4 real 512 × 512 head, brain and abdomen slices of 3 patients × 4 "
-                      "quarter-dose noise draws (train), 3 phantoms (validation), 1 real head slice of a fourth "
-                      "patient (test)",
+# What each task's training data held, per version of the demo recipe (demo.recipe.DEMO_DATA_VERSION).
+DATA = {
+    5: {"ct_denoise": "CT: 12 phantoms and 4 real 512 × 512 head, brain and abdomen slices of 3 patients × 4 "
+                      "quarter-dose noise draws (train), 3 phantoms (validation)",
         "mri_sr": "MRI ×4: 40 MNI152 template slices with simulated thermal noise and 28 crops of a real shoulder "
-                  "slice at 0.39 and 0.59 mm (train), 6 noisy template slices (validation), 1 real abdominal slice "
-                  "of another subject (test)",
-        "pet": "PET dose / 12: 40 / 6 / 12 template-brain FDG slices from separate stretches (train / validation / test)"}
+                  "slice at 0.39 and 0.59 mm (train), 6 noisy template slices (validation)",
+        "pet": "PET dose / 12: 40 / 6 template-brain FDG slices from separate stretches (train / validation)"},
+    6: {"ct_denoise": "CT: 17 slices of InVesalius' real head CT 20 mm from its held-out slabs, 4 real 512 × 512 "
+                      "slices of 3 more patients × 4 quarter-dose noise draws and 12 phantoms (train), an 8-slice "
+                      "slab of the InVesalius CT (validation)",
+        "mri_sr": "MRI ×4: 85 slices of two real heads (pycortex S1, Colin27) 20 mm from their held-out slabs, 40 "
+                  "MNI152 template slices with simulated thermal noise and 28 crops of a real shoulder slice "
+                  "(train), a 6-slice slab of each real head (validation)",
+        "pet": "PET dose / 12: 40 / 6 template-brain FDG slices from separate stretches (train / validation)"},
+}
 
 
 def write_model_cards(path: Path, shipped: list[dict]) -> None:
@@ -164,9 +173,9 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
              "`restore_rwkv.models.card.load_model(\"ct_denoise_light\")`.", "",
              "**They are demonstration models, not for clinical use.** Each is the light Restore-RWKV "
              "(1,238,305 parameters) trained on the small offline demo dataset (docs/data.md) for a few "
-             "thousand iterations on a 2-core CPU; the data they saw holds three real CT patients, one real "
-             "MR slice for training (and another for the test) and one template brain. Some of that data is licensed for non-commercial use only "
-             "(docs/data.md).", "",
+             "thousand iterations on a 2-core CPU; each entry says which version of the demo data it was trained "
+             "on (version 6 adds real heads for MRI and CT; the models trained on version 5 are being retrained). "
+             "Some of that data is licensed for non-commercial use only (docs/data.md).", "",
              "They were trained on 64 × 64 patches, and `restore`, `evaluate` and the demo run them in "
              "overlapping tiles of that size (the card's `patch_size`; `--tile 0` for whole slices), which "
              "scores higher than whole slices: 1.1 dB on the 512 × 512 CT test slice (docs/inference.md, \"Tiles\").", "",
@@ -180,7 +189,8 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
         lines += [f"## `{name}`", "",
                   f"- Task: {card.task}; modalities and intensity conventions: "
                   + "; ".join(f"{m} ({v.get('unit', '')}, normalised over {v.get('norm_range')})" for m, v in card.conventions.items()),
-                  "- Data: " + " ".join(DATA[t] + "." for t in tasks),
+                  f"- Data: demo data version {entry.get('data_version', 5)}: "
+                  + " ".join(DATA[entry.get("data_version", 5)][t] + "." for t in tasks),
                   f"- Recipe: config `{RUNS[name]}`: {config.model.name}"
                   + (", output convolution zero-initialised" if config.model.zero_init_output else "")
                   + ", L1 loss"
@@ -194,7 +204,8 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                   f"- Iterations: EMA weights of iteration {card.iterations} of {config.schedule.iterations} "
                   f"(best validation PSNR); training wall time {entry['train_seconds'] / 60:.0f} min "
                   "(2-core CPU, training windows only; validation excluded).",
-                  "- Demo test split (paper's protocol; mean over images):", "",
+                  f"- Demo test split of version {DEMO_DATA_VERSION} (paper's protocol; mean over images; "
+                  "docs/data.md lists the test sets):", "",
                   "  | task | PSNR input | PSNR output | SSIM input | SSIM output |", "  |---|---|---|---|---|"]
         for t in tasks:
             m = card.metrics

@@ -9,7 +9,7 @@ scaling: what restore did before the policy existed). Scores per slice (mean ± 
 policy's unit (PSNR with the label's range is independent of a global scale unless values clip),
 and the largest difference between restore(10 x) / 10 and restore(x).
 
-    python benchmarks/real_scans.py --mr S1_raw.nii.gz --slices 20 [--preview s1.png]
+    python benchmarks/real_scans.py --mr S1_raw.nii.gz --slices 20 [--start 83] [--preview s1.png]
 """
 
 from __future__ import annotations
@@ -42,11 +42,15 @@ def main() -> None:
     parser.add_argument("--mr", required=True, help="a real MR NIfTI volume")
     parser.add_argument("--weights", default="mri_sr_x4_light")
     parser.add_argument("--slices", type=int, default=20)
+    parser.add_argument("--start", type=int, default=None,
+                        help="first axial slice (RAS index; default: the central --slices), e.g. a held-out slab")
     parser.add_argument("--preview", default=None, help="write a figure of the middle slice here")
     args = parser.parse_args()
 
     volume, meta = read_nifti_canonical(args.mr)
-    start = volume.shape[2] // 2 - args.slices // 2
+    start = volume.shape[2] // 2 - args.slices // 2 if args.start is None else args.start
+    if not 0 <= start <= volume.shape[2] - args.slices:
+        parser.error(f"--start {start} with --slices {args.slices} leaves the volume's {volume.shape[2]} slices")
     hq = volume[:, :, start:start + args.slices].astype(np.float64)
     lq = KSpaceTruncation(4)(torch.from_numpy(np.moveaxis(hq, 2, 0))).numpy()
     lq = np.moveaxis(lq, 0, 2).astype(np.float32)
@@ -81,7 +85,7 @@ def main() -> None:
     rows["input"] = scores(lq.astype(np.float64))
     for (label, factor), image in outputs.items():
         rows[f"{label} card, x{factor:g}"] = scores(image)
-    report = {"volume": str(args.mr), "stored_max": float(volume.max()), "slices": args.slices,
+    report = {"volume": str(args.mr), "stored_max": float(volume.max()), "slices": args.slices, "start": start,
               "scale_at_stored": scale, "rows": rows,
               "max_abs_diff_x10_over_10_vs_x1": {
                   label: float(np.abs(outputs[(label, 10.0)] - outputs[(label, 1.0)]).max())

@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: timing, peak memory in a fresh process, machine facts."""
+"""Shared helpers for the benchmarks: timing, peak memory in a fresh process, machine facts, receptive fields."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, budget_s: float = 60.0) -> float:
@@ -113,3 +117,23 @@ def erf_radius(field, share: float = 0.9) -> float:
     order = np.argsort(distance, kind="stable")
     mass = np.cumsum(field.ravel()[order])
     return float(distance[order][np.searchsorted(mass, share * mass[-1])])
+
+
+def erf_radius_at(model, convention, image: np.ndarray, side: int) -> float:
+    """The 90 % radius (pixels) of |d output[centre] / d input| for the model run on a centred ``side`` x ``side``
+    crop of ``image`` (the whole image for 0): the receptive field a tile of that side gives."""
+    import numpy as np
+    import torch
+
+    height, width = image.shape
+    h, w = (min(side, height), min(side, width)) if side else (height, width)
+    y, x = (height - h) // 2, (width - w) // 2
+    scale = convention.scaling.fit(image) if convention.scaling.fitted else 1.0
+    crop = torch.from_numpy(np.asarray(convention.normalize(image[y:y + h, x:x + w], scale), np.float32))
+    crop = crop[None, None].requires_grad_(True)
+    model(crop)[0, 0, h // 2, w // 2].backward()
+    field = crop.grad[0, 0].abs().double().numpy()
+    size = max(h, w)
+    square = np.zeros((size, size))
+    square[(size - h) // 2:(size - h) // 2 + h, (size - w) // 2:(size - w) // 2 + w] = field
+    return erf_radius(square)

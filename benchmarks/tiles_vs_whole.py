@@ -1,5 +1,7 @@
 """How a model's scores depend on the side of the tiles it restores in, on every real test set of a task.
 
+(``--split validation``: on the validation sets, where ``scripts/ship_demo_models.py`` chooses a card's tile.)
+
 The Re-WKV decay is divided by the token count and the scans run along whole rows, so a model sees a
 different operator on a tile than on a whole slice. For each ``--weights`` this restores every test set
 of ``--task`` in the demo data (a real volume's slab, or a slice; each as one volume, as ``restore``
@@ -19,7 +21,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import erf_radius  # noqa: E402  (benchmarks run from their folder or with it on the path)
+from _common import erf_radius_at  # noqa: E402  (benchmarks run from their folder or with it on the path)
 
 
 def main() -> None:
@@ -35,11 +37,12 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", default=["ct_denoise_light"])
     parser.add_argument("--data", default="data/demo")
     parser.add_argument("--tiles", default="64,128,256,0", help="tile sides (overlap: a quarter of the side); 0: whole")
+    parser.add_argument("--split", default="test", help="test (the default) or validation (where a tile is chosen)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     data = ensure_demo_data(Path(args.data), quiet=True)
     modality = TASKS[args.task].modality
-    records = [r for r in read_manifest(data / "manifest.csv") if r.task == args.task and r.split == "test"]
+    records = [r for r in read_manifest(data / "manifest.csv") if r.task == args.task and r.split == args.split]
     sets = test_sets(records)
     rows = []
     for weights in args.weights:
@@ -61,7 +64,7 @@ def main() -> None:
             mode = f"tiles {side}" if side else "whole slices"
             first = np.load(sets[0][1][len(sets[0][1]) // 2].lq).astype(np.float32)
             row = {"weights": str(weights), "mode": mode, "sets": {},
-                   "erf_radius_90_px": erf_at(model, convention, first, side)}
+                   "erf_radius_90_px": erf_radius_at(model, convention, first, side)}
             for label in ("input", "restored"):
                 every = [v for name, _ in sets for v in scores[label][name]]
                 row[label] = _summary(every)
@@ -73,25 +76,6 @@ def main() -> None:
                   f"{row['restored']['psnr'][2]} slices; ERF 90 % radius {row['erf_radius_90_px']:.0f} px)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
-
-
-def erf_at(model, convention, image: np.ndarray, side: int) -> float:
-    """The 90 % radius (pixels) of |d output[centre] / d input| for the model run on a centred ``side`` x ``side``
-    crop of ``image`` (the whole image for 0): the receptive field a tile of that side gives."""
-    import torch
-
-    height, width = image.shape
-    h, w = (min(side, height), min(side, width)) if side else (height, width)
-    y, x = (height - h) // 2, (width - w) // 2
-    scale = convention.scaling.fit(image) if convention.scaling.fitted else 1.0
-    crop = torch.from_numpy(np.asarray(convention.normalize(image[y:y + h, x:x + w], scale), np.float32))
-    crop = crop[None, None].requires_grad_(True)
-    model(crop)[0, 0, h // 2, w // 2].backward()
-    field = crop.grad[0, 0].abs().double().numpy()
-    size = max(h, w)
-    square = np.zeros((size, size))
-    square[(size - h) // 2:(size - h) // 2 + h, (size - w) // 2:(size - w) // 2 + w] = field
-    return erf_radius(square)
 
 
 def _summary(pairs: list[tuple[float, float]]) -> dict[str, list[float]]:

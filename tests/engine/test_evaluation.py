@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -278,6 +279,11 @@ def test_evaluate_restores_in_tiles_of_the_cards_patch_size_as_restore_does(tiny
         assert main(argv) == 0
         images[tile] = {p.name: np.load(p) for p in (out / "images").rglob("*.npy")}
         assert json.loads((out / "summary.json").read_text())["tile"] == (16 if tile is None else "whole slices")
+    chosen = save_model_with_card(model, tmp_path / "w" / "chosen.safetensors",
+                                  dataclasses.replace(card, tile=0))  # a tile chosen on validation: whole slices
+    assert main(["evaluate", "--weights", str(chosen), "--data", str(tiny["manifest"]), "--out",
+                 str(tmp_path / "eval_chosen"), "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((tmp_path / "eval_chosen" / "summary.json").read_text())["tile"] == "whole slices"
     convention = get_convention("ct")
     for index, (folder, name, shape) in enumerate(IMAGES):
         if folder != "CT":

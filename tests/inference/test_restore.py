@@ -274,6 +274,15 @@ def test_restore_runs_in_tiles_of_the_cards_patch_size_unless_told_otherwise(tmp
     default = np.asarray(nib.load(tmp_path / "out_None.nii.gz").dataobj)
     whole = np.asarray(nib.load(tmp_path / "out_0.nii.gz").dataobj)
     assert np.abs(default - whole).max() > 1.0  # tiles of 32 are not the whole slice for a Re-WKV model
+    # a card that chose its tile on validation data restores in that tile by default (0: whole slices)
+    for chosen, expected_tile in ((48, 48), (0, None)):
+        chosen_weights = save_model_with_card(model, tmp_path / f"chosen{chosen}.safetensors",
+                                              dataclasses.replace(card(), patch_size=32, tile=chosen))
+        result = restore_file(tmp_path / "in.nii.gz", tmp_path / f"chosen_{chosen}.nii.gz", chosen_weights,
+                              device="cpu", axis=0)
+        assert result.tile == expected_tile
+        np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / f"chosen_{chosen}.nii.gz").dataobj),
+                                      np.asarray(nib.load(tmp_path / f"out_{chosen}.nii.gz").dataobj))
 
 
 def test_restore_array_slices_along_the_coarsest_axis_and_keeps_the_units(weights):

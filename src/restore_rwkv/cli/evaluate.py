@@ -35,8 +35,8 @@ def add_parser(subparsers) -> None:
                              "and the reference code's; valid: only window positions inside the image (Wang et al., "
                              "scikit-image) (docs/metrics.md)")
     parser.add_argument("--tile", type=int, default=None,
-                        help="side in pixels of the overlapping tiles images are restored in (default: the weights' "
-                             "training patch size, from their card; 0: whole images)")
+                        help="side in pixels of the overlapping tiles images are restored in (default: the tile their "
+                             "card chose on validation data, else their training patch size; 0: whole images)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N pairs only")
     parser.add_argument("--force", action="store_true",
                         help="also evaluate tasks or modalities the weights' card does not list "

@@ -35,8 +35,8 @@ def add_parser(subparsers) -> None:
                         help="memory one forward pass may use, e.g. 2G or 500M (default: half the free memory on "
                              "CPU/MPS, 80%% on CUDA); slices estimated above it are restored in overlapping tiles")
     parser.add_argument("--tile", type=int, default=None,
-                        help="side in pixels of the overlapping tiles slices are restored in (default: the weights' "
-                             "training patch size, from their card; 0: whole slices, tiled only to fit --max-memory)")
+                        help="side in pixels of the overlapping tiles slices are restored in (default: the tile their "
+                             "card chose on validation data, else their training patch size; 0: whole slices, tiled only to fit --max-memory)")
     parser.add_argument("--modality", default=None,
                         help="intensity policy to use (ct, mri, pet; default: the image's, from the weights' card)")
     parser.add_argument("--pet-scale", type=float, default=None, metavar="FACTOR",

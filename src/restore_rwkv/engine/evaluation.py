@@ -106,7 +106,7 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
     """Restore every item of ``dataset`` and score input and output; returns the rows.
 
     Images run whole, or in overlapping tiles of ``tile`` pixels (``inference.slices``: the
-    blending ``restore`` uses; ``cli evaluate`` passes the card's training patch size by default).
+    blending ``restore`` uses; ``cli evaluate`` passes the card's default tile).
 
     Items are dicts with ``lq``, ``hq`` ((1, H, W) in [0, 1]), ``task``, ``modality`` and
     ``name`` (``PairedSliceDataset``, ``SimulatedPairDataset``). ``conventions`` (modality ->
@@ -324,8 +324,8 @@ def evaluate_weights(weights: str | os.PathLike, data: str | os.PathLike, out: s
 
     Each pair is normalised with the card's policy for its modality (its scale from the manifest or
     fitted on its LQ, as ``restore`` fits it), restored in tiles of ``tile`` (default: the card's
-    training patch size), and scored under the paper's protocol with the input's values kept outside
-    the policy's range, as ``restore`` writes them. The output folder appears only when complete.
+    ``default_tile``: chosen on validation, else the training patch size), and scored under the
+    paper's protocol with the input's values kept outside the policy's range, as ``restore`` writes them. The output folder appears only when complete.
     """
     import json
 
@@ -352,7 +352,7 @@ def evaluate_weights(weights: str | os.PathLike, data: str | os.PathLike, out: s
         except KeyError:  # --force: a modality the card lacks gets its default policy
             conventions[r.modality] = get_convention(r.modality)
     dataset = PairedSliceDataset(records, conventions=conventions, physical=True)
-    side = inference_tile(card.patch_size, tile)
+    side = inference_tile(card.default_tile, tile)
     with atomic_folder(out, replace=overwrite) as stage:
         rows = evaluate_model(model, dataset, device=device, batch_size=batch_size, precision=precision,
                               conventions={c.name: c for c in conventions.values()}, max_images=max_images,

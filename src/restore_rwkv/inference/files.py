@@ -232,7 +232,7 @@ def _restore_stack(model: nn.Module, card: ModelCard, slices: np.ndarray, conven
     """(N, H, W) stored values restored: (N, H·up, W·up) float32, the stats, and the kept (input, output) slices."""
     stats = SliceStats()
     out = restore_volume(model, slices, convention, 0, batch_size, device, precision, max_memory,
-                         inference_tile(card.patch_size, tile), quiet, scale, upsample, stats)
+                         inference_tile(card.default_tile, tile), quiet, scale, upsample, stats)
     kept = {k: (model_input(np.asarray(slices[k], dtype=np.float32), upsample), out[k]) for k in keep}
     return out, stats, kept
 
@@ -256,8 +256,8 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
     the output's geometry follows (spacing / N, the first voxel's centre kept; DICOM Rows,
     Columns and PixelSpacing). ``keep_slices`` evenly spaced (input, output) slices are kept in
     the result for a preview. ``model_name`` names the model in a DICOM output (default: the
-    weights' name). Slices run in tiles of ``tile`` pixels; by default of the card's training
-    patch size (:func:`~restore_rwkv.inference.slices.inference_tile`; 0: whole slices).
+    weights' name). Slices run in tiles of ``tile`` pixels; by default the card's ``default_tile``
+    (:func:`~restore_rwkv.inference.slices.inference_tile`; 0: whole slices).
     Bad input raises InputError naming the file before anything is written; outputs are
     written under a temporary name and renamed; an existing ``output`` needs ``overwrite``.
     """
@@ -316,7 +316,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
         write_image(output, out_values, out_meta)
     plan = plan_slices(model, restored_slices.shape[1], restored_slices.shape[2], batch_size,
                        default_max_memory(device) if max_memory is None else max_memory,
-                       inference_tile(card.patch_size, tile))
+                       inference_tile(card.default_tile, tile))
     return RestoreResult(source, output, tuple(values.shape), axis, convention.name, plan.tile,
                          time.perf_counter() - start, False, scale, note, stats.outside, upsample, kept)
 
@@ -347,7 +347,7 @@ def _restore_series_stream(source: Path, output: Path, model: nn.Module, card: M
     kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     inputs: dict[int, np.ndarray] = {}
     stats = SliceStats()
-    tile_side = inference_tile(card.patch_size, tile)
+    tile_side = inference_tile(card.default_tile, tile)
     budget = default_max_memory(device) if max_memory is None else int(max_memory)
 
     def remembered():

@@ -1,8 +1,8 @@
 """Restoring stacks of 2-D slices with a model: batching, precision, the memory estimate and tiling.
 
-A model trained on patches restores in overlapping square tiles of its training patch side
-(``inference_tile``: the card's ``patch_size``, unless the caller gives another side or 0 for
-whole slices). Re-WKV divides its decay by the token count and scans rows end to end, so a whole
+A model trained on patches restores in overlapping square tiles (``inference_tile``: the card's
+``tile``, chosen on validation data, else its training ``patch_size``, unless the caller gives
+another side or 0 for whole slices). Re-WKV divides its decay by the token count and scans rows end to end, so a whole
 512 x 512 slice shows a model trained on 64 x 64 patches a decay 64 times weaker and vertical
 neighbours 512 tokens apart instead of 64; on the demo's CT test slice tiles of 64 score 33.8 dB
 against 32.8 dB whole (docs/inference.md, "Tiles"). Whole slices are also cut into tiles when
@@ -92,8 +92,8 @@ class SlicePlan:
 
 def inference_tile(patch_size: int | None, tile: int | None = None) -> int | None:
     """The tile side to restore with: ``tile`` when given (0: whole slices, tiled only to fit memory),
-    else the model's training ``patch_size`` from its card, at least ``MIN_TILE`` (None: whole
-    slices). A ``tile`` under ``MIN_TILE`` (other than 0) is an InputError. See the module doc."""
+    else ``patch_size`` (the card's ``default_tile``: its chosen tile or training patch size), at least
+    ``MIN_TILE`` (0 or None: whole slices). A ``tile`` under ``MIN_TILE`` (other than 0) is an InputError. See the module doc."""
     if tile is not None:
         if isinstance(tile, bool) or int(tile) != tile or tile < 0 or 0 < tile < MIN_TILE:
             raise InputError(None, f"--tile must be 0 (whole slices) or at least {MIN_TILE} pixels; got {tile!r}")

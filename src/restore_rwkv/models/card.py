@@ -45,6 +45,7 @@ class ModelCard:
         task: ``mri_sr``, ``ct_denoise``, ``pet`` or ``all_in_one``.
         conventions: modality -> its intensity policy in training (``ModalityConvention.to_card``).
         patch_size: training patch side in pixels.
+        tile: the tile side to restore with, chosen on validation data (0: whole slices); None: ``patch_size``.
         iterations: optimiser steps taken.
         metrics: validation metrics of these weights (e.g. ``{"psnr": 33.1, "ssim": 0.91}``).
         weights: the weights file name, beside the card.
@@ -57,6 +58,7 @@ class ModelCard:
     conventions: dict[str, dict[str, Any]]
     model_args: dict[str, Any] = field(default_factory=dict)
     patch_size: int | None = None
+    tile: int | None = None
     iterations: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     weights: str = ""
@@ -70,6 +72,12 @@ class ModelCard:
     def modalities(self) -> list[str]:
         """The modalities the weights were trained on (canonical names)."""
         return sorted(modality_name(m) or m for m in self.conventions)
+
+    @property
+    def default_tile(self) -> int | None:
+        """The tile side ``restore`` and ``evaluate`` use without ``--tile`` (0 or None: whole slices):
+        the card's ``tile`` where one was chosen, else the training ``patch_size``."""
+        return self.tile if self.tile is not None else self.patch_size
 
     @property
     def tasks(self) -> list[str]:
@@ -134,6 +142,8 @@ class ModelCard:
         if not isinstance(data["conventions"], dict) or not data["conventions"]:
             raise InputError(source, "model card's conventions must map each modality to its policy")
         card = cls(**{k: v for k, v in data.items() if k in known})
+        if card.tile is not None and (isinstance(card.tile, bool) or not isinstance(card.tile, int) or card.tile < 0):
+            raise InputError(source, f"model card's tile must be a whole number of pixels (0: whole slices); got {card.tile!r}")
         for name in card.conventions:
             try:
                 card.convention(name)

@@ -253,8 +253,9 @@ def _tile_line(card) -> str:
     for key, value in card.metrics.items():
         if key.startswith("val_tile") and key.endswith("_psnr"):
             side, task = key[len("val_tile"):-len("_psnr")].split("_", 1)
-            found.setdefault(int(side), []).append(f"{task} {value:.2f}")
-    shown = "; ".join(f"{f'{side}²' if side else 'whole'}: " + ", ".join(v) for side, v in found.items())
+            found.setdefault(int(side), []).append(f"{task} {value:.3f}")
+    shown = "; ".join(f"{f'{side}²' if side else 'whole'}: " + ", ".join(found[side])
+                      for side in TILE_CANDIDATES if side in found)
     chosen = f"{card.tile} × {card.tile}" if card.tile else "whole slices"
     return f"- Tiles: {chosen}, chosen on the validation split (mean PSNR dB per task: {shown})"
 

@@ -2,12 +2,12 @@
 
 A model trained on patches restores in overlapping square tiles (``inference_tile``: the card's
 ``tile``, chosen on validation data, else its training ``patch_size``, unless the caller gives
-another side or 0 for whole slices). Re-WKV divides its decay by the token count and scans rows end to end, so a whole
-512 x 512 slice shows a model trained on 64 x 64 patches a decay 64 times weaker and vertical
-neighbours 512 tokens apart instead of 64; on the demo's CT test slice tiles of 64 score 33.8 dB
-against 32.8 dB whole (docs/inference.md, "Tiles"). Whole slices are also cut into tiles when
-the estimated memory of one exceeds ``max_memory``. Tile outputs are blended with raised-cosine
-weights, so no seam appears.
+another side or 0 for whole slices). Re-WKV divides its decay by the token count and scans rows
+end to end, so a whole 512 x 512 slice shows a model trained on 64 x 64 patches a decay 64 times
+weaker and vertical neighbours 512 tokens apart instead of 64; which side restores best is
+measured on validation data (docs/inference.md, "Tiles"). Whole slices are also cut into tiles
+when the estimated memory of one exceeds ``max_memory``. Tile outputs are blended with
+raised-cosine weights, so no seam appears.
 """
 
 from __future__ import annotations

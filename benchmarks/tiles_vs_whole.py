@@ -1,6 +1,6 @@
 """How a model's scores depend on the side of the tiles it restores in, on every real test set of a task.
 
-(``--split validation``: on the validation sets, where ``scripts/ship_demo_models.py`` chooses a card's tile.)
+(``--split validation``: the validation sets instead.)
 
 The Re-WKV decay is divided by the token count and the scans run along whole rows, so a model sees a
 different operator on a tile than on a whole slice. For each ``--weights`` this restores every test set
@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", default=["ct_denoise_light"])
     parser.add_argument("--data", default="data/demo")
     parser.add_argument("--tiles", default="64,128,256,0", help="tile sides (overlap: a quarter of the side); 0: whole")
-    parser.add_argument("--split", default="test", help="test (the default) or validation (where a tile is chosen)")
+    parser.add_argument("--split", default="test", choices=("test", "validation"),
+                        help="the demo split to score (validation: where ship_demo_models.py chooses a card's tile)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     data = ensure_demo_data(Path(args.data), quiet=True)

@@ -57,10 +57,10 @@ def test_missing_or_foreign_cards_are_one_line_errors(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"model": "no_such_model", "task": "t", "conventions": CT}))
     with pytest.raises(InputError, match="cannot build"):
         load_model(tmp_path / "a.safetensors")
-    for tile in (-64, 64.5, True, "64"):
+    for tile in (-64, 4, 64.5, True, "64"):
         (tmp_path / "a.json").write_text(json.dumps({"model": "restore_rwkv_light", "task": "t", "conventions": CT,
                                                      "tile": tile}))
-        with pytest.raises(InputError, match=r"a\.json: model card's tile must be a whole number"):
+        with pytest.raises(InputError, match=r"a\.json: model card's tile must be 0 \(whole slices\) or a whole number of pixels of at least 16"):
             load_model_card(tmp_path / "a.safetensors")
     (tmp_path / "a.json").unlink()
     with pytest.raises(InputError, match="no model card"):

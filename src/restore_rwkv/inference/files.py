@@ -197,7 +197,8 @@ def restore_array(array: np.ndarray, weights: str | os.PathLike | None = None, *
     ``upsample`` N zero-fills each slice's k-space to N times its matrix first (MRI ``x N``
     super-resolution of a low-resolution acquisition); the in-plane axes come back N times longer
     and the spacing is divided by N (the first voxel's centre stays). Values outside the policy's
-    range keep the input's value. Raises InputError for input that cannot be right.
+    range keep the input's value. Slices run in tiles of ``tile`` pixels, by default the card's
+    ``default_tile`` (0: whole slices). Raises InputError for input that cannot be right.
     """
     values = np.asarray(array)
     if values.ndim not in (2, 3):

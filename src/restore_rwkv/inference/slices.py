@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from restore_rwkv.modality import ModalityConvention
+from restore_rwkv.models.card import MIN_TILE
 from restore_rwkv.physics.mri import zero_fill
 from restore_rwkv.utils.devices import resolve_device
 from restore_rwkv.utils.devices import autocast as _autocast
@@ -38,7 +39,6 @@ _MULTIPLE = 8  # RestoreRWKV pads to a multiple of 8
 # Tiles run this many to a forward pass (fewer when memory says so): one 64² tile per pass leaves a
 # 2-core CPU idle between small operations; 16 at a time restored a 512² CT slice about 1.4x faster.
 TILES_PER_PASS = 16
-MIN_TILE = 16  # the smallest tile side restore accepts
 
 
 def free_memory(device: torch.device) -> int:

@@ -32,6 +32,7 @@ from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.files import atomic_file
 
 CARD_FORMAT = 2
+MIN_TILE = 16  # the smallest tile side a model restores in (restore --tile, a card's tile)
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"  # package data (the demo issue fills it)
 
 
@@ -142,8 +143,10 @@ class ModelCard:
         if not isinstance(data["conventions"], dict) or not data["conventions"]:
             raise InputError(source, "model card's conventions must map each modality to its policy")
         card = cls(**{k: v for k, v in data.items() if k in known})
-        if card.tile is not None and (isinstance(card.tile, bool) or not isinstance(card.tile, int) or card.tile < 0):
-            raise InputError(source, f"model card's tile must be a whole number of pixels (0: whole slices); got {card.tile!r}")
+        if card.tile is not None and (isinstance(card.tile, bool) or not isinstance(card.tile, int)
+                                      or card.tile < 0 or 0 < card.tile < MIN_TILE):
+            raise InputError(source, f"model card's tile must be 0 (whole slices) or a whole number of pixels of at least "
+                                     f"{MIN_TILE}; got {card.tile!r}")
         for name in card.conventions:
             try:
                 card.convention(name)

@@ -199,7 +199,8 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
              "(1,238,305 parameters) trained on the small offline demo dataset (docs/data.md) for a few "
              "thousand iterations on a 2-core CPU (the checkpoint chosen by the trainer's validation, in tiles of the "
              "training patch size); each entry says which version of the demo data it was trained "
-             "on (version 6 adds real heads for MRI and CT; the models trained on version 5 are being retrained). "
+             "on (version 6 adds real heads for MRI and CT and leaves PET's data as it was; a model trained on version 5 "
+             "for MRI or CT is to be retrained). "
              "Some of that data is licensed for non-commercial use only (docs/data.md).", "",
              "They were trained on 64 × 64 patches. `restore`, `evaluate` and the demo run each in overlapping "
              "tiles of the side its card chose on the validation split (the card's `tile`: the highest validation "

@@ -64,32 +64,33 @@ def load_split(data: Path, task: str, split: str) -> tuple[list[str], list[np.nd
     return names, lqs, hqs
 
 
-def set_groups(data: Path, task: str) -> dict[str, list[int]]:
-    """SET_GAINS' groups of test sets: the indices (in ``load_split``'s order) of their slices."""
+def test_set_names(data: Path, task: str) -> list[str]:
+    """The test set (``demo.recipe.test_sets``) of each test slice of ``task``, in ``load_split``'s order."""
     from restore_rwkv.data.datasets import read_manifest
-    from restore_rwkv.demo.recipe import CT_VOLUME, MR_VOLUMES, test_set_of
+    from restore_rwkv.demo.recipe import test_sets
 
     records = sorted((r for r in read_manifest(data / "manifest.csv") if r.task == task and r.split == "test"),
                      key=lambda r: r.hq)
-    sets = [test_set_of(r) for r in records]
+    set_of = {r.hq: name for name, members in test_sets(records) for r in members}
+    return [set_of[r.hq] for r in records]
+
+
+def set_groups(names: list[str], task: str) -> dict[str, list[int]]:
+    """SET_GAINS' groups of test sets: the indices of their slices in ``names`` (``test_set_names``)."""
+    from restore_rwkv.demo.recipe import CT_VOLUME, MR_VOLUMES
+
     members = {"the InVesalius head CT slab": lambda name: name == CT_VOLUME,
                "the real brain slabs (S1, Colin27)": lambda name: name in MR_VOLUMES,
                "the real abdominal slice": lambda name: task == "mri_sr" and name not in MR_VOLUMES,
                "all": lambda name: True}
-    return {group: [i for i, name in enumerate(sets) if members[group](name)] for group in SET_GAINS[task]}
+    return {group: [i for i, name in enumerate(names) if members[group](name)] for group in SET_GAINS[task]}
 
 
-def per_set(data: Path, task: str) -> dict[str, list[int]]:
-    """Every test set of ``task`` (a slab of one volume, or a slice): the indices of its slices in ``load_split``'s order."""
-    from restore_rwkv.data.datasets import read_manifest
-    from restore_rwkv.demo.recipe import test_set_of
-
-    records = sorted((r for r in read_manifest(data / "manifest.csv") if r.task == task and r.split == "test"),
-                     key=lambda r: r.hq)
+def per_set(names: list[str]) -> dict[str, list[int]]:
+    """Every test set in ``names`` (``test_set_names``): the indices of its slices."""
     groups: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        name = test_set_of(r)
-        groups.setdefault("mni152_fdg" if name.startswith("mni152_fdg_z") else name, []).append(i)
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
     return groups
 
 
@@ -207,10 +208,10 @@ def tile_rows(task: str, lq: list[np.ndarray], hq: list[np.ndarray]) -> list[dic
     model, card = load_model(SINGLE[task])
     default = inference_tile(card.default_tile)
     convention = card.convention(MODALITY[task].modality)
+    middle = lq[len(lq) // 2].astype(np.float32)
     rows = []
     for side in sorted({*TILE_SIDES, default or 0}, key=lambda side: side or float("inf")):
         (outputs, how), = run_models(task, [SINGLE[task]], lq, tile=side).values()
-        middle = lq[len(lq) // 2].astype(np.float32)
         rows.append({"mode": f"{side}² tiles" if side else "whole slices", "side": side, "how": how,
                      "default": (side or None) == default, "chosen": card.tile is not None, **score(task, outputs, hq),
                      "erf_radius_90_px": erf_radius_at(model, convention, middle, side)})
@@ -347,6 +348,7 @@ def main() -> None:
     tiles: dict[str, list[dict]] = {}
     for task in TASKS:
         names, lq, hq = load_split(data, task, "test")
+        set_names = test_set_names(data, task)
         rows = [{"method": "input (LQ)", "parameter": "", **score(task, lq, hq)}]
         restored = {"input (LQ)": lq}  # method -> its test outputs, for the per-set scores
         if task == "mri_sr":
@@ -389,13 +391,13 @@ def main() -> None:
         results[task] = rows
         sets[task] = {name: {method: score(task, [outputs[i] for i in indices], [hq[i] for i in indices])
                              for method, outputs in restored.items()}
-                      for name, indices in per_set(data, task).items()}
+                      for name, indices in per_set(set_names).items()}
         single = next((r for r in rows if SINGLE[task] in r["method"]), None)
         joint = next((r for r in rows if ALL_IN_ONE in r["method"]), None)
         for label, name, model_row in (("single-task", SINGLE[task], single), ("all-in-one", ALL_IN_ONE, joint)):
             if model_row is None:
                 continue
-            for group, indices in set_groups(data, task).items():
+            for group, indices in set_groups(set_names, task).items():
                 before = score(task, [lq[i] for i in indices], [hq[i] for i in indices])
                 after = score(task, [restored[f"`{name}`"][i] for i in indices], [hq[i] for i in indices])
                 gain, ssim_gain = after["psnr"] - before["psnr"], after["ssim"] - before["ssim"]

@@ -222,6 +222,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                   + " ".join(DATA[entry.get("data_version", 5)][t] + "." for t in tasks),
                   f"- Recipe: config `{RUNS[name]}`: {config.model.name}"
                   + (", output convolution zero-initialised" if config.model.zero_init_output else "")
+                  + (f", fine-tuned from `{config.model.init_weights}`" if config.model.init_weights else "")
                   + ", L1 loss"
                   + (f" + {config.train.window_loss_weight:g} × L1 inside the evaluation window"
                      if config.train.window_loss_weight else "")

@@ -1,6 +1,6 @@
 """Mutation testing of one module, mutmut-style, fast: one fork per mutant from a process that has torch loaded.
 
-Each mutant changes one operator or constant inside one function of the module (== <-> !=, < <-> <=,
+Each mutant changes one operator or constant inside one function or method of the module (== <-> !=, < <-> <=,
 > <-> >=, in <-> not in, is <-> is not, and <-> or, not x -> x, + <-> -, * <-> /, // -> /, % -> /,
 << <-> >>, ** -> *, number n -> n + 1, string s -> "XX" s "XX", True <-> False; docstrings and
 module-level code are left alone, as mutmut does). The child swaps the mutated bytecode into the live
@@ -50,17 +50,26 @@ def _docstrings(tree: ast.Module) -> set[int]:
     return ids
 
 
-def _sites(tree: ast.Module):
-    """(function name, node path) of every mutable node inside a top-level function body."""
-    skip = _docstrings(tree)
+def _functions(tree: ast.Module):
+    """(qualified name, definition) of each top-level function and each method of a top-level class."""
     for top in tree.body:
-        if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        for stmt in top.body:
+        if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield top.name, top
+        elif isinstance(top, ast.ClassDef):
+            for member in top.body:
+                if isinstance(member, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield f"{top.name}.{member.name}", member
+
+
+def _sites(tree: ast.Module):
+    """(function name, node path) of every mutable node inside a top-level function's or a method's body."""
+    skip = _docstrings(tree)
+    for name, definition in _functions(tree):
+        for stmt in definition.body:
             for node in ast.walk(stmt):
                 if id(node) in skip or isinstance(node, ast.JoinedStr):
                     continue
-                yield top.name, node
+                yield name, node
 
 
 def _variants(node: ast.AST):
@@ -122,20 +131,59 @@ def _not_removals(source: str, start: int) -> list[Mutant]:
     return result
 
 
+def _plain(member):
+    """The function object behind a class member (static/class method, property getter, pydantic
+    validator proxy, functools.wraps wrapper), or None."""
+    for _ in range(4):
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        elif isinstance(member, property):
+            member = member.fget
+        elif hasattr(member, "wrapped") and not hasattr(member, "__code__"):  # pydantic's decorator proxy
+            member = member.wrapped
+        elif hasattr(member, "__wrapped__"):  # e.g. @torch.no_grad(): the wrapper's closure holds the original
+            member = member.__wrapped__
+    return member if getattr(member, "__code__", None) is not None else None
+
+
+def _methods(cls) -> dict:
+    """Method name -> function object of ``cls``'s own members, pydantic validators included."""
+    found = {name: f for name, f in ((n, _plain(m)) for n, m in vars(cls).items()) if f is not None}
+    decorators = getattr(cls, "__pydantic_decorators__", None)
+    if decorators is not None:
+        for group in ("validators", "field_validators", "model_validators", "field_serializers",
+                      "model_serializers", "root_validators", "computed_fields"):
+            for name, decorator in getattr(decorators, group, {}).items():
+                function = _plain(decorator.func)
+                if function is not None:
+                    found[name] = function
+    return found
+
+
+def _swap(old, new) -> None:
+    old.__code__ = new.__code__
+    old.__defaults__ = new.__defaults__
+    old.__kwdefaults__ = new.__kwdefaults__
+
+
 def _install(module, tree: ast.Module) -> None:
-    """Swap the mutated functions' code into ``module``'s live function objects."""
+    """Swap the mutated functions' and methods' code into ``module``'s live function objects."""
     namespace = {"__name__": module.__name__, "__file__": module.__file__}
     exec(compile(ast.fix_missing_locations(tree), module.__file__, "exec"), namespace)
     for name, new in namespace.items():
         old = getattr(module, name, None)
+        if isinstance(new, type) and isinstance(old, type) and new.__module__ == module.__name__:
+            old_methods = _methods(old)
+            for method, function in _methods(new).items():
+                if method in old_methods and old_methods[method] is not function:
+                    _swap(old_methods[method], function)
+            continue
         if callable(new) and hasattr(new, "__wrapped__") and hasattr(old, "__wrapped__"):
             old.cache_clear() if hasattr(old, "cache_clear") else None
             old, new = old.__wrapped__, new.__wrapped__
         if getattr(new, "__code__", None) is not None and getattr(old, "__code__", None) is not None \
                 and getattr(new, "__module__", None) == module.__name__:
-            old.__code__ = new.__code__
-            old.__defaults__ = new.__defaults__
-            old.__kwdefaults__ = new.__kwdefaults__
+            _swap(old, new)
 
 
 class _CallMap:
@@ -151,7 +199,9 @@ class _CallMap:
 
     def _profile(self, frame, event, arg):
         if event == "call" and frame.f_code.co_filename == self.path:
-            self.calls.setdefault(frame.f_code.co_name, set()).add(self.current)
+            # "Class.method" for a method; a nested function counts as a call of the function around it
+            name = frame.f_code.co_qualname.split(".<locals>")[0]
+            self.calls.setdefault(name, set()).add(self.current)
 
     def pytest_sessionstart(self, session) -> None:
         sys.setprofile(self._profile)

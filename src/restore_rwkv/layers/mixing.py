@@ -48,7 +48,7 @@ class SpatialMix(nn.Module):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # compiled: no in-place chunks
             wkv = re_wkv(self.key(x), self.value(x), self.spatial_decay, self.spatial_first)
             return self.output(torch.sigmoid(self.receptance(x)) * wkv)
         out = torch.zeros_like(x, memory_format=torch.contiguous_format)
@@ -96,7 +96,7 @@ class ChannelMix(nn.Module):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # compiled: no in-place chunks
             return torch.sigmoid(self.receptance(x)) * self.value(squared_relu(self.key(x)))
         out = torch.zeros_like(x, memory_format=torch.contiguous_format)
         self.mix_into(x, out, torch.ones(()))

@@ -104,7 +104,7 @@ class RestoreRWKV(nn.Module):
         return self
 
     def _run_level(self, level: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Every level input is a fresh tensor that nothing else holds: update it in place.
             for block in level:
                 x = block(x, inplace=True)

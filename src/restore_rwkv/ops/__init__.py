@@ -10,6 +10,7 @@ from restore_rwkv.ops.dispatch import (
     re_wkv,
     select_backend,
 )
+from restore_rwkv.ops import library  # registers torch.ops.restore_rwkv.re_wkv / .bi_wkv  # noqa: E402,F401
 
 __all__ = [
     "BACKENDS",

@@ -182,6 +182,8 @@ def bi_wkv(
     channels = k.shape[2]
     if w.shape != (channels,) or u.shape != (channels,):
         raise ValueError(f"bi_wkv expects w and u of shape ({channels},); got {tuple(w.shape)} and {tuple(u.shape)}")
+    if torch.compiler.is_compiling():  # one opaque node for torch.compile / torch.export (ops/library.py)
+        return torch.ops.restore_rwkv.bi_wkv(w, u, k, v, backend)
     name = select_backend(k.device, backend)
     if name == "triton":
         if _use_triton(backend == name, [(w, u)], k.shape[1], k.dtype):
@@ -225,6 +227,9 @@ def re_wkv(
             raise ValueError(f"re_wkv: out has shape {tuple(out.shape)}, expected {tuple(v.shape)}")
         if needs_grad(k, v, decay, first, out):
             raise ValueError("re_wkv: out= is for inference only (inputs require grad)")
+    if torch.compiler.is_compiling():  # one opaque node for torch.compile / torch.export (ops/library.py)
+        result = torch.ops.restore_rwkv.re_wkv(k, v, decay, first, backend)
+        return out.copy_(result) if out is not None else result
     with torch.profiler.record_function(PROFILER_LABEL):
         result = _re_wkv(k, v, decay, first, backend, out)
         if out is not None and result.data_ptr() != out.data_ptr():

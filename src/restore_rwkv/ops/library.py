@@ -5,7 +5,8 @@ output's shape and dtype, and the backend choice (which reads tensor values and 
 Triton) happens inside the op, so nothing value-dependent is traced. The backward is a second op
 that runs the chosen backend's own forward and backward (the forward is recomputed, as gradient
 checkpointing would: the backends keep their intermediates in Python objects that a graph cannot
-hold). Eager code does not go through these ops (see :func:`compiling`); the numbers are the same.
+hold). Eager code does not go through these ops: ``re_wkv``/``bi_wkv`` call them only while
+``torch.compiler.is_compiling()``; the numbers are the same.
 """
 
 from __future__ import annotations
@@ -27,11 +28,6 @@ def _with_autograd():
     return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
 
 
-def compiling() -> bool:
-    """Whether this call is being traced by ``torch.compile``/``torch.export`` (the ops are used then)."""
-    return torch.compiler.is_compiling()
-
-
 def _fresh(result: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
     """``result`` as a new contiguous tensor: a custom op's output may not alias its inputs, and its
     strides must match the fake kernel's."""
@@ -39,6 +35,32 @@ def _fresh(result: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
                                          for x in inputs):
         return result.clone(memory_format=torch.contiguous_format)
     return result
+
+
+def _gradients(forward, tensors: tuple[torch.Tensor, ...], grad: torch.Tensor, backend: str) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``forward(*tensors, backend)`` with respect to each tensor, by the backend's own
+    autograd (zeros where a tensor does not take part), as new contiguous tensors."""
+    inputs = [x.detach().requires_grad_() for x in tensors]
+    with _with_autograd(), torch.enable_grad():
+        grads = torch.autograd.grad(forward(*inputs, backend), inputs, grad, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else _fresh(g, grad, x) for g, x in zip(grads, tensors))
+
+
+def _empty_like_each(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in tensors)
+
+
+def _register_autograd(op, backward_op) -> None:
+    """Differentiate ``op`` (tensors, then ``backend``) by ``backward_op(grad, *tensors, backend)``."""
+
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs[:-1])
+        ctx.backend = inputs[-1]
+
+    def backward(ctx, grad):
+        return (*backward_op(grad.contiguous(), *ctx.saved_tensors, ctx.backend), None)
+
+    op.register_autograd(backward, setup_context=setup_context)
 
 
 @torch.library.custom_op(f"{_NAMESPACE}::re_wkv", mutates_args=())
@@ -59,30 +81,15 @@ def re_wkv_backward_op(grad: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dec
                        first: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                             torch.Tensor]:
     """Gradients of ``re_wkv_op`` with respect to k, v, decay and first."""
-    inputs = [x.detach().requires_grad_() for x in (k, v, decay, first)]
-    with _with_autograd(), torch.enable_grad():
-        out = _re_wkv(*inputs, backend)
-        grads = torch.autograd.grad(out, inputs, grad, allow_unused=True)
-    return tuple(torch.zeros_like(x) if g is None else _fresh(g, grad, x) for g, x in zip(grads, (k, v, decay, first)))
+    return _gradients(_re_wkv, (k, v, decay, first), grad, backend)
 
 
 @re_wkv_backward_op.register_fake
 def _re_wkv_backward_fake(grad, k, v, decay, first, backend="auto"):
-    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (k, v, decay, first))
+    return _empty_like_each(k, v, decay, first)
 
 
-def _re_wkv_setup(ctx, inputs, output) -> None:
-    k, v, decay, first, backend = inputs
-    ctx.save_for_backward(k, v, decay, first)
-    ctx.backend = backend
-
-
-def _re_wkv_backward(ctx, grad):
-    k, v, decay, first = ctx.saved_tensors
-    return (*re_wkv_backward_op(grad.contiguous(), k, v, decay, first, ctx.backend), None)
-
-
-re_wkv_op.register_autograd(_re_wkv_backward, setup_context=_re_wkv_setup)
+_register_autograd(re_wkv_op, re_wkv_backward_op)
 
 
 @torch.library.custom_op(f"{_NAMESPACE}::bi_wkv", mutates_args=())
@@ -102,27 +109,12 @@ def _bi_wkv_fake(w, u, k, v, backend="auto"):
 def bi_wkv_backward_op(grad: torch.Tensor, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``bi_wkv_op`` with respect to w, u, k and v."""
-    inputs = [x.detach().requires_grad_() for x in (w, u, k, v)]
-    with _with_autograd(), torch.enable_grad():
-        out = _bi_wkv_eager(*inputs, backend)
-        grads = torch.autograd.grad(out, inputs, grad, allow_unused=True)
-    return tuple(torch.zeros_like(x) if g is None else _fresh(g, grad, x) for g, x in zip(grads, (w, u, k, v)))
+    return _gradients(_bi_wkv_eager, (w, u, k, v), grad, backend)
 
 
 @bi_wkv_backward_op.register_fake
 def _bi_wkv_backward_fake(grad, w, u, k, v, backend="auto"):
-    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (w, u, k, v))
+    return _empty_like_each(w, u, k, v)
 
 
-def _bi_wkv_setup(ctx, inputs, output) -> None:
-    w, u, k, v, backend = inputs
-    ctx.save_for_backward(w, u, k, v)
-    ctx.backend = backend
-
-
-def _bi_wkv_backward(ctx, grad):
-    w, u, k, v = ctx.saved_tensors
-    return (*bi_wkv_backward_op(grad.contiguous(), w, u, k, v, ctx.backend), None)
-
-
-bi_wkv_op.register_autograd(_bi_wkv_backward, setup_context=_bi_wkv_setup)
+_register_autograd(bi_wkv_op, bi_wkv_backward_op)

@@ -6,22 +6,32 @@ from typing import Iterator
 
 import torch
 
-_BLOCK_ELEMENTS = 1 << 22  # (target row, source, channel) triples evaluated at once
+_BLOCK_ELEMENTS = 1 << 21  # (batch, channel, target, source) weights evaluated at once
+_MAX_ROWS = 256  # targets per block: more rows amortise the per-block sums over targets
 
 
-def _row_blocks(w, u, k) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Yield (target slice, dist - 1 factor, normalised weights p[b, t, i, c])."""
+def _blocks(w, u, k) -> Iterator[tuple[slice, slice, torch.Tensor, torch.Tensor]]:
+    """Yield (channel slice, target slice, |t-i| - 1 of shape (R, T), normalised weights p[b, c, t, i]).
+
+    Blocks span all sources and up to _MAX_ROWS targets of a group of channels, channels first,
+    so that sums over sources (the last axis) and over targets are batched matrix products.
+    """
     batch, length, channels = k.shape
-    rows = max(1, _BLOCK_ELEMENTS // max(1, batch * length * channels))
+    rows = max(1, min(length, _MAX_ROWS, _BLOCK_ELEMENTS // (batch * length)))
+    group = max(1, min(channels, _BLOCK_ELEMENTS // (batch * rows * length)))
     pos = torch.arange(length, device=k.device, dtype=k.dtype)
-    for start in range(0, length, rows):
-        ts = slice(start, min(start + rows, length))
-        gap = (pos[ts, None] - pos[None, :]).abs() - 1  # (R, T): |t-i| - 1, -1 on the diagonal
-        diag = (gap < 0)[None, :, :, None]
-        expo = torch.where(diag, (u + k[:, ts])[:, :, None, :], -gap[None, :, :, None] * w + k[:, None, :, :])
-        expo = expo - expo.amax(dim=2, keepdim=True)  # per-row shift: exact, keeps exp finite
-        weight = expo.exp()
-        yield ts, gap, diag, weight / weight.sum(dim=2, keepdim=True)
+    kc = k.transpose(1, 2)  # (B, C, T)
+    for c0 in range(0, channels, group):
+        cs = slice(c0, min(c0 + group, channels))
+        for t0 in range(0, length, rows):
+            ts = slice(t0, min(t0 + rows, length))
+            gap = (pos[ts, None] - pos[None, :]).abs() - 1  # (R, T): |t-i| - 1, -1 on the diagonal
+            expo = -gap * w[cs, None, None] + kc[:, cs, None, :]  # (B, G, R, T)
+            diag = torch.arange(ts.stop - t0, device=k.device)
+            expo[:, :, diag, diag + t0] = u[cs, None] + kc[:, cs, ts]  # the bonus u on i = t
+            expo = expo - expo.amax(dim=3, keepdim=True)  # per-row shift: exact, keeps exp finite
+            weight = expo.exp()
+            yield cs, ts, gap, weight / weight.sum(dim=3, keepdim=True)
 
 
 def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -31,8 +41,11 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
     mathematically and keeps the result finite for any finite input. Time O(B * T^2 * C);
     differentiable through ordinary autograd (which then holds O(B * T^2 * C) memory).
     """
-    rows = [(p * v[:, None, :, :]).sum(dim=2) for _, _, _, p in _row_blocks(w, u, k)]
-    return torch.cat(rows, dim=1)
+    vc = v.transpose(1, 2)[..., None]  # (B, C, T, 1)
+    y = torch.empty_like(vc[..., 0])
+    for cs, ts, _, p in _blocks(w, u, k):
+        y[:, cs, ts] = (p @ vc[:, cs])[..., 0]
+    return y.transpose(1, 2)
 
 
 def bi_wkv_reference_grad(
@@ -44,27 +57,38 @@ def bi_wkv_reference_grad(
     With p_ti = e_ti / D_t: dv_i = sum_t g_t p_ti, dk_i = sum_t g_t p_ti (v_i - y_t),
     du = sum_t g_t p_tt (v_t - y_t), dw = -sum_{t, i != t} (|t-i|-1) g_t p_ti (v_i - y_t).
     The second tuple bounds each sum by the sum of its terms' absolute values, which is
-    the scale that rounding in any summation order is relative to.
+    the scale that rounding in any summation order is relative to. Each pairwise sum is taken
+    as products of the weight matrix p with per-token factors (p >= 0, so |g_t p_ti| = |g_t| p_ti).
 
     Returns:
         ``(y, (dw, du, dk, dv), (their scales))``.
     """
-    y = bi_wkv_reference(w, u, k, v)
-    grads = [torch.zeros_like(w), torch.zeros_like(u), torch.zeros_like(k), torch.zeros_like(v)]
-    scales = [torch.zeros_like(w), torch.zeros_like(u), torch.zeros_like(k), torch.zeros_like(v)]
-    for ts, gap, diag, p in _row_blocks(w, u, k):
-        g = gy[:, ts, None, :]
-        gp = g * p  # (B, R, T, C)
-        diff = v[:, None, :, :] - y[:, ts, None, :]
-        mag = v[:, None, :, :].abs() + y[:, ts, None, :].abs()
-        term = gp * diff
-        dist = gap.clamp_min(0)[None, :, :, None]
-        grads[0] -= (term * dist).sum(dim=(0, 1, 2))
-        scales[0] += (gp.abs() * mag * dist).sum(dim=(0, 1, 2))
-        grads[1] += torch.where(diag, term, 0).sum(dim=(0, 1, 2))
-        scales[1] += torch.where(diag, gp.abs() * mag, 0).sum(dim=(0, 1, 2))
-        grads[2] += term.sum(dim=1)
-        scales[2] += (gp.abs() * mag).sum(dim=1)
-        grads[3] += gp.sum(dim=1)
-        scales[3] += gp.abs().sum(dim=1)
-    return y, tuple(grads), tuple(scales)
+    vc, gc = v.transpose(1, 2), gy.transpose(1, 2)  # (B, C, T)
+    dw, du, sdw, sdu = (torch.zeros_like(w) for _ in range(4))
+    y, dk, dv, sdk, sdv = (torch.zeros_like(vc) for _ in range(5))
+    by_source_all = torch.stack([vc, vc.abs(), torch.ones_like(vc)], dim=-1)  # (B, C, T, 3)
+    for cs, ts, gap, p in _blocks(w, u, k):
+        vg, by_source = vc[:, cs], by_source_all[:, cs]
+        g, y[:, cs, ts] = gc[:, cs, ts], (p @ vg[..., None])[..., 0]  # (B, G, R)
+        ga, ya = g.abs(), y[:, cs, ts].abs()
+        # over sources i, with the distance factor: sum_i (|t-i|-1)+ p_ti (v_i, |v_i|, 1)
+        yt = y[:, cs, ts]
+        qv, qva, qs = ((p * gap.clamp_min(0)) @ by_source).unbind(-1)
+        dw[cs] -= (g * (qv - yt * qs)).sum(dim=(0, 2))
+        sdw[cs] += (ga * (qva + ya * qs)).sum(dim=(0, 2))
+        # the diagonal i = t
+        diag = torch.arange(ts.stop - ts.start, device=k.device)
+        p_tt, v_t = p[:, :, diag, diag + ts.start], vg[:, :, ts]
+        du[cs] += (g * p_tt * (v_t - yt)).sum(dim=(0, 2))
+        sdu[cs] += (ga * p_tt * (v_t.abs() + ya)).sum(dim=(0, 2))
+        # over targets t: sum_t p_ti (g_t, |g_t|, g_t y_t, |g_t y_t|)
+        sg, sga, sgy, sgya = (p.transpose(2, 3) @ torch.stack([g, ga, g * yt, ga * ya], dim=-1)).unbind(-1)
+        dk[:, cs] += vg * sg - sgy
+        sdk[:, cs] += vg.abs() * sga + sgya
+        dv[:, cs] += sg
+        sdv[:, cs] += sga
+
+    def tokens_last(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).contiguous()
+
+    return tokens_last(y), (dw, du, tokens_last(dk), tokens_last(dv)), (sdw, sdu, tokens_last(sdk), tokens_last(sdv))

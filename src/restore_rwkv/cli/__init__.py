@@ -16,12 +16,12 @@ from restore_rwkv.utils.errors import InputError
 
 def build_parser() -> argparse.ArgumentParser:
     from restore_rwkv import __version__
-    from restore_rwkv.cli import demo, evaluate, prepare, restore, train
+    from restore_rwkv.cli import demo, evaluate, export, prepare, restore, train
 
     parser = argparse.ArgumentParser(prog="restore-rwkv", description="Restore-RWKV for medical image restoration.")
     parser.add_argument("--version", action="version", version=f"restore-rwkv {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (prepare, train, evaluate, restore, demo):
+    for module in (prepare, train, evaluate, restore, export, demo):
         module.add_parser(subparsers)
     return parser
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from restore_rwkv.layers.mixing import ChannelMix, SpatialMix, omni_shift_tokens
+from restore_rwkv.ops import tracing
 
 
 class RRWKVBlock(nn.Module):
@@ -23,7 +24,7 @@ class RRWKVBlock(nn.Module):
     def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Apply the block; with ``inplace`` (inference only) ``x`` itself is updated and returned."""
         tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C): a view when x is channels-last
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # compiled: functional
+        if torch.is_grad_enabled() or tracing():  # compiled or exported: functional
             tokens = tokens + self.gamma1 * self.att(self.ln1(tokens))
             tokens = tokens + self.gamma2 * self.ffn(self.ln2(tokens))
         else:  # inference: update in place (on a copy unless the caller gives x away)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from restore_rwkv.layers.omni_shift import OmniShift
-from restore_rwkv.ops import re_wkv
+from restore_rwkv.ops import re_wkv, tracing
 
 # Tokens per chunk of the inference paths' per-token work: on CPU 16384 (16384 x 96 float32 =
 # 6 MB stays in cache); on a GPU at least 2^20 (fewer kernel launches, bounded memory).
@@ -48,7 +48,7 @@ class SpatialMix(nn.Module):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # compiled: no in-place chunks
+        if torch.is_grad_enabled() or tracing():  # compiled or exported: no in-place chunks
             wkv = re_wkv(self.key(x), self.value(x), self.spatial_decay, self.spatial_first)
             return self.output(torch.sigmoid(self.receptance(x)) * wkv)
         out = torch.zeros_like(x, memory_format=torch.contiguous_format)
@@ -96,7 +96,7 @@ class ChannelMix(nn.Module):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Everything after the Omni-Shift, on shifted tokens (B, H, W, C)."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # compiled: no in-place chunks
+        if torch.is_grad_enabled() or tracing():  # compiled or exported: no in-place chunks
             return torch.sigmoid(self.receptance(x)) * self.value(squared_relu(self.key(x)))
         out = torch.zeros_like(x, memory_format=torch.contiguous_format)
         self.mix_into(x, out, torch.ones(()))
@@ -130,5 +130,7 @@ class _SquaredReLU(torch.autograd.Function):
 
 
 def squared_relu(x: torch.Tensor) -> torch.Tensor:
-    """relu(x)^2, differentiable, storing one tensor for backward."""
+    """relu(x)^2, differentiable, storing one tensor for backward (plain operations while traced)."""
+    if tracing() or not torch.is_grad_enabled():
+        return torch.relu(x).square()
     return _SquaredReLU.apply(x)

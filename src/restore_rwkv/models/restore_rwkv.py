@@ -11,6 +11,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from restore_rwkv.layers import Downsample, OmniShift, RRWKVBlock, Upsample
+from restore_rwkv.ops import tracing
 
 _MULTIPLE = 8  # three 2x downsamplings
 
@@ -104,7 +105,7 @@ class RestoreRWKV(nn.Module):
         return self
 
     def _run_level(self, level: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if not torch.is_grad_enabled() and not tracing():
             # Every level input is a fresh tensor that nothing else holds: update it in place.
             for block in level:
                 x = block(x, inplace=True)

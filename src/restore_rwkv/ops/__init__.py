@@ -4,11 +4,14 @@ from restore_rwkv.ops.dispatch import (
     BACKENDS,
     available_backends,
     bi_wkv,
+    decay_bound,
+    lowered,
     native_available,
     numba_available,
     triton_available,
     re_wkv,
     select_backend,
+    tracing,
 )
 from restore_rwkv.ops import library  # registers torch.ops.restore_rwkv.re_wkv / .bi_wkv  # noqa: E402,F401
 
@@ -16,9 +19,12 @@ __all__ = [
     "BACKENDS",
     "available_backends",
     "bi_wkv",
+    "decay_bound",
+    "lowered",
     "native_available",
     "numba_available",
     "triton_available",
     "re_wkv",
     "select_backend",
+    "tracing",
 ]

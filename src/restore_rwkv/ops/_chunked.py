@@ -26,6 +26,8 @@ import torch
 
 _SPAN = 12.0  # largest decay, in nats, that one chunk may span
 _MAX_CHUNK = 64
+MAX_CHUNKED_DECAY = _SPAN / 2  # above this |w| (nats per token) the scans go token by token
+_DENSE_UPTO = 512  # traced graphs: sequences up to this long are scanned densely (T^2 weights)
 _BLOCK_ELEMENTS = 1 << 16  # on CPU, channels are processed in blocks of about this many elements
 _BLOCK_ELEMENTS_GPU = 1 << 24  # on GPUs fewer, larger launches win
 
@@ -68,28 +70,55 @@ def _sequential_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) ->
     return logz, avg
 
 
+def _dense_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inclusive scan by the full (T, T) weight matrix, in log space (exact for any decay): a fixed
+    number of operations however long the sequence, for short ones in traced graphs."""
+    length = loga.shape[-1]
+    pos = torch.arange(length, dtype=loga.dtype, device=loga.device)
+    lag = pos[:, None] - pos[None, :]  # t - i
+    expo = (loga[..., None, :] - lag * w[..., None]).masked_fill(lag < 0, -math.inf)  # (..., t, i)
+    logz = torch.logsumexp(expo, dim=-1)
+    top = torch.where(torch.isfinite(logz), logz, torch.zeros_like(logz))
+    weight = (expo - top[..., None]).exp()  # rows sum to 1; all 0 where nothing is present
+    avg = torch.matmul(weight, beta[..., None])[..., 0]
+    return logz, avg
+
+
 def _chunk_length(length: int, wmax: float) -> int:
-    if wmax * 2 > _SPAN:
+    if wmax > MAX_CHUNKED_DECAY:
         return 1
     limit = _MAX_CHUNK if wmax == 0 else int(_SPAN / wmax)
     return max(1, min(length, _MAX_CHUNK, limit))
 
 
-def inclusive_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def inclusive_scan(
+    w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor, wmax: float | None = None, dense_upto: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inclusive decayed scan along the last axis.
 
     Args:
         w: decay per token, broadcastable to ``loga`` with a last axis of size 1.
         loga: log weights, shape (..., T); ``-inf`` marks an empty token.
         beta: values, shape (K, ..., T).
+        wmax: a bound on ``|w|`` known in advance (chunk lengths then read no tensor value, as
+            tracing for export needs); None: ``max |w|``.
+        dense_upto: scan sequences of at most this many chunks (or tokens, where the decay is too
+            steep to chunk) with ``_dense_scan`` instead of a further level or a token-by-token loop;
+            0: never. A longer one that would need the loop raises ValueError.
 
     Returns:
         ``(log Z, A)`` with the shapes of ``loga`` and ``beta``, as in the module docstring.
     """
     length = loga.shape[-1]
-    wmax = float(w.abs().max()) if w.numel() else 0.0
+    if wmax is None:
+        wmax = float(w.abs().max()) if w.numel() else 0.0
     size = _chunk_length(length, wmax)
     if size == 1:
+        if length <= dense_upto:
+            return _dense_scan(w, loga, beta)
+        if dense_upto:
+            raise ValueError(f"an attention decay of {wmax:.3g} nats per token over {length} tokens is too steep "
+                             f"to scan in chunks (more than {MAX_CHUNKED_DECAY:g} per token)")
         return _sequential_scan(w, loga, beta)
     nchunks = -(-length // size)
     pad = nchunks * size - length
@@ -120,7 +149,10 @@ def inclusive_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) -> t
 
     if nchunks > 1:
         # Chunk totals, scanned across chunks with decay L*w, give what flows into each chunk.
-        carry_l, carry_a = inclusive_scan(size * w, logz[..., -1], avg[..., -1])
+        if nchunks <= dense_upto:
+            carry_l, carry_a = _dense_scan(size * w, logz[..., -1], avg[..., -1])
+        else:
+            carry_l, carry_a = inclusive_scan(size * w, logz[..., -1], avg[..., -1], size * wmax, dense_upto)
         carry_l = _shift_right(carry_l, -math.inf)[..., None]
         carry_a = _shift_right(carry_a, 0.0)[..., None]
         logz, avg = _merge(logz, avg, carry_l - offsets - wc, carry_a)
@@ -131,12 +163,12 @@ def inclusive_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) -> t
 
 
 def exclusive_scans(
-    w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor
+    w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor, wmax: float | None = None, dense_upto: int = 0
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Sums over earlier tokens (i < t) and over later tokens (i > t), each weighted by
     ``exp(-(|t-i|-1) * w + loga_i)``, as (log Z, A) pairs along the last axis."""
-    fl, fa = inclusive_scan(w, loga, beta)
-    bl, ba = inclusive_scan(w, loga.flip(-1), beta.flip(-1))
+    fl, fa = inclusive_scan(w, loga, beta, wmax, dense_upto)
+    bl, ba = inclusive_scan(w, loga.flip(-1), beta.flip(-1), wmax, dense_upto)
     forward = (_shift_right(fl, -math.inf), _shift_right(fa, 0.0))
     backward = (_shift_right(bl, -math.inf).flip(-1), _shift_right(ba, 0.0).flip(-1))
     return forward, backward
@@ -154,9 +186,9 @@ def _channel_blocks(channels: int, per_channel: int, device: torch.device) -> li
     return [slice(c, min(c + width, channels)) for c in range(0, channels, width)]
 
 
-def _forward_cbt(w, u, k, v):
+def _forward_cbt(w, u, k, v, wmax=None, dense_upto=0):
     """Eq. 8 on channel-first tensors: w, u (C, 1, 1); k, v (C, B, T)."""
-    (fl, fa), (bl, ba) = exclusive_scans(w, k, v[None])
+    (fl, fa), (bl, ba) = exclusive_scans(w, k, v[None], wmax, dense_upto)
     logd, y = _combine(u, k, v, fl, fa, bl, ba)
     return logd, y[0]
 
@@ -226,3 +258,17 @@ class _BiWKV(torch.autograd.Function):
 def bi_wkv_chunked(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Eq. 8 in O(B * T * C) time and memory, forward and backward, on any device."""
     return _BiWKV.apply(w, u, k, v)
+
+
+def bi_wkv_traceable(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wmax: float) -> torch.Tensor:
+    """Eq. 8, forward only, as standard tensor operations that read no tensor value (so a tracer can
+    record them: ONNX, TorchScript, ``torch.export`` without this package). ``wmax`` must bound
+    ``|w|``; it fixes the chunk lengths. Short sequences of chunks are scanned densely rather than by
+    a loop, so the graph has a fixed number of nodes per call. Float32, like the other forward paths.
+
+    Raises:
+        ValueError: a decay too steep to chunk over a sequence too long to scan densely.
+    """
+    kb, vb = (x.float().permute(2, 0, 1) for x in (k, v))  # (C, B, T)
+    logd, y = _forward_cbt(w.float()[:, None, None], u.float()[:, None, None], kb, vb, wmax, _DENSE_UPTO)
+    return y.permute(1, 2, 0).to(k.dtype)

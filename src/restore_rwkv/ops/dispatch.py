@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from restore_rwkv.ops._chunked import bi_wkv_chunked
+from restore_rwkv.ops._chunked import bi_wkv_chunked, bi_wkv_traceable
 from restore_rwkv.ops._reference import bi_wkv_reference
 from restore_rwkv.ops._sweeps import (
     MAX_SPAN,
@@ -30,6 +32,50 @@ _INFERENCE_GROUP_ABOVE = 1 << 25
 _INFERENCE_GROUP_ELEMENTS = 1 << 23
 # torch.profiler label of every re_wkv call (the model's attention operator), whatever the backend.
 PROFILER_LABEL = "restore_rwkv::re_wkv"
+# While a lowered trace is recorded (``lowered``): the |w| bounds of the re_wkv calls still to come.
+_LOWERED_BOUNDS: list[float] | None = None
+# While ``decay_bound`` records: max |decay| / T seen by each re_wkv call.
+_DECAY_RECORD: list[float] | None = None
+
+
+@contextlib.contextmanager
+def decay_bound() -> Iterator[list[float]]:
+    """Within the block, each eager ``re_wkv`` call appends ``max |decay| / T`` (its largest decay per
+    token, the bound ``lowered`` needs) to the list yielded."""
+    global _DECAY_RECORD
+    previous, _DECAY_RECORD = _DECAY_RECORD, []
+    try:
+        yield _DECAY_RECORD
+    finally:
+        _DECAY_RECORD = previous
+
+
+@contextlib.contextmanager
+def lowered(bounds: Sequence[float]) -> Iterator[None]:
+    """Within the block, ``re_wkv`` runs as standard tensor operations that read no tensor value (forward
+    only, ``bi_wkv_traceable``), so ONNX, TorchScript or ``torch.export`` can record it for use without
+    this package. ``bounds`` are the calls' |w| bounds in call order, as ``decay_bound`` recorded them on
+    an eager run of the same computation at the same size (they fix the chunk lengths). The model takes
+    its functional path meanwhile (``tracing()``).
+    """
+    global _LOWERED_BOUNDS
+    previous, _LOWERED_BOUNDS = _LOWERED_BOUNDS, [float(b) for b in bounds]
+    try:
+        yield
+    finally:
+        _LOWERED_BOUNDS = previous
+
+
+def _next_bound() -> float:
+    if not _LOWERED_BOUNDS:
+        raise RuntimeError("lowered: more re_wkv calls than recorded bounds (record them on the same computation)")
+    return _LOWERED_BOUNDS.pop(0)
+
+
+def tracing() -> bool:
+    """Whether the operator is being traced (``torch.compile``, ``torch.export`` or a ``lowered`` block):
+    callers then take functional code paths (no in-place inference buffers)."""
+    return _LOWERED_BOUNDS is not None or torch.compiler.is_compiling()
 
 
 @functools.lru_cache(maxsize=None)
@@ -227,9 +273,14 @@ def re_wkv(
             raise ValueError(f"re_wkv: out has shape {tuple(out.shape)}, expected {tuple(v.shape)}")
         if needs_grad(k, v, decay, first, out):
             raise ValueError("re_wkv: out= is for inference only (inputs require grad)")
+    if _LOWERED_BOUNDS is not None:  # standard ops for an exported file
+        result = _re_wkv_traceable(k, v, decay, first, _next_bound())
+        return out.copy_(result) if out is not None else result
     if torch.compiler.is_compiling():  # one opaque node for torch.compile / torch.export (ops/library.py)
         result = torch.ops.restore_rwkv.re_wkv(k, v, decay, first, backend)
         return out.copy_(result) if out is not None else result
+    if _DECAY_RECORD is not None:
+        _DECAY_RECORD.append(float(decay.detach().abs().max()) / (k.shape[1] * k.shape[2]))
     with torch.profiler.record_function(PROFILER_LABEL):
         result = _re_wkv(k, v, decay, first, backend, out)
         if out is not None and result.data_ptr() != out.data_ptr():
@@ -274,4 +325,21 @@ def _re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.
                 k_cols = k.transpose(1, 2).reshape(batch, length, channels)
             v_cols = v.transpose(1, 2).reshape(batch, length, channels)
             v = bi_wkv(w, u, k_cols, v_cols, name).view(batch, width, height, channels).transpose(1, 2)
+    return v
+
+
+def _re_wkv_traceable(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor,
+                      wmax: float) -> torch.Tensor:
+    """Re-WKV forward by ``bi_wkv_traceable`` (see ``lowered``); ``wmax`` bounds |decay| / T."""
+    batch, height, width, channels = k.shape
+    length = height * width
+    for step in range(decay.shape[0]):
+        w, u = decay[step] / length, first[step] / length
+        if step % 2 == 0:  # H-scan
+            v = bi_wkv_traceable(w, u, k.reshape(batch, length, channels), v.reshape(batch, length, channels), wmax)
+            v = v.view(batch, height, width, channels)
+        else:  # V-scan
+            k_cols = k.transpose(1, 2).reshape(batch, length, channels)
+            v_cols = v.transpose(1, 2).reshape(batch, length, channels)
+            v = bi_wkv_traceable(w, u, k_cols, v_cols, wmax).view(batch, width, height, channels).transpose(1, 2)
     return v

@@ -337,3 +337,38 @@ def test_a_streamed_mr_series_gets_the_scale_of_the_whole_volume(tmp_path, monke
     assert scale != pytest.approx(get_convention("mri").scaling.scale_of_sample(volume.reshape(-1).astype(float)))
     unscaled = restore_rwkv.restore_array(volume / scale, weights, scale=1.0, device="cpu") * scale
     np.testing.assert_allclose(expected, unscaled, rtol=1e-4, atol=1e-3)
+
+
+def test_torchrun_shards_the_inputs_and_reports_every_ranks_failures_once(tmp_path, weights):
+    """Two gloo processes: each input restored by exactly one of them, outputs equal to one process's,
+    the broken file reported once in rank 0's summary, and both ranks exit with the same status."""
+    import os
+    import subprocess
+    import sys
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(7)
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        nib.save(nib.Nifti1Image(rng.integers(-900, 900, (12, 10, 3)).astype(np.int16), np.eye(4)),
+                 str(inputs / f"{name}.nii.gz"))
+    (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    w = str(weights(False))
+    assert main(["restore", str(inputs), "--weights", w, "-o", str(tmp_path / "one"), "--quiet", "--device", "cpu"]) == 3
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "restore_rwkv", "restore", str(inputs), "--weights", w, "-o", str(tmp_path / "two"),
+                           "--quiet", "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]  # torchrun's status for a failed worker
+    assert "exitcode  : 3" in done.stderr and "SIGTERM" not in done.stderr  # rank 0's PARTIAL, nobody stopped
+    restored = [line.split(" -> ")[0] for line in done.stdout.splitlines() if " -> " in line]
+    assert sorted(restored) == sorted(str(inputs / f"{name}.nii.gz") for name in names)  # each exactly once
+    assert done.stderr.count("1 of 5 input(s) not restored") == 1
+    assert done.stderr.count(f"  {inputs / 'broken.nii.gz'}") == 1
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [f"{name}.nii.gz" for name in names]
+    for name in names:
+        one = nib.load(str(tmp_path / "one" / f"{name}.nii.gz"))
+        two = nib.load(str(tmp_path / "two" / f"{name}.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(two.dataobj), np.asarray(one.dataobj))
+        np.testing.assert_array_equal(two.affine, one.affine)

@@ -73,11 +73,25 @@ def _size(text: str) -> int:
 
 
 def run(args) -> int:
-    from restore_rwkv.inference import expand_inputs, inference_tile, output_targets, restore_files
-    from restore_rwkv.inference.files import check_upsample
+    """Restore the inputs; under torchrun each process restores its share and rank 0 reports them all."""
+    from restore_rwkv.inference import resolve_device
+    from restore_rwkv.utils.distributed import setup_distributed, teardown_distributed
 
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1; got {args.batch_size}")
+    info = setup_distributed(resolve_device(args.device).type)
+    try:
+        return _restore(args, info)
+    finally:
+        teardown_distributed(info)
+
+
+def _restore(args, info) -> int:
+    from restore_rwkv.inference import expand_inputs, inference_tile, output_targets, restore_files
+    from restore_rwkv.inference.files import check_upsample
+    from restore_rwkv.utils.distributed import barrier, gather_objects
+    from restore_rwkv.utils.progress import progress_bar
+
     inference_tile(None, args.tile)  # refuses a bad --tile before any file is read
     check_upsample(args.upsample)
     if args.pet_scale is not None:
@@ -86,18 +100,25 @@ def run(args) -> int:
         check_scale(args.pet_scale)
     items, batch, notes = expand_inputs(args.inputs)
     targets = output_targets(items, Path(args.out), batch)
-    for note in notes:
-        print(f"restore-rwkv: {note}", file=sys.stderr)
+    if info.is_main:
+        for note in notes:
+            print(f"restore-rwkv: {note}", file=sys.stderr)
+    out = Path(args.out)
+    made_out = False
+    if info.distributed and batch:  # one process makes OUT, so none removes it under another's feet
+        made_out = not out.exists()
+        barrier(info)
+        out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     done = 0
-    from restore_rwkv.utils.progress import progress_bar
-
+    shard = (info.rank, info.world_size)
+    mine = len(range(info.rank, len(items), info.world_size))
     results = restore_files(items, targets, args.weights, batch=batch, overwrite=args.overwrite, preview=args.preview,
                             reference=args.reference, device=args.device, quiet=args.quiet, modality=args.modality,
                             axis=args.axis, batch_size=args.batch_size, precision=args.precision,
                             max_memory=args.max_memory, tile=args.tile, force=args.force, series_uid=args.series_uid,
-                            pet_scale=args.pet_scale, upsample=args.upsample)
-    for item in progress_bar(results, total=len(items), desc="inputs", quiet=args.quiet or len(items) < 2):
+                            pet_scale=args.pet_scale, upsample=args.upsample, shard=shard)
+    for item in progress_bar(results, total=mine, desc="inputs", quiet=args.quiet or mine < 2):
         if item.error is not None:
             failures.append(item.error)
             print(f"restore-rwkv: error: {item.error}", file=sys.stderr)
@@ -110,11 +131,22 @@ def run(args) -> int:
               f"{result.seconds:.1f} s; {result.scale_note})")
         if result.outside:
             print(f"  {result.outside} voxel(s) outside the model's intensity range keep their input values")
+    if info.distributed:  # every rank learns every rank's outcome, so all exit with the same status
+        shares = gather_objects((done, failures), info)
+        done = sum(count for count, _ in shares)
+        failures = [line for _, lines in shares for line in lines]
+        if made_out and not done and info.is_main and not any(out.iterdir()):
+            out.rmdir()
+    status = 0
     if failures:
-        if not done:
-            return 2
-        print(f"restore-rwkv: {len(failures)} of {len(items)} input(s) not restored:", file=sys.stderr)
-        for line in failures:
-            print(f"  {line}", file=sys.stderr)
-        return PARTIAL
-    return 0
+        status = PARTIAL if done else 2
+        if done and info.is_main:
+            print(f"restore-rwkv: {len(failures)} of {len(items)} input(s) not restored:", file=sys.stderr)
+            for line in failures:
+                print(f"  {line}", file=sys.stderr)
+    if info.distributed:
+        # torchrun stops every worker as soon as one exits non-zero: only rank 0 carries the status,
+        # after all are done (torchrun then exits 1 and names rank 0's status in its summary).
+        barrier(info)
+        return status if info.is_main else 0
+    return status

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from restore_rwkv.modality import get_convention
 from restore_rwkv.engine.config import RunConfig, save_config
 from restore_rwkv.engine.data import EndlessEpochSampler, EpochItems, build_dataset, dataset_tasks
-from restore_rwkv.engine.distributed import (
+from restore_rwkv.utils.distributed import (
     ProcessInfo,
     all_sum,
     barrier,

@@ -6,7 +6,7 @@ input's format, geometry, units and stored dtype; ``restore_files`` a batch of t
 reported and the rest restored (docs/inference.md).
 """
 
-from restore_rwkv.inference.batch import BatchItem, expand_inputs, output_targets, restore_files
+from restore_rwkv.inference.batch import BatchItem, expand_inputs, output_targets, restore_files, shard_indices
 from restore_rwkv.inference.files import RestoreResult, output_dtype, restore_array, restore_file, to_dtype
 from restore_rwkv.inference.preview import write_restore_preview
 from restore_rwkv.inference.slices import (
@@ -30,5 +30,5 @@ __all__ = [
     "BYTES_PER_PIXEL_CHANNEL", "BatchItem", "PRECISIONS", "RestoreResult", "SlicePlan", "SliceStats", "blend_ramp",
     "default_max_memory", "estimate_memory", "expand_inputs", "forward_slices", "inference_tile", "model_input",
     "output_dtype", "output_targets", "plan_slices", "resolve_device", "restore_array", "restore_file",
-    "restore_files", "restore_slices", "restore_volume", "tile_starts", "to_dtype", "write_restore_preview",
+    "restore_files", "restore_slices", "restore_volume", "shard_indices", "tile_starts", "to_dtype", "write_restore_preview",
 ]

@@ -93,16 +93,26 @@ def preview_path(preview: Path, source: Path, batch: bool) -> Path:
     return preview.with_name(f"{preview.stem}_{stem}.png")
 
 
+def shard_indices(count: int, rank: int, world_size: int) -> range:
+    """The inputs (indices) process ``rank`` of ``world_size`` restores: every ``world_size``-th from ``rank``,
+    so each input goes to exactly one process and the shares differ by at most one."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
+    return range(rank, count, world_size)
+
+
 def restore_files(sources: Sequence[Path], targets: Sequence[Path], weights: str | os.PathLike, *,
                   batch: bool = False, overwrite: bool = False, preview: str | os.PathLike | None = None,
                   reference: str | os.PathLike | None = None, device: str = "auto", quiet: bool = True,
-                  **options) -> Iterator[BatchItem]:
+                  shard: tuple[int, int] = (0, 1), **options) -> Iterator[BatchItem]:
     """Restore ``sources`` into ``targets`` with one load of ``weights``; yields one :class:`BatchItem` each.
 
     An input that fails (bad file, unwritable output) gets its one-line ``error`` and the next
-    one goes on. Existing targets are refused before any work unless ``overwrite``. ``preview``
-    writes a figure per input (:func:`preview_path`); ``reference`` (one input only) adds a
-    reference image with error maps and scores to it. ``options`` go to :func:`restore_file`.
+    one goes on. Existing targets are refused before any work unless ``overwrite`` (all of them,
+    whatever the shard, so every process of a run refuses alike). ``shard`` = (rank, world size)
+    restores only that process's share (:func:`shard_indices`). ``preview`` writes a figure per
+    input (:func:`preview_path`); ``reference`` (one input only) adds a reference image with error
+    maps and scores to it. ``options`` go to :func:`restore_file`.
     """
     if reference is not None and len(sources) != 1:
         raise InputError(reference, "--reference needs exactly one INPUT")
@@ -118,7 +128,8 @@ def restore_files(sources: Sequence[Path], targets: Sequence[Path], weights: str
     path = resolve_weights(weights)
     model, card = load_model(path, device)
     name = weights_name(path)
-    for source, target in zip(sources, targets):
+    for index in shard_indices(len(sources), *shard):
+        source, target = sources[index], targets[index]
         item = BatchItem(source, target)
         try:
             item.result = restore_file(source, target, model=model, card=card, device=device, overwrite=overwrite,

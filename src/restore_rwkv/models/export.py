@@ -103,7 +103,7 @@ def _trace(model: nn.Module, fmt: str, example: torch.Tensor, batch: int | None,
             return torch.jit.trace(model, example, check_trace=False)
         torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["restored"],
                           dynamic_axes=None if batch is not None else {"image": {0: "batch"}, "restored": {0: "batch"}},
-                          opset_version=_ONNX_OPSET, dynamo=False)
+                          opset_version=_ONNX_OPSET, dynamo=False, do_constant_folding=False)
         return None
 
 

@@ -27,7 +27,7 @@ import torch
 _SPAN = 12.0  # largest decay, in nats, that one chunk may span
 _MAX_CHUNK = 64
 MAX_CHUNKED_DECAY = _SPAN / 2  # above this |w| (nats per token) the scans go token by token
-_DENSE_UPTO = 512  # traced graphs: sequences up to this long are scanned densely (T^2 weights)
+_DENSE_UPTO = 256  # traced graphs: sequences up to this long are scanned densely (T^2 weights)
 _BLOCK_ELEMENTS = 1 << 16  # on CPU, channels are processed in blocks of about this many elements
 _BLOCK_ELEMENTS_GPU = 1 << 24  # on GPUs fewer, larger launches win
 
@@ -40,20 +40,17 @@ def _merge(
     ``l*`` have shape S; ``a*`` have shape (K, *S). An empty part is ``l = -inf``.
     """
     top = torch.maximum(l1, l2)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    top = torch.where(torch.isfinite(top), top, 0.0)
     e1 = (l1 - top).exp_()
     e2 = (l2 - top).exp_()
     total = e1 + e2  # >= 1 unless both parts are empty
-    avg = (a1 * e1).add_(a2 * e2).div_(torch.where(total > 0, total, torch.ones_like(total)))
+    avg = (a1 * e1).add_(a2 * e2).div_(torch.where(total > 0, total, 1.0))
     return total.log_().add_(top), avg
 
 
 def _shift_right(x: torch.Tensor, fill: float) -> torch.Tensor:
     """Shift ``x`` by one position along its last axis, filling the first position."""
-    out = torch.empty_like(x)
-    out[..., 0] = fill
-    out[..., 1:] = x[..., :-1]
-    return out
+    return torch.nn.functional.pad(x[..., :-1], (1, 0), value=fill)  # no full-size constant in a traced graph
 
 
 def _sequential_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +75,7 @@ def _dense_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) -> tupl
     lag = pos[:, None] - pos[None, :]  # t - i
     expo = (loga[..., None, :] - lag * w[..., None]).masked_fill(lag < 0, -math.inf)  # (..., t, i)
     logz = torch.logsumexp(expo, dim=-1)
-    top = torch.where(torch.isfinite(logz), logz, torch.zeros_like(logz))
+    top = torch.where(torch.isfinite(logz), logz, 0.0)
     weight = (expo - top[..., None]).exp()  # rows sum to 1; all 0 where nothing is present
     avg = torch.matmul(weight, beta[..., None])[..., 0]
     return logz, avg
@@ -133,7 +130,7 @@ def inclusive_scan(
     offsets = torch.arange(size, dtype=loga.dtype, device=loga.device) * wc  # s * w
     rel = loga + offsets
     top = rel.amax(dim=-1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    top = torch.where(torch.isfinite(top), top, 0.0)
     weight = rel.sub_(top).exp_()
     cum_wb = (weight * beta).cumsum(dim=-1)
     cum_w = weight.cumsum(dim=-1)

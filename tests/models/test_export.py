@@ -26,10 +26,12 @@ def _weights(tmp_path, decay_scale: float = 1.0):
     return save_model_with_card(model, tmp_path / "w" / "tiny.safetensors", card)
 
 
-@pytest.mark.parametrize("size,decay_scale", [((1, 5, 7, 3), 1.0), ((2, 32, 24, 4), 30.0), ((1, 64, 64, 2), 3.0)])
+@pytest.mark.parametrize("size,decay_scale", [((1, 5, 7, 3), 1.0), ((2, 32, 24, 4), 30.0), ((1, 64, 64, 2), 3.0),
+                                              ((1, 8, 8, 2), 1000.0),  # too steep to chunk: scanned densely
+                                              ((1, 130, 130, 1), 3.0)])  # > 256 chunks: a second chunked level
 def test_lowered_re_wkv_equals_eager(size, decay_scale):
-    """The traceable scans (chunk lengths fixed in advance from a bound on |w|) give the eager result,
-    also where the bound makes the upper levels of the scan run token by token."""
+    """The traceable scans (chunk lengths fixed in advance from a bound on |w|) give the eager result:
+    chunks with a dense carry, a decay too steep to chunk (dense), and a second chunked level."""
     k, v = torch.randn(2, *size)
     decay, first = torch.randn(2, 2, size[-1]) * decay_scale
     with decay_bound() as decays:
@@ -72,7 +74,7 @@ def test_onnx_graph_has_standard_operators_only(tmp_path):
 
 def test_export_refuses_a_decay_it_cannot_lower_and_leaves_nothing(tmp_path):
     model, card = load_model(_weights(tmp_path, decay_scale=1e5))
-    with pytest.raises(InputError, match="cannot export: an attention decay of .* nats per token") as info:
+    with pytest.raises(InputError, match="cannot export: an attention decay of .* nats per step .* a larger tile") as info:
         export_model(model, card, tmp_path / "out" / "tiny.pt2", "exported-program", tile=32)  # 1024 tokens
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()

@@ -364,7 +364,7 @@ def test_native_fused_inference_propagates_nan_and_ignores_minus_inf_keys():
     torch.testing.assert_close(got[..., others].double(), expected[..., others], rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("block,rows", [(1 << 21, 256), (40, 3), (7, 1)])
+@pytest.mark.parametrize("block,rows", [(1 << 21, 256), (132, 3), (40, 3), (7, 1)])  # (132, 3): 3 of 11 rows, 2 of 5 channels
 def test_reference_gradients_match_autograd_of_eq8(monkeypatch, block, rows):
     """The float64 reference every backend is judged by: its closed-form gradients equal autograd through
     Eq. 8 written out densely here, and its scales the sums of |terms|, with blocks of every shape."""

@@ -74,12 +74,15 @@ def _size(text: str) -> int:
 
 def run(args) -> int:
     """Restore the inputs; under torchrun each process restores its share and rank 0 reports them all."""
+    import datetime
+
     from restore_rwkv.inference import resolve_device
     from restore_rwkv.utils.distributed import setup_distributed, teardown_distributed
 
     if args.batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1; got {args.batch_size}")
-    info = setup_distributed(resolve_device(args.device).type)
+    # Shares are equal in count, not in size: a rank done early may wait long for the last one.
+    info = setup_distributed(resolve_device(args.device).type, timeout=datetime.timedelta(days=7))
     try:
         return _restore(args, info)
     finally:
@@ -88,6 +91,7 @@ def run(args) -> int:
 
 def _restore(args, info) -> int:
     from restore_rwkv.inference import expand_inputs, inference_tile, output_targets, restore_files
+    from restore_rwkv.inference.batch import refuse_existing
     from restore_rwkv.inference.files import check_upsample
     from restore_rwkv.utils.distributed import barrier, gather_objects
     from restore_rwkv.utils.progress import progress_bar
@@ -105,10 +109,13 @@ def _restore(args, info) -> int:
             print(f"restore-rwkv: {note}", file=sys.stderr)
     out = Path(args.out)
     made_out = False
-    if info.distributed and batch:  # one process makes OUT, so none removes it under another's feet
-        made_out = not out.exists()
+    if info.distributed:
+        if not args.overwrite:  # every rank refuses alike, before any rank writes
+            refuse_existing(targets)
+        made_out = batch and not out.exists()
         barrier(info)
-        out.mkdir(parents=True, exist_ok=True)
+        if batch:  # OUT exists before any rank writes, so no rank's cleanup removes it under another's feet
+            out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     done = 0
     shard = (info.rank, info.world_size)

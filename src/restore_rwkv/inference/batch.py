@@ -101,6 +101,13 @@ def shard_indices(count: int, rank: int, world_size: int) -> range:
     return range(rank, count, world_size)
 
 
+def refuse_existing(targets: Sequence[Path]) -> None:
+    """InputError for the first target that exists (a file, or a folder that is not empty)."""
+    for target in targets:
+        if target.exists() and (target.is_file() or any(target.iterdir())):
+            raise InputError(target, "exists (--overwrite replaces it)")
+
+
 def restore_files(sources: Sequence[Path], targets: Sequence[Path], weights: str | os.PathLike, *,
                   batch: bool = False, overwrite: bool = False, preview: str | os.PathLike | None = None,
                   reference: str | os.PathLike | None = None, device: str = "auto", quiet: bool = True,
@@ -117,9 +124,7 @@ def restore_files(sources: Sequence[Path], targets: Sequence[Path], weights: str
     if reference is not None and len(sources) != 1:
         raise InputError(reference, "--reference needs exactly one INPUT")
     if not overwrite:
-        for target in targets:
-            if target.exists() and (target.is_file() or any(target.iterdir())):
-                raise InputError(target, "exists (--overwrite replaces it)")
+        refuse_existing(targets)
     device = resolve_device(device)
     if device.type == "cpu":
         from restore_rwkv.utils.runtime import tune_cpu_allocator

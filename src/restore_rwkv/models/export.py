@@ -26,7 +26,7 @@ from torch import nn
 
 from restore_rwkv.models.card import MIN_TILE, ModelCard
 from restore_rwkv.models.restore_rwkv import reparameterize_model
-from restore_rwkv.ops import decay_bound, lowered
+from restore_rwkv.ops import SteepDecayError, decay_bound, lowered
 from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.files import atomic_file
 
@@ -181,31 +181,36 @@ def export_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, fmt
     example = torch.rand(batch or 2, channels, tile, tile, generator=generator)
     with torch.no_grad(), decay_bound() as bounds:
         fused(example)
-    try:
-        with torch.no_grad(), lowered(bounds), atomic_file(path) as tmp:
-            traced = _trace(fused, fmt, example, batch, tmp)
-            _write(traced, fmt, tmp, _embedded_card(card, fmt, tile, batch, channels))
-    except ValueError as exc:  # a decay too steep to record as chunked scans
-        raise InputError(path, f"cannot export: {exc}") from None
     result = ExportResult(path, fmt, tile, batch, None, None)
-    if check:
-        result = _check(result, fused, channels, generator)
+    try:
+        with atomic_file(path) as tmp:  # checked before it replaces anything at path
+            with torch.no_grad(), lowered(bounds):
+                traced = _trace(fused, fmt, example, batch, tmp)
+            _write(traced, fmt, tmp, _embedded_card(card, fmt, tile, batch, channels))
+            if check:
+                result = _check(result, tmp, fused, channels, generator)
+    except SteepDecayError as exc:
+        raise InputError(path, f"cannot export: {exc}; a larger tile divides the decay by more tokens") from None
     return result
 
 
-def _check(result: ExportResult, model: nn.Module, channels: int, generator: torch.Generator) -> ExportResult:
+def _check(result: ExportResult, written: Path, model: nn.Module, channels: int,
+           generator: torch.Generator) -> ExportResult:
     """Run the written file on a fresh batch (another size where the batch is dynamic) against eager."""
     try:
-        run, _ = load_exported(result.path)
+        run, _ = load_exported(written)
     except InputError:
         return result  # onnxruntime not installed: written, not checked
     x = torch.rand(result.batch or 3, channels, result.tile, result.tile, generator=generator)
     with torch.no_grad():
         expected = model(x)
-    got = run(x)
-    error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+    try:
+        got = run(x)
+        error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+    except Exception as exc:  # the runtime could not run the file: not kept
+        raise InputError(result.path, f"the exported file does not run ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else ''}); not kept") from None
     if not error <= CHECK_TOLERANCE:
-        result.path.unlink(missing_ok=True)
         raise InputError(result.path, f"the exported file differs from eager PyTorch by {error:.2e} of the output's "
                                       f"scale (limit {CHECK_TOLERANCE:g}); not kept")
     runtime = "onnxruntime" if result.format == "onnx" else "torch"

@@ -13,10 +13,12 @@ from restore_rwkv.ops.dispatch import (
     select_backend,
     tracing,
 )
+from restore_rwkv.ops._chunked import SteepDecayError  # noqa: E402
 from restore_rwkv.ops import library  # registers torch.ops.restore_rwkv.re_wkv / .bi_wkv  # noqa: E402,F401
 
 __all__ = [
     "BACKENDS",
+    "SteepDecayError",
     "available_backends",
     "bi_wkv",
     "decay_bound",

@@ -70,6 +70,8 @@ def _sequential_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) ->
 def _dense_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inclusive scan by the full (T, T) weight matrix, in log space (exact for any decay): a fixed
     number of operations however long the sequence, for short ones in traced graphs."""
+    dtype = loga.dtype
+    w, loga, beta = w.double(), loga.double(), beta.double()  # log weights reach T |w|: keep their spacing fine
     length = loga.shape[-1]
     pos = torch.arange(length, dtype=loga.dtype, device=loga.device)
     lag = pos[:, None] - pos[None, :]  # t - i
@@ -78,14 +80,20 @@ def _dense_scan(w: torch.Tensor, loga: torch.Tensor, beta: torch.Tensor) -> tupl
     top = torch.where(torch.isfinite(logz), logz, 0.0)
     weight = (expo - top[..., None]).exp()  # rows sum to 1; all 0 where nothing is present
     avg = torch.matmul(weight, beta[..., None])[..., 0]
-    return logz, avg
+    return logz.to(dtype), avg.to(dtype)
 
 
-def _chunk_length(length: int, wmax: float) -> int:
+def _chunk_length(length: int, wmax: float, span: float = _SPAN) -> int:
+    """Tokens per chunk: at most ``span`` nats of decay across one (traced graphs take half the span,
+    so that the next level, one token per chunk, can still be chunked)."""
     if wmax > MAX_CHUNKED_DECAY:
         return 1
-    limit = _MAX_CHUNK if wmax == 0 else int(_SPAN / wmax)
+    limit = _MAX_CHUNK if wmax == 0 else int(span / wmax)
     return max(1, min(length, _MAX_CHUNK, limit))
+
+
+class SteepDecayError(ValueError):
+    """A decay too steep to record as chunked scans over a sequence too long to scan densely."""
 
 
 def inclusive_scan(
@@ -109,13 +117,14 @@ def inclusive_scan(
     length = loga.shape[-1]
     if wmax is None:
         wmax = float(w.abs().max()) if w.numel() else 0.0
-    size = _chunk_length(length, wmax)
+    size = _chunk_length(length, wmax, MAX_CHUNKED_DECAY if dense_upto else _SPAN)
     if size == 1:
         if length <= dense_upto:
             return _dense_scan(w, loga, beta)
         if dense_upto:
-            raise ValueError(f"an attention decay of {wmax:.3g} nats per token over {length} tokens is too steep "
-                             f"to scan in chunks (more than {MAX_CHUNKED_DECAY:g} per token)")
+            raise SteepDecayError(f"an attention decay of {wmax:.3g} nats per step over {length} steps is too steep "
+                                  f"to scan in chunks (more than {MAX_CHUNKED_DECAY:g}) and too long to scan densely "
+                                  f"(more than {dense_upto})")
         return _sequential_scan(w, loga, beta)
     nchunks = -(-length // size)
     pad = nchunks * size - length

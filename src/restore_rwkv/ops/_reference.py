@@ -17,8 +17,8 @@ def _blocks(w, u, k) -> Iterator[tuple[slice, slice, torch.Tensor, torch.Tensor]
     so that sums over sources (the last axis) and over targets are batched matrix products.
     """
     batch, length, channels = k.shape
-    rows = max(1, min(length, _MAX_ROWS, _BLOCK_ELEMENTS // (batch * length)))
-    group = max(1, min(channels, _BLOCK_ELEMENTS // (batch * rows * length)))
+    rows = max(1, min(length, _MAX_ROWS, _BLOCK_ELEMENTS // max(1, batch * length)))
+    group = max(1, min(channels, _BLOCK_ELEMENTS // max(1, batch * rows * length)))
     pos = torch.arange(length, device=k.device, dtype=k.dtype)
     kc = k.transpose(1, 2)  # (B, C, T)
     for c0 in range(0, channels, group):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ class ProcessInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owned: bool = True  # whether setup_distributed created the group (teardown leaves others' alone)
 
     @property
     def is_main(self) -> bool:
@@ -26,14 +28,16 @@ class ProcessInfo:
         return self.world_size > 1
 
 
-def setup_distributed(device_kind: str) -> ProcessInfo:
+def setup_distributed(device_kind: str, timeout: datetime.timedelta | None = None) -> ProcessInfo:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_*``).
 
     NCCL for CUDA devices, gloo otherwise. Without those variables (or with a world of 1)
-    nothing is initialised. An already initialised group is reused.
+    nothing is initialised. An already initialised group is reused (and left to its owner).
+    ``timeout`` bounds each collective (torch's default where None): a rank that waits for
+    slower ones longer than this fails.
     """
     if dist.is_available() and dist.is_initialized():
-        return ProcessInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return ProcessInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owned=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return ProcessInfo()
@@ -41,13 +45,13 @@ def setup_distributed(device_kind: str) -> ProcessInfo:
     backend = "nccl" if device_kind == "cuda" else "gloo"
     if device_kind == "cuda":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
     return ProcessInfo(rank, world, local)
 
 
 def teardown_distributed(info: ProcessInfo) -> None:
     """Leave the process group this module created."""
-    if info.distributed and dist.is_initialized():
+    if info.distributed and info.owned and dist.is_initialized():
         dist.destroy_process_group()
 
 

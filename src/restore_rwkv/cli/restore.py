@@ -90,7 +90,7 @@ def run(args) -> int:
 
 
 def _restore(args, info) -> int:
-    from restore_rwkv.inference import expand_inputs, inference_tile, output_targets, restore_files
+    from restore_rwkv.inference import expand_inputs, inference_tile, output_targets, restore_files, shard_indices
     from restore_rwkv.inference.batch import refuse_existing
     from restore_rwkv.inference.files import check_upsample
     from restore_rwkv.utils.distributed import barrier, gather_objects
@@ -119,7 +119,7 @@ def _restore(args, info) -> int:
     failures: list[str] = []
     done = 0
     shard = (info.rank, info.world_size)
-    mine = len(range(info.rank, len(items), info.world_size))
+    mine = len(shard_indices(len(items), *shard))
     results = restore_files(items, targets, args.weights, batch=batch, overwrite=args.overwrite, preview=args.preview,
                             reference=args.reference, device=args.device, quiet=args.quiet, modality=args.modality,
                             axis=args.axis, batch_size=args.batch_size, precision=args.precision,

@@ -109,7 +109,7 @@ def inclusive_scan(
             tracing for export needs); None: ``max |w|``.
         dense_upto: scan sequences of at most this many chunks (or tokens, where the decay is too
             steep to chunk) with ``_dense_scan`` instead of a further level or a token-by-token loop;
-            0: never. A longer one that would need the loop raises ValueError.
+            0: never. A longer one that would need the loop raises SteepDecayError.
 
     Returns:
         ``(log Z, A)`` with the shapes of ``loga`` and ``beta``, as in the module docstring.
@@ -273,7 +273,7 @@ def bi_wkv_traceable(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
     a loop, so the graph has a fixed number of nodes per call. Float32, like the other forward paths.
 
     Raises:
-        ValueError: a decay too steep to chunk over a sequence too long to scan densely.
+        SteepDecayError: a decay too steep to chunk over a sequence too long to scan densely.
     """
     kb, vb = (x.float().permute(2, 0, 1) for x in (k, v))  # (C, B, T)
     logd, y = _forward_cbt(w.float()[:, None, None], u.float()[:, None, None], kb, vb, wmax, _DENSE_UPTO)

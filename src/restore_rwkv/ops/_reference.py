@@ -69,10 +69,10 @@ def bi_wkv_reference_grad(
     by_source_all = torch.stack([vc, vc.abs(), torch.ones_like(vc)], dim=-1)  # (B, C, T, 3)
     for cs, ts, gap, p in _blocks(w, u, k):
         vg, by_source = vc[:, cs], by_source_all[:, cs]
-        g, y[:, cs, ts] = gc[:, cs, ts], (p @ vg[..., None])[..., 0]  # (B, G, R)
-        ga, ya = g.abs(), y[:, cs, ts].abs()
+        g, yt = gc[:, cs, ts], (p @ vg[..., None])[..., 0]  # (B, G, R)
+        y[:, cs, ts] = yt
+        ga, ya = g.abs(), yt.abs()
         # over sources i, with the distance factor: sum_i (|t-i|-1)+ p_ti (v_i, |v_i|, 1)
-        yt = y[:, cs, ts]
         qv, qva, qs = ((p * gap.clamp_min(0)) @ by_source).unbind(-1)
         dw[cs] -= (g * (qv - yt * qs)).sum(dim=(0, 2))
         sdw[cs] += (ga * (qva + ya * qs)).sum(dim=(0, 2))

@@ -274,7 +274,8 @@ def re_wkv(
         if needs_grad(k, v, decay, first, out):
             raise ValueError("re_wkv: out= is for inference only (inputs require grad)")
     if _LOWERED_BOUNDS is not None:  # standard ops for an exported file
-        result = _re_wkv_traceable(k, v, decay, first, _next_bound())
+        wmax = _next_bound()
+        result = _alternating_scans(k, v, decay, first, lambda w, u, keys, values: bi_wkv_traceable(w, u, keys, values, wmax))
         return out.copy_(result) if out is not None else result
     if torch.compiler.is_compiling():  # one opaque node for torch.compile / torch.export (ops/library.py)
         result = torch.ops.restore_rwkv.re_wkv(k, v, decay, first, backend)
@@ -314,32 +315,24 @@ def _re_wkv(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.
                 grouped[..., cs] = re_wkv_sweeps(kernels, k[..., cs], v[..., cs], decay[:, cs], first[:, cs])
             return grouped
         name = "chunked"
+    return _alternating_scans(k, v, decay, first, lambda w, u, keys, values: bi_wkv(w, u, keys, values, name))
+
+
+def _alternating_scans(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor,
+                       bi_pass) -> torch.Tensor:
+    """Eq. 9-10 as ``len(decay)`` passes of ``bi_pass(w, u, k, v)`` over (B, T, C) tokens: row-major
+    (H-scan) on even steps, column-major (V-scan) on odd ones, ``w = decay[j] / T``, ``u = first[j] / T``."""
+    batch, height, width, channels = k.shape
+    length = height * width
     k_cols = None
     for step in range(decay.shape[0]):
         w, u = decay[step] / length, first[step] / length
         if step % 2 == 0:  # H-scan: row-major order
-            v = bi_wkv(w, u, k.reshape(batch, length, channels), v.reshape(batch, length, channels), name)
+            v = bi_pass(w, u, k.reshape(batch, length, channels), v.reshape(batch, length, channels))
             v = v.view(batch, height, width, channels)
         else:  # V-scan: column-major order
             if k_cols is None:
                 k_cols = k.transpose(1, 2).reshape(batch, length, channels)
             v_cols = v.transpose(1, 2).reshape(batch, length, channels)
-            v = bi_wkv(w, u, k_cols, v_cols, name).view(batch, width, height, channels).transpose(1, 2)
-    return v
-
-
-def _re_wkv_traceable(k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, first: torch.Tensor,
-                      wmax: float) -> torch.Tensor:
-    """Re-WKV forward by ``bi_wkv_traceable`` (see ``lowered``); ``wmax`` bounds |decay| / T."""
-    batch, height, width, channels = k.shape
-    length = height * width
-    for step in range(decay.shape[0]):
-        w, u = decay[step] / length, first[step] / length
-        if step % 2 == 0:  # H-scan
-            v = bi_wkv_traceable(w, u, k.reshape(batch, length, channels), v.reshape(batch, length, channels), wmax)
-            v = v.view(batch, height, width, channels)
-        else:  # V-scan
-            k_cols = k.transpose(1, 2).reshape(batch, length, channels)
-            v_cols = v.transpose(1, 2).reshape(batch, length, channels)
-            v = bi_wkv_traceable(w, u, k_cols, v_cols, wmax).view(batch, width, height, channels).transpose(1, 2)
+            v = bi_pass(w, u, k_cols, v_cols).view(batch, width, height, channels).transpose(1, 2)
     return v

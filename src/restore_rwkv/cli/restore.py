@@ -124,7 +124,8 @@ def _restore(args, info) -> int:
                             reference=args.reference, device=args.device, quiet=args.quiet, modality=args.modality,
                             axis=args.axis, batch_size=args.batch_size, precision=args.precision,
                             max_memory=args.max_memory, tile=args.tile, force=args.force, series_uid=args.series_uid,
-                            pet_scale=args.pet_scale, upsample=args.upsample, shard=shard)
+                            pet_scale=args.pet_scale, upsample=args.upsample, shard=shard,
+                            targets_checked=info.distributed)  # checked above, before the barrier
     for item in progress_bar(results, total=mine, desc="inputs", quiet=args.quiet or mine < 2):
         if item.error is not None:
             failures.append(item.error)

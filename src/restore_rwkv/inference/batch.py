@@ -111,19 +111,20 @@ def refuse_existing(targets: Sequence[Path]) -> None:
 def restore_files(sources: Sequence[Path], targets: Sequence[Path], weights: str | os.PathLike, *,
                   batch: bool = False, overwrite: bool = False, preview: str | os.PathLike | None = None,
                   reference: str | os.PathLike | None = None, device: str = "auto", quiet: bool = True,
-                  shard: tuple[int, int] = (0, 1), **options) -> Iterator[BatchItem]:
+                  shard: tuple[int, int] = (0, 1), targets_checked: bool = False, **options) -> Iterator[BatchItem]:
     """Restore ``sources`` into ``targets`` with one load of ``weights``; yields one :class:`BatchItem` each.
 
     An input that fails (bad file, unwritable output) gets its one-line ``error`` and the next
     one goes on. Existing targets are refused before any work unless ``overwrite`` (all of them,
     whatever the shard, so every process of a run refuses alike). ``shard`` = (rank, world size)
-    restores only that process's share (:func:`shard_indices`). ``preview`` writes a figure per
+    restores only that process's share (:func:`shard_indices`); ``targets_checked``: the caller has
+    already refused existing targets (before other processes began writing theirs). ``preview`` writes a figure per
     input (:func:`preview_path`); ``reference`` (one input only) adds a reference image with error
     maps and scores to it. ``options`` go to :func:`restore_file`.
     """
     if reference is not None and len(sources) != 1:
         raise InputError(reference, "--reference needs exactly one INPUT")
-    if not overwrite:
+    if not overwrite and not targets_checked:
         refuse_existing(targets)
     device = resolve_device(device)
     if device.type == "cpu":

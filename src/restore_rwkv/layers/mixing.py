@@ -13,8 +13,11 @@ from restore_rwkv.layers.omni_shift import OmniShift
 from restore_rwkv.ops import re_wkv, tracing
 
 # Tokens per chunk of the inference paths' per-token work: on CPU 16384 (16384 x 96 float32 =
-# 6 MB stays in cache); on a GPU at least 2^20 (fewer kernel launches, bounded memory).
+# 6 MB stays in cache); on a GPU at least 2^20 (fewer kernel launches, bounded memory). The channel
+# mix takes 4096 on CPU, so that its 4x-wide hidden layer (2 MB at C = 32) stays near the core's
+# 1 MB L2 (its time at 512² x 32 and 256² x 96: -12 %, isolated; docs/performance.md).
 INFERENCE_CHUNK = 16384
+CHANNEL_MIX_CHUNK = 4096
 _ACCELERATOR_CHUNK = 1 << 20
 
 
@@ -81,7 +84,7 @@ class ChannelMix(nn.Module):
     hidden activations (4x the width) never exist for the whole image at once.
     """
 
-    inference_chunk = INFERENCE_CHUNK
+    inference_chunk = CHANNEL_MIX_CHUNK
 
     def __init__(self, dim: int, hidden_rate: int = 4) -> None:
         super().__init__()

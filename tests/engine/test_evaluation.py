@@ -123,7 +123,8 @@ def test_evaluate_writes_one_row_per_image_with_the_protocols_metrics(tiny, tmp_
         # air below -1024 HU is restored like air, only values below -1500 HU are kept)
         expected, outside = convention.keep_outside(convention.denormalize(restored.double()).numpy(), lq)
         assert outside == 0 and (lq < -1024).any() if folder == "CT" else outside == 0
-        np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-3)
+        # atol: float32 rounding of a ±1500 HU image (1.2e-3 HU seen between 1 and 2 threads)
+        np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-2)
 
 
 class _Identity(torch.nn.Module):

@@ -22,19 +22,13 @@ from restore_rwkv.inference.slices import forward_slices, inference_tile, plan_s
 from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_normalized, evaluate_physical
 from restore_rwkv.modality import ModalityConvention, get_convention, modality_name
 from restore_rwkv.utils.devices import PRECISIONS, autocast
+from restore_rwkv.utils.distributed import group_position
 from restore_rwkv.utils.errors import InputError
 from restore_rwkv.utils.files import atomic_file
 from restore_rwkv.utils.progress import progress_bar
 
 COLUMNS = ("name", "task", "modality", "psnr_in", "ssim_in", "rmse_in", "psnr_out", "ssim_out", "rmse_out")
 METRIC_COLUMNS = COLUMNS[3:]
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -136,7 +130,7 @@ def evaluate_model(model: nn.Module, dataset, device: str | torch.device = "cpu"
     net = _unwrap(model)
     known = _conventions_for(dataset, conventions)
     count = len(dataset) if max_images is None else max(0, min(len(dataset), int(max_images)))
-    rank, world = _distributed()
+    rank, world = group_position()
     indices = range(count)[rank::world]
     digits = len(str(max(count - 1, 0)))
     amp = autocast(device, precision)

@@ -28,6 +28,13 @@ class ProcessInfo:
         return self.world_size > 1
 
 
+def group_position() -> tuple[int, int]:
+    """(rank, world size) in the initialised default process group, whoever created it; else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def setup_distributed(device_kind: str, timeout: datetime.timedelta | None = None) -> ProcessInfo:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_*``).
 

@@ -33,11 +33,12 @@ def run(args) -> int:
     from restore_rwkv.models.export import FORMATS, export_model
     from restore_rwkv.utils.errors import InputError
 
-    model, card = load_model(args.weights)
+    weights = resolve_weights(args.weights)
+    model, card = load_model(weights)
     tile = args.tile if args.tile is not None else card.default_tile
     if not tile:
         raise InputError(None, "--tile: the card restores whole slices; give the image side the file should take")
-    output = Path(args.output or f"{weights_name(resolve_weights(args.weights))}_{tile}{FORMATS[args.format]}")
+    output = Path(args.output or f"{weights_name(weights)}_{tile}{FORMATS[args.format]}")
     if output.exists() and not args.overwrite:
         raise InputError(output, "exists; choose another --output or add --overwrite")
     result = export_model(model, card, output, args.format, tile, args.batch, check=not args.no_check)

@@ -1,0 +1,62 @@
+"""The run config's refusals, word for word, and where a config is read from (written against the
+mutation pass of engine/config.py: the older tests matched substrings, which a garbled message keeps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from restore_rwkv.engine.config import load_config
+from restore_rwkv.utils.errors import InputError
+
+BASE = "name: r\ntask: ct_denoise\ndata:\n  train:\n    root: data\n"
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(BASE)
+    return path
+
+
+def _refusal(path, overrides) -> str:
+    with pytest.raises(InputError) as error:
+        load_config(path, overrides)
+    return str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, where, problem",
+    [
+        (["model.init_weights=ct_denoise_light", "model.zero_init_output=true"], "model",
+         "give init_weights or zero_init_output, not both (the second would erase the first)"),
+        (["data.train.manifest=m.csv"], "data.train", "give exactly one of root, manifest, hq (got root, manifest)"),
+        (["data.train.root=null"], "data.train", "give exactly one of root, manifest, hq (got none)"),
+        (["data.train={hq: [a]}"], "data.train", "hq files need simulate: the task whose degradation makes their LQ"),
+        (["data.task_weights={ct_denoise: 1}"], "data", "task_weights needs balance_tasks: true"),
+        (["schedule.warmup=10", "schedule.iterations=10"], "schedule", "warmup (10) must be below iterations (10)"),
+        (["schedule.min_lr=0.1"], "(top level)", "schedule.min_lr (0.1) is above optim.lr (0.0002)"),
+    ],
+)
+def test_each_rule_refuses_with_its_own_line(config_file, overrides, where, problem):
+    assert _refusal(config_file, overrides) == f"{config_file}: {where}: Value error, {problem}"
+
+
+def test_the_limits_themselves_are_allowed(config_file):
+    config = load_config(config_file, ["schedule.warmup=9", "schedule.iterations=10", "schedule.min_lr=2e-4"])
+    assert (config.schedule.warmup, config.schedule.min_lr) == (9, config.optim.lr)
+
+
+def test_to_dict_is_plain_json(config_file):
+    saved = load_config(config_file).to_dict()
+    assert saved["optim"]["betas"] == [0.9, 0.999]  # a list, as JSON and YAML write it, not a tuple
+    assert json.loads(json.dumps(saved)) == saved
+
+
+def test_a_config_path_is_read_as_a_file_whatever_its_suffix(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    assert _refusal(missing, []) == f"{missing}: no such config file"
+    other = tmp_path / "run.cfg"
+    other.write_text(BASE)
+    assert load_config(other).name == "r"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
-from restore_rwkv.engine.config import load_config
+from restore_rwkv.engine.config import load_config, shipped_configs
 from restore_rwkv.utils.errors import InputError
 
 BASE = "name: r\ntask: ct_denoise\ndata:\n  train:\n    root: data\n"
@@ -60,3 +61,25 @@ def test_a_config_path_is_read_as_a_file_whatever_its_suffix(tmp_path):
     other = tmp_path / "run.cfg"
     other.write_text(BASE)
     assert load_config(other).name == "r"
+
+
+def test_missing_yml_and_unknown_names_are_refused_word_for_word(tmp_path):
+    missing = tmp_path / "missing.yml"
+    assert _refusal(missing, []) == f"{missing}: no such config file"
+    assert _refusal("no_such_config", []) == \
+        f"unknown config 'no_such_config'; shipped: {', '.join(shipped_configs())} (or give a .yaml path)"
+    assert len(shipped_configs()) > 1 and "ct_denoise" in shipped_configs()
+    # a shipped config's own errors name it
+    assert _refusal("ct_denoise", ["optim.lr=-1"]).startswith("config ct_denoise: optim.lr: ")
+
+
+def test_yaml_that_does_not_parse_is_one_line_with_the_parsers_words(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: r\ndata: [1, 2\n")
+    with pytest.raises(yaml.YAMLError) as parse_error:
+        yaml.safe_load(broken.read_text())
+    words = " ".join(str(parse_error.value).split())
+    assert _refusal(broken, []) == f"{broken}: not valid YAML ({words[:200]})"
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    assert _refusal(listing, []) == f"{listing}: a config is a YAML mapping of keys to values"

@@ -75,10 +75,11 @@ def test_missing_yml_and_unknown_names_are_refused_word_for_word(tmp_path):
 
 def test_yaml_that_does_not_parse_is_one_line_with_the_parsers_words(tmp_path):
     broken = tmp_path / "broken.yaml"
-    broken.write_text("name: r\ndata: [1, 2\n")
+    broken.write_text("name: r\na_much_longer_title_key_name: \"" + "word " * 40 + "\n" * 2000)  # unclosed quote
     with pytest.raises(yaml.YAMLError) as parse_error:
         yaml.safe_load(broken.read_text())
     words = " ".join(str(parse_error.value).split())
+    assert len(words) > 200  # the message keeps the parser's first 200 characters
     assert _refusal(broken, []) == f"{broken}: not valid YAML ({words[:200]})"
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")

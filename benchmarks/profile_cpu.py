@@ -39,11 +39,13 @@ def group_of(event) -> str:
     if key == PROFILER_LABEL:
         return "Re-WKV operator"
     if key in ("aten::mm", "aten::addmm", "aten::bmm"):
-        inner = shapes[0][-1] if shapes and shapes[0] else 0
+        first = _product_operands(event)[0]
+        inner = first[-1] if first else 0
         return f"matrix products, inner width {'≤ 32' if inner <= 32 else '> 32'}"
     if key == "aten::mkldnn_convolution" or key == "aten::_convolution" or key == "aten::thnn_conv2d":
-        weight = shapes[1] if len(shapes) > 1 else []
-        depthwise = len(weight) == 4 and weight[1] == 1
+        image, weight = (shapes[0], shapes[1]) if len(shapes) > 1 else ([], [])
+        # (C, 1, 5, 5) on C channels: the Omni-Shift (the one-channel embedding's (C, 1, 3, 3) is not)
+        depthwise = len(weight) == 4 and weight[1:] == [1, 5, 5] and len(image) == 4 and image[1] == weight[0]
         return "depth-wise 5×5 convolutions (Omni-Shift)" if depthwise else "other convolutions"
     if key == "aten::native_layer_norm":
         return "layer norm"
@@ -54,12 +56,17 @@ def group_of(event) -> str:
     return "the rest (framework overhead, views)"
 
 
+def _product_operands(event) -> tuple[list[int], list[int]]:
+    """The shapes of the two matrices of an ``mm`` / ``addmm`` (after its bias) / ``bmm`` event."""
+    shapes = event.input_shapes
+    return (shapes[1], shapes[2]) if event.key == "aten::addmm" else (shapes[0], shapes[1])
+
+
 def product_flops(event) -> int:
-    """FLOPs of all calls of a matrix-product event group."""
-    a, b = event.input_shapes[0], event.input_shapes[1]
-    if event.key == "aten::addmm":  # (bias, a, b)
-        a, b = event.input_shapes[1], event.input_shapes[2]
-    return 2 * a[0] * a[1] * b[1] * event.count
+    """FLOPs of all calls of a matrix-product event group: 2 M K N per product (times the batch for bmm)."""
+    a, b = _product_operands(event)
+    batch = a[0] if event.key == "aten::bmm" else 1
+    return 2 * batch * a[-2] * a[-1] * b[-1] * event.count
 
 
 def profile_model(name: str, size: int, passes: int) -> tuple[dict[str, list[float]], dict[str, float], float, float]:
@@ -83,8 +90,9 @@ def profile_model(name: str, size: int, passes: int) -> tuple[dict[str, list[flo
             groups: dict[str, float] = collections.Counter()
             for event in prof.key_averages(group_by_input_shape=True):
                 group = group_of(event)
-                # Re-WKV's own label wraps the C call: count its total, and nothing inside it twice.
-                groups[group] += event.cpu_time_total if event.key == PROFILER_LABEL else event.self_cpu_time_total
+                # Self times only: Re-WKV's label holds its C call (the label's self time); the few
+                # PyTorch calls inside it (allocations, casts) count in their own groups.
+                groups[group] += event.self_cpu_time_total
                 if group.startswith("matrix products"):
                     flops[group] += product_flops(event)
                     busy[group] += event.self_cpu_time_total

@@ -4,7 +4,8 @@
 
 Issue 25 tightened three of issue 3's limits (paper 256² ratio 2.0 -> 1.6, light 512² ratio
 3.0 -> 2.5, paper 512² against Restormer 0.5 -> 0.45); each row names the limit it is judged by.
-``--speed-only`` stops after the inference ratios and the Restormer row (about ten minutes).
+``--speed-only`` stops after the inference ratios, the operator share and (with ``--peers``) the
+Restormer row (about ten minutes).
 
 Definitions: the *floor* of a forward pass is its FLOPs (matrix products and convolutions,
 counted by ``torch.utils.flop_counter.FlopCounterMode``) divided by the sustained fp32 rate of
@@ -184,7 +185,7 @@ def main() -> None:
     parser.add_argument("--skip-2048", action="store_true", help="skip the 2048x2048 memory cell (minutes)")
     parser.add_argument("--peers", action="store_true", help="also time deepinv's Restormer, SwinIR, DRUNet, SCUNet")
     parser.add_argument("--speed-only", action="store_true",
-                        help="only the inference ratios, the operator share and (with --peers) the peer rows")
+                        help="only the inference ratios, the operator share and (with --peers) the Restormer row")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's allocator as it is (no restore_rwkv.tune_cpu_allocator())")
     args = parser.parse_args()

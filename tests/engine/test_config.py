@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from restore_rwkv.engine.config import load_config, shipped_configs
+from restore_rwkv.engine.config import load_config, save_config, shipped_configs
 from restore_rwkv.utils.errors import InputError
 
 BASE = "name: r\ntask: ct_denoise\ndata:\n  train:\n    root: data\n"
@@ -41,7 +41,9 @@ def _refusal(path, overrides) -> str:
     ],
 )
 def test_each_rule_refuses_with_its_own_line(config_file, overrides, where, problem):
-    assert _refusal(config_file, overrides) == f"{config_file}: {where}: Value error, {problem}"
+    refusal = _refusal(config_file, overrides)  # pydantic puts its own words ("Value error, ") between
+    assert refusal.startswith(f"{config_file}: {where}: ") and refusal.endswith(f" {problem}")
+    assert "\n" not in refusal
 
 
 def test_the_limits_themselves_are_allowed(config_file):
@@ -84,3 +86,31 @@ def test_yaml_that_does_not_parse_is_one_line_with_the_parsers_words(tmp_path):
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     assert _refusal(listing, []) == f"{listing}: a config is a YAML mapping of keys to values"
+
+
+def test_overrides_are_parsed_and_refused_word_for_word(config_file):
+    assert load_config(config_file, ["name=a=b"]).name == "a=b"  # only the first "=" separates
+    assert _refusal(config_file, ["foo"]) == "--set takes key=value (e.g. optim.lr=1e-4), got 'foo'"
+    assert _refusal(config_file, ["=3"]) == "--set has an empty key in '=3'"
+    assert _refusal(config_file, ["name.x=1"]) == "--set name.x: name is not a section"
+    assert _refusal(config_file, ["data.train.root.x=1"]) == "--set data.train.root.x: data.train.root is not a section"
+
+
+def test_schema_errors_name_the_key_and_what_was_given(config_file):
+    assert _refusal(config_file, ["optim.foo=1"]) == \
+        f"{config_file}: unknown key optim.foo; valid keys here: lr, betas, weight_decay, grad_clip"
+    # an optional section (data.val) lists its own keys too
+    assert _refusal(config_file, ["data.val={root: v, foo: 1}"]) == (
+        f"{config_file}: unknown key data.val.foo; valid keys here: "
+        "root, manifest, hq, split, tasks, simulate, degradation, max_images")
+    refusal = _refusal(config_file, ["optim.lr=-1"])
+    assert refusal.startswith(f"{config_file}: optim.lr: ") and refusal.endswith(" (got -1)")
+    config_file.write_text(BASE.replace("name: r\n", ""))
+    assert _refusal(config_file, []) == f"{config_file}: missing key name"
+
+
+def test_a_saved_config_keeps_the_schema_order_and_loads_back(config_file, tmp_path):
+    config = load_config(config_file, ["optim.lr=1e-3"])
+    saved = save_config(config, tmp_path / "saved.yaml")
+    assert saved.read_text().startswith("name: r\ntask: ct_denoise\nout: runs\nmodel:")
+    assert load_config(saved) == config

@@ -1,8 +1,10 @@
-"""build_dataset's choices of records and slices, and its refusals (written against the mutation pass of engine/data.py)."""
+"""build_dataset's choices of records and slices, and its refusals (written against the mutation
+pass of engine/data.py)."""
 
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -34,7 +36,7 @@ def manifest(tmp_path):
 
 
 def _names(dataset) -> list[str]:
-    return [record.lq.rsplit("/", 1)[-1] for record in dataset.records]
+    return [Path(record.lq).name for record in dataset.records]
 
 
 def test_manifest_records_are_chosen_by_split_task_and_count(manifest):

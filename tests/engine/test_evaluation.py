@@ -16,7 +16,9 @@ import torch.multiprocessing as mp
 from restore_rwkv.cli import main
 from restore_rwkv.data.datasets import PairedSliceDataset, reference_layout, write_manifest
 from restore_rwkv.modality import get_convention
-from restore_rwkv.engine.evaluation import COLUMNS, evaluate_model, format_table, summarize
+from restore_rwkv.engine.evaluation import COLUMNS, evaluate_model, format_table, safe_file_name, summarize
+from restore_rwkv.metrics import SSIM_BOUNDARIES
+from restore_rwkv.utils.devices import PRECISIONS
 from restore_rwkv.metrics import evaluate_physical
 from restore_rwkv.models import ModelCard, create_model, load_model, save_model_with_card
 
@@ -343,3 +345,57 @@ def test_a_manifest_scale_serves_only_the_policy_it_was_fitted_with(tmp_path):
     assert item["scale"] == 1.0 and float(item["hq"].max()) == pytest.approx(1000 / 4095)
     other = get_convention("mri", scaling=Scaling("foreground_percentile", target=2000.0))
     assert PairedSliceDataset([record], conventions={"mri": other})[0]["scale"] == pytest.approx(0.5)
+
+
+class _Items:
+    """A dataset of ``count`` random 8x8 CT items named like volume slices, with ``scale`` if given."""
+
+    def __init__(self, count: int, scale: float | None = None) -> None:
+        self.count, self.scale = count, scale
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        generator = torch.Generator().manual_seed(index)
+        item = {"lq": torch.rand(1, 8, 8, generator=generator), "hq": torch.rand(1, 8, 8, generator=generator),
+                "modality": "ct", "task": "ct_denoise", "name": f"scan {index}.nii.gz#3"}
+        if self.scale is not None:
+            item["scale"] = self.scale
+        return item
+
+
+@pytest.mark.parametrize("scale", [None, 2.0])
+def test_saved_images_are_in_stored_units_and_named_in_dataset_order(tmp_path, scale):
+    dataset = _Items(11, scale)
+    evaluate_model(_Identity(), dataset, save_dir=tmp_path, quiet=True)
+    saved = sorted(p.name for p in (tmp_path / "ct_denoise").iterdir())
+    assert saved == [f"{i:02d}_scan_{i}_slice3.npy" for i in range(11)]  # two digits for 11 items
+    convention = get_convention("ct")
+    for index in (0, 10):
+        expected = convention.denormalize(dataset[index]["lq"][0].double().numpy()) * (scale or 1.0)
+        image = np.load(tmp_path / "ct_denoise" / f"{index:02d}_scan_{index}_slice3.npy")
+        np.testing.assert_allclose(image, expected.astype(np.float32), rtol=1e-6)
+    assert evaluate_model(_Identity(), dataset, max_images=0, quiet=True) == []
+
+
+def test_item_names_become_safe_file_stems():
+    assert safe_file_name("scan.nii.gz#12") == "scan_slice12"
+    assert safe_file_name("SCAN.NII.GZ") == "SCAN"
+    assert safe_file_name("dir/a b:c.dcm") == "dir_a_b_c"
+    assert safe_file_name("ct-1.2_x.npy") == "ct-1.2_x"
+    assert safe_file_name(".hidden") == "hidden"
+    assert safe_file_name("") == "image"
+
+
+def test_evaluate_model_refuses_bad_arguments_word_for_word():
+    dataset = _Items(1)
+    with pytest.raises(ValueError) as error:
+        evaluate_model(_Identity(), dataset, batch_size=0)
+    assert str(error.value) == "batch_size must be at least 1; got 0"
+    with pytest.raises(ValueError) as error:
+        evaluate_model(_Identity(), dataset, ssim_boundary="mirror")
+    assert str(error.value) == f"ssim_boundary must be one of {SSIM_BOUNDARIES}; got 'mirror'"
+    with pytest.raises(ValueError) as error:
+        evaluate_model(_Identity(), dataset, precision="fp8")
+    assert str(error.value) == f"precision must be one of {sorted(PRECISIONS)}; got 'fp8'"

@@ -348,17 +348,19 @@ def test_a_manifest_scale_serves_only_the_policy_it_was_fitted_with(tmp_path):
 
 
 class _Items:
-    """A dataset of ``count`` random 8x8 CT items named like volume slices, with ``scale`` if given."""
+    """A dataset of ``count`` random CT items of ``size`` x ``size - size // 4`` pixels named like volume
+    slices, with ``scale`` if given."""
 
-    def __init__(self, count: int, scale: float | None = None) -> None:
-        self.count, self.scale = count, scale
+    def __init__(self, count: int, scale: float | None = None, size: int = 8) -> None:
+        self.count, self.scale, self.size = count, scale, size
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(index)
-        item = {"lq": torch.rand(1, 8, 8, generator=generator), "hq": torch.rand(1, 8, 8, generator=generator),
+        shape = (1, self.size, self.size - self.size // 4)
+        item = {"lq": torch.rand(shape, generator=generator), "hq": torch.rand(shape, generator=generator),
                 "modality": "ct", "task": "ct_denoise", "name": f"scan {index}.nii.gz#3"}
         if self.scale is not None:
             item["scale"] = self.scale
@@ -367,16 +369,23 @@ class _Items:
 
 @pytest.mark.parametrize("scale", [None, 2.0])
 def test_saved_images_are_in_stored_units_and_named_in_dataset_order(tmp_path, scale):
-    dataset = _Items(11, scale)
-    evaluate_model(_Identity(), dataset, save_dir=tmp_path, quiet=True)
-    saved = sorted(p.name for p in (tmp_path / "ct_denoise").iterdir())
-    assert saved == [f"{i:02d}_scan_{i}_slice3.npy" for i in range(11)]  # two digits for 11 items
+    for count, digits in ((10, 1), (11, 2)):  # indices 0-9 need one digit, 0-10 two
+        dataset, out = _Items(count, scale), tmp_path / str(count)
+        evaluate_model(_Identity(), dataset, save_dir=out, quiet=True)
+        names = [f"{i:0{digits}d}_scan_{i}_slice3.npy" for i in range(count)]
+        assert sorted(p.name for p in (out / "ct_denoise").iterdir()) == sorted(names)
     convention = get_convention("ct")
     for index in (0, 10):
         expected = convention.denormalize(dataset[index]["lq"][0].double().numpy()) * (scale or 1.0)
-        image = np.load(tmp_path / "ct_denoise" / f"{index:02d}_scan_{index}_slice3.npy")
+        image = np.load(out / "ct_denoise" / names[index])
         np.testing.assert_allclose(image, expected.astype(np.float32), rtol=1e-6)
     assert evaluate_model(_Identity(), dataset, max_images=0, quiet=True) == []
+
+
+def test_tiles_give_the_rows_of_whole_images_for_a_local_model():
+    dataset = _Items(3, size=40)
+    whole = evaluate_model(_Identity(), dataset, quiet=True)
+    assert evaluate_model(_Identity(), dataset, tile=16, quiet=True) == whole
 
 
 def test_item_names_become_safe_file_stems():

@@ -135,10 +135,13 @@ def _restore(args, info) -> int:
         result = item.result
         how = f"tiles of {result.tile}" if result.tile else "whole slices"
         grid = f", zero-filled x{result.upsample}" if result.upsample > 1 else ""
+        # Flushed at once: a pipe or log sees each file as it is written, and a worker that torchrun
+        # stops after the final barrier has lost none of its lines.
         print(f"{item.source} -> {item.target} ({'x'.join(map(str, result.shape))}, {result.modality}{grid}, {how}, "
-              f"{result.seconds:.1f} s; {result.scale_note})")
+              f"{result.seconds:.1f} s; {result.scale_note})", flush=True)
         if result.outside:
-            print(f"  {result.outside} voxel(s) outside the model's intensity range keep their input values")
+            print(f"  {result.outside} voxel(s) outside the model's intensity range keep their input values",
+                  flush=True)
     if info.distributed:  # every rank learns every rank's outcome, so all exit with the same status
         shares = gather_objects((done, failures), info)
         done = sum(count for count, _ in shares)

@@ -365,7 +365,7 @@ def test_torchrun_shards_the_inputs_and_reports_every_ranks_failures_once(tmp_pa
     # shuts down, when rank 0's exit is seen first: its work is done by then, as the outputs below show)
     assert "exitcode  : 3" in done.stderr and "(exitcode: 3) local_rank: 0" in done.stderr
     restored = [line.split(" -> ")[0] for line in done.stdout.splitlines() if " -> " in line]
-    assert sorted(restored) == sorted(str(inputs / f"{name}.nii.gz") for name in names)  # each exactly once
+    assert sorted(restored) == sorted(str(inputs / f"{name}.nii.gz") for name in names), done.stdout  # each once
     assert done.stderr.count("1 of 5 input(s) not restored") == 1
     assert done.stderr.count(f"  {inputs / 'broken.nii.gz'}") == 1
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [f"{name}.nii.gz" for name in names]

@@ -72,6 +72,15 @@ def _size(text: str) -> int:
     return int(number * units[unit])
 
 
+def _say(line: str, stream=None) -> None:
+    """Write one report line in one write, flushed: torchrun's workers share the terminal or pipe
+    and run unbuffered, where ``print`` writes the text and its newline apart, so two ranks' lines
+    could run together; and a worker stopped after the final barrier loses nothing."""
+    stream = sys.stdout if stream is None else stream
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def run(args) -> int:
     """Restore the inputs; under torchrun each process restores its share and rank 0 reports them all."""
     import datetime
@@ -129,19 +138,16 @@ def _restore(args, info) -> int:
     for item in progress_bar(results, total=mine, desc="inputs", quiet=args.quiet or mine < 2):
         if item.error is not None:
             failures.append(item.error)
-            print(f"restore-rwkv: error: {item.error}", file=sys.stderr)
+            _say(f"restore-rwkv: error: {item.error}", sys.stderr)
             continue
         done += 1
         result = item.result
         how = f"tiles of {result.tile}" if result.tile else "whole slices"
         grid = f", zero-filled x{result.upsample}" if result.upsample > 1 else ""
-        # Flushed at once: a pipe or log sees each file as it is written, and a worker that torchrun
-        # stops after the final barrier has lost none of its lines.
-        print(f"{item.source} -> {item.target} ({'x'.join(map(str, result.shape))}, {result.modality}{grid}, {how}, "
-              f"{result.seconds:.1f} s; {result.scale_note})", flush=True)
+        _say(f"{item.source} -> {item.target} ({'x'.join(map(str, result.shape))}, {result.modality}{grid}, {how}, "
+             f"{result.seconds:.1f} s; {result.scale_note})")
         if result.outside:
-            print(f"  {result.outside} voxel(s) outside the model's intensity range keep their input values",
-                  flush=True)
+            _say(f"  {result.outside} voxel(s) outside the model's intensity range keep their input values")
     if info.distributed:  # every rank learns every rank's outcome, so all exit with the same status
         shares = gather_objects((done, failures), info)
         done = sum(count for count, _ in shares)

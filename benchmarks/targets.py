@@ -234,9 +234,9 @@ def main() -> None:
     if args.peers:
         x = torch.rand(1, 1, 512, 512)
         for peer, model in peer_models().items():
+            if args.speed_only and not peer.startswith("Restormer"):
+                continue
             try:
-                if args.speed_only and not peer.startswith("Restormer"):
-                    continue
                 if peer.startswith("Restormer"):
                     ours, theirs = alternate_times(paper, model, x)
                     rel = ours / theirs

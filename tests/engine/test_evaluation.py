@@ -17,10 +17,9 @@ from restore_rwkv.cli import main
 from restore_rwkv.data.datasets import PairedSliceDataset, reference_layout, write_manifest
 from restore_rwkv.modality import get_convention
 from restore_rwkv.engine.evaluation import COLUMNS, evaluate_model, format_table, safe_file_name, summarize
-from restore_rwkv.metrics import SSIM_BOUNDARIES
-from restore_rwkv.utils.devices import PRECISIONS
-from restore_rwkv.metrics import evaluate_physical
+from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_physical
 from restore_rwkv.models import ModelCard, create_model, load_model, save_model_with_card
+from restore_rwkv.utils.devices import PRECISIONS
 
 ISSUE_COLUMNS = "name,task,modality,psnr_in,ssim_in,rmse_in,psnr_out,ssim_out,rmse_out".split(",")  # issue 12
 ARGS = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}

@@ -22,6 +22,7 @@ import importlib
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -196,12 +197,34 @@ class _CallMap:
         self.path = os.path.abspath(path)
         self.current = self.COLLECTION
         self.calls: dict[str, set[str]] = {}
+        # A test's forked workers (e.g. gloo ranks started with start_method="fork") inherit this profile
+        # hook and run the mutants too; they append their calls to this file, which call_map merges.
+        self.pid = os.getpid()
+        self.forked_calls = tempfile.NamedTemporaryFile(prefix="mutate-calls-", delete=False).name
+        self._forked_seen: tuple[int, set[tuple[str, str]]] = (self.pid, set())
 
     def _profile(self, frame, event, arg):
         if event == "call" and frame.f_code.co_filename == self.path:
             # "Class.method" for a method; a nested function counts as a call of the function around it
             name = frame.f_code.co_qualname.split(".<locals>")[0]
             self.calls.setdefault(name, set()).add(self.current)
+            pid = os.getpid()
+            if pid != self.pid:
+                if self._forked_seen[0] != pid:
+                    self._forked_seen = (pid, set())
+                if (name, self.current) not in self._forked_seen[1]:
+                    self._forked_seen[1].add((name, self.current))
+                    with open(self.forked_calls, "a") as log:
+                        log.write(f"{name}\t{self.current}\n")
+
+    def merged_calls(self) -> dict[str, set[str]]:
+        """The calls of this process and of the processes its tests forked."""
+        with open(self.forked_calls) as log:
+            for line in log:
+                name, test = line.rstrip("\n").split("\t")
+                self.calls.setdefault(name, set()).add(test)
+        os.unlink(self.forked_calls)
+        return self.calls
 
     def pytest_sessionstart(self, session) -> None:
         sys.setprofile(self._profile)
@@ -226,7 +249,7 @@ def call_map(path: str, pytest_args: list[str]) -> dict[str, set[str]]:
     args = [a for a in pytest_args if a != "-x"]
     if int(pytest.main(args, plugins=[plugin])) != 0:
         sys.exit("the tests fail without mutations; fix that first")
-    return plugin.calls
+    return plugin.merged_calls()
 
 
 def _selection(pytest_args: list[str], tests: set[str]) -> list[str]:

@@ -119,9 +119,9 @@ def erf_radius(field, share: float = 0.9) -> float:
     return float(distance[order][np.searchsorted(mass, share * mass[-1])])
 
 
-def erf_radius_at(model, convention, image: np.ndarray, side: int) -> float:
-    """The 90 % radius (pixels) of |d output[centre] / d input| for the model run on a centred ``side`` x ``side``
-    crop of ``image`` (the whole image for 0): the receptive field a tile of that side gives."""
+def erf_field_at(model, convention, image: np.ndarray, side: int):
+    """d output[centre] / d input (signed, float64) of the model run on a centred ``side`` x ``side`` crop of
+    ``image`` (the whole image for 0), zero-padded to a square with the output's centre pixel at its centre."""
     import numpy as np
     import torch
 
@@ -132,8 +132,16 @@ def erf_radius_at(model, convention, image: np.ndarray, side: int) -> float:
     crop = torch.from_numpy(np.asarray(convention.normalize(image[y:y + h, x:x + w], scale), np.float32))
     crop = crop[None, None].requires_grad_(True)
     model(crop)[0, 0, h // 2, w // 2].backward()
-    field = crop.grad[0, 0].abs().double().numpy()
+    field = crop.grad[0, 0].double().numpy()
     size = max(h, w)
     square = np.zeros((size, size))
     square[(size - h) // 2:(size - h) // 2 + h, (size - w) // 2:(size - w) // 2 + w] = field
-    return erf_radius(square)
+    return square
+
+
+def erf_radius_at(model, convention, image: np.ndarray, side: int) -> float:
+    """The 90 % radius (pixels) of |d output[centre] / d input| for the model run on a centred ``side`` x ``side``
+    crop of ``image`` (the whole image for 0): the receptive field a tile of that side gives."""
+    import numpy as np
+
+    return erf_radius(np.abs(erf_field_at(model, convention, image, side)))

@@ -103,6 +103,18 @@ def test_evaluate_writes_one_row_per_image_with_the_protocols_metrics(tiny, tmp_
             assert entry[column]["mean"] == pytest.approx(values.mean(), rel=1e-12)
             assert entry[column]["std"] == pytest.approx(values.std(), rel=1e-9, abs=1e-12)
             assert entry[column]["n"] == len(mine)
+    # what was evaluated, and how: enough to repeat it
+    card = load_model(tiny["all"])[1]
+    assert {k: summary[k] for k in ("weights", "model", "trained_task", "data", "split", "device", "precision",
+                                    "tile")} == \
+        {"weights": str(tiny["all"].resolve()), "model": "restore_rwkv_light", "trained_task": "all_in_one",
+         "data": str(tiny["root"].resolve()), "split": "test", "device": "cpu", "precision": "fp32",
+         "tile": card.patch_size or "whole slices"}
+    assert summary["protocol"] == {
+        "data_range": "label max - min per image, after windowing",
+        "ssim": {"window": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "boundary": "zero"},
+        "std": "population (ddof 0), over finite values",
+        "conventions": {m: card.convention(m).to_card() for m in ("mri", "ct")}}
     printed = capsys.readouterr().out
     assert "ct_denoise" in printed and "mri_sr" in printed and "±" in printed
 
@@ -347,18 +359,19 @@ def test_a_manifest_scale_serves_only_the_policy_it_was_fitted_with(tmp_path):
 
 
 class _Items:
-    """A dataset of ``count`` random CT items of ``size`` x ``size - size // 4`` pixels named like volume
-    slices, with ``scale`` if given."""
+    """A dataset of ``count`` random CT items of ``size`` x ``width`` pixels (default ``size - size // 4``) named
+    like volume slices, with ``scale`` if given."""
 
-    def __init__(self, count: int, scale: float | None = None, size: int = 8) -> None:
+    def __init__(self, count: int, scale: float | None = None, size: int = 8, width: int | None = None) -> None:
         self.count, self.scale, self.size = count, scale, size
+        self.width = size - size // 4 if width is None else width
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(index)
-        shape = (1, self.size, self.size - self.size // 4)
+        shape = (1, self.size, self.width)
         item = {"lq": torch.rand(shape, generator=generator), "hq": torch.rand(shape, generator=generator),
                 "modality": "ct", "task": "ct_denoise", "name": f"scan {index}.nii.gz#3"}
         if self.scale is not None:
@@ -387,6 +400,38 @@ def test_tiles_give_the_rows_of_whole_images_for_a_local_model():
     assert evaluate_model(_Identity(), dataset, tile=16, quiet=True) == whole
 
 
+class _ShiftBySize(torch.nn.Module):
+    """Adds 1e-3 times (its input's pixel count / 256): 1e-3 on a 16 x 16 tile, more on a larger image."""
+
+    def forward(self, x):
+        return x + 1e-3 * x.shape[-2] * x.shape[-1] / 256
+
+
+class _Shift(torch.nn.Module):
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x):
+        return x + self.shift
+
+
+@pytest.mark.parametrize("height, width", [(40, 30), (12, 40), (40, 12)])
+def test_tiles_are_planned_on_each_images_own_height_and_width(height, width):
+    """In tiles of 16 every tile of an image min(h, 16) x min(w, 16) or larger has that size, so it is shifted by
+    1e-3 min(h, 16) min(w, 16) / 256, and the blend of equal shifts is that shift: the rows equal those of a model
+    that adds it to the whole image. An image with one side at most 16 is still tiled along the other; whole, the
+    image gets a larger shift (on these random images it moves the RMSE by tenths of a HU)."""
+    dataset = _Items(3, size=height, width=width)
+    tiled = evaluate_model(_ShiftBySize(), dataset, tile=16, quiet=True)
+    expected = evaluate_model(_Shift(1e-3 * min(height, 16) * min(width, 16) / 256), dataset, quiet=True)
+    for row, want in zip(tiled, expected, strict=True):
+        for column in COLUMNS[3:]:
+            assert row[column] == pytest.approx(want[column], rel=1e-5), column
+    whole = evaluate_model(_ShiftBySize(), dataset, quiet=True)
+    assert all(abs(a["rmse_out"] - b["rmse_out"]) > 0.05 for a, b in zip(whole, expected))  # HU
+
+
 def test_item_names_become_safe_file_stems():
     assert safe_file_name("scan.nii.gz#12") == "scan_slice12"
     assert safe_file_name("SCAN.NII.GZ") == "SCAN"
@@ -407,3 +452,128 @@ def test_evaluate_model_refuses_bad_arguments_word_for_word():
     with pytest.raises(ValueError) as error:
         evaluate_model(_Identity(), dataset, precision="fp8")
     assert str(error.value) == f"precision must be one of {sorted(PRECISIONS)}; got 'fp8'"
+
+
+def _stats(mean, std, n):
+    return {"mean": mean, "std": std, "n": n}
+
+
+def test_the_table_gives_each_metric_its_precision_and_aligns_its_columns():
+    """PSNR to 2 decimals, SSIM to 4, RMSE to about 4 significant digits of its mean; the task column is
+    left-aligned, the others right-aligned to their widest cell; missing means are '-' with a note."""
+    summary = {
+        "ct_denoise": {"count": 3, "psnr_in": _stats(27.6912, 2.381, 3), "psnr_out": _stats(30.0, 0.0, 3),
+                       "ssim_in": _stats(0.79234, 0.08123, 3), "ssim_out": _stats(None, None, 0),
+                       "rmse_in": _stats(166.14, 33.04, 3), "rmse_out": _stats(0.00053, 0.0001, 2)},
+        # 9.5 dB and an SSIM of 1: where RMSE's rule would give PSNR 3 decimals and SSIM 3
+        "pet": {"count": 1, "psnr_in": _stats(9.5, 0.0, 1), "psnr_out": _stats(28.25, 0.0, 1),
+                "ssim_in": _stats(1.0, 0.0, 1), "ssim_out": _stats(0.75, 0.0, 1),
+                "rmse_in": _stats(12345.6, 10.2, 1), "rmse_out": _stats(-20.0, 1.0, 1)},
+    }
+    widths = [10, 1, 12, 12, 15, 15, 12, 19]
+    rows = [["task", "n", "PSNR in", "PSNR out", "SSIM in", "SSIM out", "RMSE in", "RMSE out"],
+            ["ct_denoise", "3", "27.69 ± 2.38", "30.00 ± 0.00", "0.7923 ± 0.0812", "-", "166.1 ± 33.0",
+             "0.000530 ± 0.000100"],
+            ["pet", "1", "9.50 ± 0.00", "28.25 ± 0.00", "1.0000 ± 0.0000", "0.7500 ± 0.0000", "12346 ± 10",
+             "-20.00 ± 1.00"]]
+    lines = ["  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += ["ct_denoise ssim_out: 3 of 3 value(s) not finite, left out",
+              "ct_denoise rmse_out: 1 of 3 value(s) not finite, left out"]
+    assert format_table(summary) == "\n".join(lines)
+    zero = {"t": {"count": 1, **{f"{m}_{s}": _stats(0.0, 0.0, 1) for m in ("psnr", "ssim", "rmse")
+                                 for s in ("in", "out")}}}
+    assert format_table(zero).splitlines()[2].split()[-3:] == ["0.000", "±", "0.000"]  # RMSE 0: 3 decimals
+    tiny = {"t": {"count": 1, **{f"{m}_{s}": _stats(4e-5, 0.0, 1) for m in ("psnr", "ssim", "rmse")
+                                 for s in ("in", "out")}}}
+    assert format_table(tiny).splitlines()[2].split()[-3:] == ["0.000040", "±", "0.000000"]  # at most 6
+
+
+def test_split_records_and_trained_pairs_choose_and_refuse_word_for_word(tiny, tmp_path):
+    from restore_rwkv.engine.evaluation import split_records, trained_pairs
+    from restore_rwkv.utils.errors import InputError
+
+    with pytest.raises(InputError) as error:
+        split_records(tiny["root"], "all")
+    assert str(error.value).endswith("--split all is for manifests; name a split of the prepared root")
+    with pytest.raises(InputError) as error:
+        split_records(tmp_path / "nowhere", "test")
+    assert str(error.value).endswith("no such folder or manifest")
+    records = split_records(tiny["manifest"], "all")
+    assert [r.split for r in split_records(tiny["manifest"], "train")] == ["train"] * len(IMAGES)
+    blank = tmp_path / "blank.csv"
+    write_manifest(blank, [dataclasses.replace(records[0], split="train"), dataclasses.replace(records[0], split="")])
+    with pytest.raises(InputError) as error:
+        split_records(blank, "test")
+    assert str(error.value).endswith("no pairs of split 'test' (splits present: (empty), train; "
+                                     "--split all takes every pair)")
+
+    card = ModelCard(model="restore_rwkv_light", task="ct_denoise", conventions={"ct": CONVENTIONS["ct"]})
+    mri = [r for r in records if r.modality == "mri"]
+    ct = [r for r in records if r.modality == "ct"]
+    assert trained_pairs(ct, card) == (ct, "")
+    assert trained_pairs(records, card, force=True) == (records, "")
+    chosen, note = trained_pairs(records, card)
+    assert chosen == ct
+    assert note == (f"left out {len(mri)} pair(s) the weights were not trained for: mri_sr/mri ({len(mri)}) "
+                    "(--force includes them)")
+    with pytest.raises(InputError) as error:
+        trained_pairs(mri, card)
+    assert str(error.value) == (f"the data holds only pairs the weights were not trained for (mri_sr/mri "
+                                f"({len(mri)}); the card says ct_denoise on ct); --force evaluates them anyway")
+    pet = dataclasses.replace(mri[0], modality="PET", task="pet")  # modality names are matched case-blind
+    chosen, note = trained_pairs([*records, pet], card)
+    assert chosen == ct and note.endswith(f"not trained for: mri_sr/mri ({len(mri)}), pet/pet (1) "
+                                          "(--force includes them)")
+    both = ModelCard(model="restore_rwkv_light", task="all_in_one", conventions=CONVENTIONS)
+    with pytest.raises(InputError) as error:
+        trained_pairs([pet], both)
+    assert str(error.value).endswith("(pet/pet (1); the card says all_in_one on ct, mri); --force evaluates them "
+                                     "anyway")
+    with pytest.raises(InputError) as error:
+        trained_pairs([dataclasses.replace(ct[0], modality="xray")], card)
+    assert str(error.value) == "unknown modality 'xray'; expected one of ct, mri, pet"
+
+
+def test_evaluate_weights_refuses_word_for_word_and_saves_out_of_range_input_as_it_was(tiny, tmp_path):
+    """The refusals of evaluate_weights and of its output check, whole; and, as restore writes it, a saved image
+    keeps the input's own values where the input lies outside the policy's range (CT padding at -3024 HU)."""
+    from restore_rwkv.engine.evaluation import evaluate_weights
+    from restore_rwkv.utils.errors import InputError
+
+    def refusal(**kwargs) -> str:
+        arguments = {"weights": tiny["ct"], "data": tiny["root"], "out": tmp_path / "never", "device": "cpu",
+                     "quiet": True, **kwargs}
+        with pytest.raises(InputError) as error:
+            evaluate_weights(**arguments)
+        assert not (tmp_path / "never").exists()
+        return str(error.value)
+
+    assert refusal(batch_size=0) == "--batch-size must be at least 1, got 0"
+    assert refusal(max_images=0) == "--max-images must be at least 1, got 0"
+    assert refusal(out=tiny["root"].parent) == (f"{tiny['root'].parent}: refusing to write over "
+                                                f"{tiny['root'].resolve()}, an input of this evaluation")
+    # inside the data folder: --overwrite would have replaced CT/, the input's own pairs
+    assert refusal(out=tiny["root"] / "CT", overwrite=True) == (f"{tiny['root'] / 'CT'}: refusing to write inside "
+                                                                f"the input folder {tiny['root'].resolve()}")
+    assert (tiny["root"] / "CT" / "test" / "LQ" / "ct_a.npy").is_file()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    assert refusal(out=full) == f"{full}: output folder exists and is not empty (--overwrite replaces it)"
+
+    root = tmp_path / "padded"
+    rng = np.random.default_rng(3)
+    hq = rng.uniform(-200.0, 300.0, (24, 20)).astype(np.float32)
+    lq = hq + rng.normal(0.0, 20.0, hq.shape).astype(np.float32)
+    hq[:4], lq[:4] = -3024.0, -3024.0  # out-of-field padding, below the policy's range
+    for kind, image in (("HQ", hq), ("LQ", lq)):
+        (root / "CT" / "test" / kind).mkdir(parents=True)
+        np.save(root / "CT" / "test" / kind / "pad.npy", image)
+    report, note = evaluate_weights(tiny["ct"], root, tmp_path / "out", device="cpu", max_images=1,
+                                    save_images=True, quiet=True)
+    assert report["images"] == 1 and note == ""
+    saved = np.load(tmp_path / "out" / "images" / "ct_denoise" / "0_pad.npy")
+    assert (saved[:4] == -3024.0).all()  # the input's padding, not what the network made of its clipped copy
+    assert saved[8:].min() > -2000.0  # away from it, the (untrained) model's output

@@ -283,13 +283,16 @@ def trained_pairs(records: Sequence, card, force: bool = False) -> tuple[list, s
 
 
 def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
-    from restore_rwkv.utils.files import check_writable_target
+    """Refuse an output folder that is, holds or lies inside an input (``--overwrite`` replaces the whole
+    folder), or an existing non-empty one without ``overwrite``."""
+    from restore_rwkv.utils.files import check_writable_target, refuse_input_target
 
     resolved = out.resolve()
     for source in inputs:
         source = source.resolve()
         if source == resolved or resolved in source.parents:
             raise InputError(out, f"refusing to write over {source}, an input of this evaluation")
+        refuse_input_target(out, source)  # inside an input folder
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(out, "output folder exists and is not empty (--overwrite replaces it)")
     check_writable_target(out)

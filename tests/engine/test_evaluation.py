@@ -244,8 +244,15 @@ def test_bad_requests_are_one_line_errors_that_write_nothing(tiny, tmp_path, cap
         _one_line_error(capsys, ["evaluate", "--weights", str(tiny["ct"]), "--device", "cuda", "--data",
                                  str(tiny["root"]), "--out", str(tmp_path / "d")], "not available")
     assert not any((tmp_path / n).exists() for n in "abcd")
-    main(["evaluate", *base, "--data", str(tiny["root"]), "--out", str(full), "--overwrite"])
-    assert not (full / "keep.txt").exists() and (full / "per_image.csv").exists()
+    # --overwrite replaces only a folder evaluate wrote (as prepare's --overwrite replaces only its own)
+    _one_line_error(capsys, ["evaluate", *base, "--data", str(tiny["root"]), "--out", str(full), "--overwrite"],
+                    "is not a folder written by evaluate (no summary.json or per_image.csv); refusing to replace it")
+    assert (full / "keep.txt").exists()
+    earlier = tmp_path / "earlier"
+    assert main(["evaluate", *base, "--data", str(tiny["root"]), "--out", str(earlier), "--max-images", "1"]) == 0
+    (earlier / "notes.txt").write_text("x")
+    assert main(["evaluate", *base, "--data", str(tiny["root"]), "--out", str(earlier), "--overwrite"]) == 0
+    assert not (earlier / "notes.txt").exists() and (earlier / "per_image.csv").exists()
 
 
 def _distributed_worker(rank: int, world: int, init_file: str, weights: str, root: str, out: str) -> None:

@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--force", action="store_true",
                         help="also evaluate tasks or modalities the weights' card does not list "
                              "(with the default conventions for modalities it lacks)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out that an earlier evaluate wrote")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 

@@ -284,7 +284,7 @@ def trained_pairs(records: Sequence, card, force: bool = False) -> tuple[list, s
 
 def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
     """Refuse an output folder that is, holds or lies inside an input (``--overwrite`` replaces the whole
-    folder), or an existing non-empty one without ``overwrite``."""
+    folder), an existing non-empty one without ``overwrite``, and with it one that evaluate did not write."""
     from restore_rwkv.utils.files import check_writable_target, refuse_input_target
 
     resolved = out.resolve()
@@ -293,8 +293,12 @@ def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
         if source == resolved or resolved in source.parents:
             raise InputError(out, f"refusing to write over {source}, an input of this evaluation")
         refuse_input_target(out, source)  # inside an input folder
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(out, "output folder exists and is not empty (--overwrite replaces it)")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(out, "output folder exists and is not empty (--overwrite replaces it)")
+        if not (out / "summary.json").is_file() and not (out / "per_image.csv").is_file():
+            raise InputError(out, "is not a folder written by evaluate (no summary.json or per_image.csv); "
+                                  "refusing to replace it with --overwrite")
     check_writable_target(out)
 
 

@@ -154,6 +154,8 @@ class Trainer:
         if info.is_main:
             try:
                 decision = self._resume_path()
+                if decision is not None and not decision.is_file():
+                    raise InputError(decision, "no such checkpoint")
             except InputError as exc:
                 error = str(exc)
         decision, error = broadcast_object((None if decision is None else str(decision), error), info)

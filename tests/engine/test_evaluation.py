@@ -569,6 +569,8 @@ def test_evaluate_weights_refuses_word_for_word_and_saves_out_of_range_input_as_
     full.mkdir()
     (full / "keep.txt").write_text("x")
     assert refusal(out=full) == f"{full}: output folder exists and is not empty (--overwrite replaces it)"
+    assert refusal(out=full, overwrite=True) == (f"{full}: is not a folder written by evaluate (no summary.json or "
+                                                 "per_image.csv); refusing to replace it with --overwrite")
 
     root = tmp_path / "padded"
     rng = np.random.default_rng(3)

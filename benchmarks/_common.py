@@ -119,9 +119,10 @@ def erf_radius(field, share: float = 0.9) -> float:
     return float(distance[order][np.searchsorted(mass, share * mass[-1])])
 
 
-def erf_field_at(model, convention, image: np.ndarray, side: int):
+def erf_field_at(model, convention, image: np.ndarray, side: int) -> np.ndarray:
     """d output[centre] / d input (signed, float64) of the model run on a centred ``side`` x ``side`` crop of
-    ``image`` (the whole image for 0), zero-padded to a square with the output's centre pixel at its centre."""
+    ``image`` (the whole image for 0), zero-padded to a square (the crop's centre pixel at the square's centre
+    when both sides have the same parity)."""
     import numpy as np
     import torch
 

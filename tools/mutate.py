@@ -247,9 +247,13 @@ def call_map(path: str, pytest_args: list[str]) -> dict[str, set[str]]:
 
     plugin = _CallMap(path)
     args = [a for a in pytest_args if a != "-x"]
-    if int(pytest.main(args, plugins=[plugin])) != 0:
+    try:
+        failed = int(pytest.main(args, plugins=[plugin])) != 0
+    finally:
+        calls = plugin.merged_calls()  # also removes the forked workers' log
+    if failed:
         sys.exit("the tests fail without mutations; fix that first")
-    return plugin.merged_calls()
+    return calls
 
 
 def _selection(pytest_args: list[str], tests: set[str]) -> list[str]:

@@ -246,7 +246,7 @@ def test_bad_requests_are_one_line_errors_that_write_nothing(tiny, tmp_path, cap
     assert not any((tmp_path / n).exists() for n in "abcd")
     # --overwrite replaces only a folder evaluate wrote (as prepare's --overwrite replaces only its own)
     _one_line_error(capsys, ["evaluate", *base, "--data", str(tiny["root"]), "--out", str(full), "--overwrite"],
-                    "is not a folder written by evaluate (no summary.json or per_image.csv); refusing to replace it")
+                    "is not a folder written by evaluate (no per_image.csv); refusing to replace it")
     assert (full / "keep.txt").exists()
     earlier = tmp_path / "earlier"
     assert main(["evaluate", *base, "--data", str(tiny["root"]), "--out", str(earlier), "--max-images", "1"]) == 0
@@ -569,8 +569,11 @@ def test_evaluate_weights_refuses_word_for_word_and_saves_out_of_range_input_as_
     full.mkdir()
     (full / "keep.txt").write_text("x")
     assert refusal(out=full) == f"{full}: output folder exists and is not empty (--overwrite replaces it)"
-    assert refusal(out=full, overwrite=True) == (f"{full}: is not a folder written by evaluate (no summary.json or "
-                                                 "per_image.csv); refusing to replace it with --overwrite")
+    assert refusal(out=full, overwrite=True) == (f"{full}: is not a folder written by evaluate (no per_image.csv); "
+                                                 "refusing to replace it with --overwrite")
+    (full / "summary.json").write_text("{}")  # as prepare leaves in a prepared dataset: not evaluate's
+    assert refusal(out=full, overwrite=True).endswith("is not a folder written by evaluate (no per_image.csv); "
+                                                      "refusing to replace it with --overwrite")
 
     root = tmp_path / "padded"
     rng = np.random.default_rng(3)

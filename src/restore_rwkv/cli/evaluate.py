@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
                         help="also evaluate tasks or modalities the weights' card does not list "
                              "(with the default conventions for modalities it lacks)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty --out that an earlier evaluate wrote")
+                        help="replace a non-empty --out that an earlier evaluate wrote (it holds per_image.csv)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 

@@ -285,7 +285,7 @@ def trained_pairs(records: Sequence, card, force: bool = False) -> tuple[list, s
 def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
     """Refuse an output folder that is, holds or lies inside an input (``--overwrite`` replaces the whole
     folder), an existing non-empty one without ``overwrite``, and with it one that evaluate did not write."""
-    from restore_rwkv.utils.files import check_writable_target, refuse_input_target
+    from restore_rwkv.utils.files import check_writable_target, refuse_input_target, refuse_replacing_foreign_folder
 
     resolved = out.resolve()
     for source in inputs:
@@ -296,9 +296,8 @@ def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise InputError(out, "output folder exists and is not empty (--overwrite replaces it)")
-        if not (out / "summary.json").is_file() and not (out / "per_image.csv").is_file():
-            raise InputError(out, "is not a folder written by evaluate (no summary.json or per_image.csv); "
-                                  "refusing to replace it with --overwrite")
+        # per_image.csv, not summary.json: prepare writes a summary.json too
+        refuse_replacing_foreign_folder(out, ("per_image.csv",), "evaluate")
     check_writable_target(out)
 
 

@@ -155,7 +155,8 @@ class Trainer:
             try:
                 decision = self._resume_path()
                 if decision is not None and not decision.is_file():
-                    raise InputError(decision, "no such checkpoint")
+                    raise InputError(decision, "is not a checkpoint file" if decision.exists()
+                                     else "no such checkpoint")
             except InputError as exc:
                 error = str(exc)
         decision, error = broadcast_object((None if decision is None else str(decision), error), info)

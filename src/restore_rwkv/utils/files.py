@@ -237,6 +237,15 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
+def refuse_replacing_foreign_folder(path: str | os.PathLike, markers: tuple[str, ...], writer: str) -> None:
+    """Raise InputError when the non-empty folder ``path`` holds none of the files ``markers`` that ``writer``
+    leaves in its outputs: ``--overwrite`` replaces only a folder that command wrote."""
+    folder = Path(path)
+    if folder.is_dir() and any(folder.iterdir()) and not any((folder / name).is_file() for name in markers):
+        raise InputError(path, f"is not a folder written by {writer} (no {' or '.join(markers)}); "
+                               "refusing to replace it with --overwrite")
+
+
 def refuse_input_target(path: str | os.PathLike, source: str | os.PathLike | None) -> None:
     """Raise InputError when writing ``path`` would replace, or write inside, the input ``source``."""
     if source is None:

@@ -23,7 +23,7 @@ from restore_rwkv.data.io import (
 from restore_rwkv.modality import TASKS
 from restore_rwkv.physics import default_degradation
 from restore_rwkv.utils.errors import InputError, check_finite
-from restore_rwkv.utils.files import atomic_file, atomic_folder, check_writable_target
+from restore_rwkv.utils.files import atomic_file, atomic_folder, check_writable_target, refuse_replacing_foreign_folder
 from restore_rwkv.utils.progress import progress_bar
 
 SPLITS = ("train", "validation", "test")
@@ -181,9 +181,7 @@ def check_output_folder(out: str | Path, overwrite: bool = False) -> Path:
     if resolved.is_dir() and any(resolved.iterdir()):
         if not overwrite:
             raise InputError(out, "output exists and is not empty (choose another --out or pass --overwrite)")
-        if not (resolved / "manifest.csv").exists() and not (resolved / "summary.json").exists():
-            raise InputError(out, "is not a folder written by prepare (no manifest.csv or summary.json); "
-                                  "refusing to replace it with --overwrite")
+        refuse_replacing_foreign_folder(out, ("manifest.csv", "summary.json"), "prepare")
     return resolved
 
 

@@ -201,21 +201,18 @@ class _CallMap:
         # hook and run the mutants too; they append their calls to this file, which call_map merges.
         self.pid = os.getpid()
         self.forked_calls = tempfile.NamedTemporaryFile(prefix="mutate-calls-", delete=False).name
-        self._forked_seen: tuple[int, set[tuple[str, str]]] = (self.pid, set())
+        self._forked_seen: set[tuple[int, str, str]] = set()  # (worker pid, function, test) already written
 
     def _profile(self, frame, event, arg):
         if event == "call" and frame.f_code.co_filename == self.path:
             # "Class.method" for a method; a nested function counts as a call of the function around it
             name = frame.f_code.co_qualname.split(".<locals>")[0]
             self.calls.setdefault(name, set()).add(self.current)
-            pid = os.getpid()
-            if pid != self.pid:
-                if self._forked_seen[0] != pid:
-                    self._forked_seen = (pid, set())
-                if (name, self.current) not in self._forked_seen[1]:
-                    self._forked_seen[1].add((name, self.current))
-                    with open(self.forked_calls, "a") as log:
-                        log.write(f"{name}\t{self.current}\n")
+            seen = (os.getpid(), name, self.current)
+            if seen[0] != self.pid and seen not in self._forked_seen:
+                self._forked_seen.add(seen)
+                with open(self.forked_calls, "a") as log:
+                    log.write(f"{name}\t{self.current}\n")
 
     def merged_calls(self) -> dict[str, set[str]]:
         """The calls of this process and of the processes its tests forked."""

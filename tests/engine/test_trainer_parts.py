@@ -8,14 +8,24 @@ mutation pass over engine/trainer.py (docs/training.md).
 from __future__ import annotations
 
 import csv
+import json
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from restore_rwkv.cli import main
-from restore_rwkv.engine.trainer import LOG_FIELDS, CosineWithWarmup, run_progress
+from restore_rwkv.data.datasets import PairRecord, write_manifest
+from restore_rwkv.engine.config import load_config
+from restore_rwkv.engine.data import EpochItems
+from restore_rwkv.engine.state import load_checkpoint, save_checkpoint
+from restore_rwkv.engine.trainer import LOG_FIELDS, CosineWithWarmup, Trainer, run_progress, zero_output_layer
+from restore_rwkv.metrics import evaluate_physical
+from restore_rwkv.models import create_model
+from restore_rwkv.utils.distributed import ProcessInfo
+from restore_rwkv.utils.errors import InputError
 from tests.engine.test_trainer import TINY_MODEL, _config, _pairs
 
 
@@ -66,11 +76,6 @@ def test_run_progress_of_a_log_without_rows_is_zero(tmp_path):
 
 
 def test_a_batch_that_does_not_split_over_the_processes_and_fp16_without_cuda_are_refused(tmp_path):
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import Trainer
-    from restore_rwkv.utils.distributed import ProcessInfo
-    from restore_rwkv.utils.errors import InputError
-
     config = load_config(_config(tmp_path, tmp_path))  # batch 4, fp32
     cpu = torch.device("cpu")
     Trainer(config)._check(ProcessInfo(rank=0, world_size=2), cpu)  # 4 over 2 processes: fine
@@ -90,9 +95,6 @@ def test_a_batch_that_does_not_split_over_the_processes_and_fp16_without_cuda_ar
 def test_trimming_an_older_log_keeps_the_rows_up_to_the_checkpoint_in_todays_columns(tmp_path):
     """A run resumed from an older version's log (without the data_wait and val_* columns): the rows after the
     checkpoint go, the others keep their values, and the missing columns are written empty."""
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import Trainer
-
     trainer = Trainer(load_config(_config(tmp_path, tmp_path)))
     trainer.run_dir.mkdir(parents=True)
     old = ["iteration", "loss", "lr", "seconds"]
@@ -109,10 +111,6 @@ def test_trimming_an_older_log_keeps_the_rows_up_to_the_checkpoint_in_todays_col
 
 
 def test_starting_fresh_over_an_earlier_run_is_refused_word_for_word(tmp_path):
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import Trainer
-    from restore_rwkv.utils.errors import InputError
-
     config = load_config(_config(tmp_path, tmp_path))
     last = config.run_dir / "checkpoints" / "last.pt"
     assert Trainer(config, resume=None)._resume_path() is None
@@ -130,8 +128,6 @@ def _constant_difference_pairs(root, difference_hu: float, n: int = 6, size: int
                                hq_range: tuple[float, float] = (-800.0, 800.0), modality: str = "ct"):
     """CT pairs whose LQ differs from the HQ by exactly ``difference_hu`` at every pixel (random sign), inside the
     policy's range: the identity's L1 loss on any patch, flipped or turned, is difference_hu / 4096."""
-    from restore_rwkv.data.datasets import PairRecord, write_manifest
-
     rng = np.random.default_rng(0)
     records = []
     for k in range(n):
@@ -172,9 +168,6 @@ def test_the_logged_loss_is_the_mean_step_loss_of_its_window_and_data_wait_a_fra
 
 
 def test_checkpoints_are_saved_every_save_every_iterations_and_where_the_sitting_stops(tmp_path, monkeypatch):
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import Trainer
-
     saved = []
     original = Trainer._save
 
@@ -196,11 +189,6 @@ def test_of_equal_validation_scores_the_first_stays_the_best(tmp_path):
     """An identity model (zeroed output, lr 1e-12) scores the same at every validation: best.pt stays that of the
     first validation. Its scores are the input's, computed here from the files: L1 over every image, PSNR and SSIM
     over those with a finite score (a flat reference has none); the picture is LQ | restored | HQ."""
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.state import load_checkpoint
-    from restore_rwkv.engine.trainer import Trainer
-    from restore_rwkv.metrics import evaluate_physical
-
     data = _constant_difference_pairs(tmp_path / "data", 200.0)
     _constant_difference_pairs(tmp_path / "data", 200.0, n=2, split="validation")
     flat = tmp_path / "data" / "CT" / "validation"
@@ -233,10 +221,6 @@ def test_of_equal_validation_scores_the_first_stays_the_best(tmp_path):
 def test_validation_tiles_each_image_on_its_own_height_and_width(tmp_path):
     """Validation images of 24 x 12 and 12 x 24 with 16-pixel patches: the trainer scores them in tiles as
     `evaluate` does by default, so the exported card's PSNR is evaluate's."""
-    import json
-
-    from restore_rwkv.data.datasets import PairRecord, write_manifest
-
     data = _pairs(tmp_path / "data", n_train=4, n_val=0)
     rng = np.random.default_rng(5)
     records = []
@@ -262,10 +246,6 @@ def test_validation_tiles_each_image_on_its_own_height_and_width(tmp_path):
 def test_data_wait_is_the_share_of_the_window_spent_waiting_for_batches(tmp_path, monkeypatch):
     """Each item made to take 50 ms, four per batch: the wait for batches is most of a tiny model's step. Only the
     second window is read: the first also holds the first forward pass, which may build the CPU kernels."""
-    import time
-
-    from restore_rwkv.engine.data import EpochItems
-
     original = EpochItems.__getitem__
 
     def slow(self, key):
@@ -285,11 +265,6 @@ def test_data_wait_is_the_share_of_the_window_spent_waiting_for_batches(tmp_path
 
 def test_resuming_from_a_checkpoint_that_is_not_there_names_it(tmp_path):
     """One process: a missing --resume file is "no such checkpoint", not the several-nodes storage hint."""
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import Trainer
-    from restore_rwkv.utils.distributed import ProcessInfo
-    from restore_rwkv.utils.errors import InputError
-
     config = load_config(_config(tmp_path, tmp_path))
     missing = tmp_path / "gone" / "last.pt"
     with pytest.raises(InputError) as error:
@@ -308,11 +283,6 @@ def test_resume_restores_what_the_checkpoint_holds_and_takes_the_configs_setting
     """_resume alone, on a checkpoint saved at iteration 4 of 8: iteration, best (iteration as an int), random
     states, EMA shadow (decay from this config), schedule position and this config's learning rate; a checkpoint
     with or without EMA serves a run without or with it; one line says where it resumed."""
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.state import load_checkpoint, save_checkpoint
-    from restore_rwkv.engine.trainer import CosineWithWarmup, Trainer
-    from restore_rwkv.utils.distributed import ProcessInfo
-
     data = _pairs(tmp_path / "data", n_train=4, n_val=1)
     path = _config(tmp_path, data, iterations=8, ema_decay=0.9, val_every=2)
     Trainer(load_config(path), quiet=True, until=4).fit()
@@ -354,9 +324,6 @@ def test_resume_restores_what_the_checkpoint_holds_and_takes_the_configs_setting
 
 
 def test_resume_refusals_are_whole_and_a_finished_run_resumes_to_nothing(tmp_path, capsys):
-    from restore_rwkv.engine.state import load_checkpoint
-    from restore_rwkv.models import create_model
-
     data = _pairs(tmp_path / "data", n_train=4, n_val=1)
     path = str(_config(tmp_path, data, iterations=4))
     assert main(["train", "--config", path, "--quiet"]) == 0
@@ -385,9 +352,6 @@ def test_resume_refusals_are_whole_and_a_finished_run_resumes_to_nothing(tmp_pat
 
 
 def test_gradient_checkpointing_is_switched_on_in_the_built_model(tmp_path):
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import Trainer
-
     for enabled in (False, True):
         config = load_config(_config(tmp_path, tmp_path, gradient_checkpointing=enabled))
         assert Trainer(config)._build(torch.device("cpu")).model.gradient_checkpointing is enabled
@@ -432,10 +396,6 @@ def test_without_quiet_the_progress_bar_shows_the_loss_the_rate_and_the_validati
 
 
 def test_zeroing_the_output_is_refused_word_for_word_where_it_would_not_give_the_identity():
-    from restore_rwkv.engine.trainer import zero_output_layer
-    from restore_rwkv.models.registry import create_model
-    from restore_rwkv.utils.errors import InputError
-
     with pytest.raises(InputError) as error:
         zero_output_layer(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)))
     assert str(error.value) == "model.zero_init_output: Sequential has no output convolution"
@@ -454,9 +414,6 @@ def test_zeroing_the_output_is_refused_word_for_word_where_it_would_not_give_the
 
 
 def test_deterministic_runs_ask_torch_for_deterministic_algorithms(tmp_path):
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import Trainer
-
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.benchmark, torch.get_num_threads())
     try:
@@ -472,8 +429,6 @@ def test_deterministic_runs_ask_torch_for_deterministic_algorithms(tmp_path):
 
 def test_a_run_on_simulated_pairs_exports_a_card_with_their_modality(tmp_path):
     """HQ files degraded on the fly (a dataset with one convention, no records): the card names its modality."""
-    import json
-
     hq = tmp_path / "hq"
     hq.mkdir()
     rng = np.random.default_rng(2)

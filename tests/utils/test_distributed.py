@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -25,6 +24,7 @@ from restore_rwkv.utils.distributed import (
     setup_distributed,
     teardown_distributed,
 )
+from tests.engine.test_trainer import _free_port
 
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -58,12 +58,6 @@ def test_a_world_of_one_joins_no_group(monkeypatch):
 def test_process_info_rank_rules():
     assert ProcessInfo(rank=1, world_size=2).distributed and not ProcessInfo(rank=1, world_size=2).is_main
     assert ProcessInfo(rank=0, world_size=2).is_main
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:

@@ -145,7 +145,10 @@ class Trainer:
                 raise InputError(self.run_dir, "holds a checkpoint of an earlier run: resume it (the default) "
                                                "or choose another name or --out")
             return None
-        return Path(self.resume)
+        path = Path(self.resume)
+        if not path.is_file():
+            raise InputError(path, "is not a checkpoint file" if path.exists() else "no such checkpoint")
+        return path
 
     def _agreed_resume_path(self, info: ProcessInfo) -> Path | None:
         """Rank 0's resume decision, checked to be readable by every rank (one run folder on shared storage)."""
@@ -154,9 +157,6 @@ class Trainer:
         if info.is_main:
             try:
                 decision = self._resume_path()
-                if decision is not None and not decision.is_file():
-                    raise InputError(decision, "is not a checkpoint file" if decision.exists()
-                                     else "no such checkpoint")
             except InputError as exc:
                 error = str(exc)
         decision, error = broadcast_object((None if decision is None else str(decision), error), info)

@@ -255,6 +255,24 @@ def test_bad_requests_are_one_line_errors_that_write_nothing(tiny, tmp_path, cap
     assert not (earlier / "notes.txt").exists() and (earlier / "per_image.csv").exists()
 
 
+def test_overwrite_never_replaces_a_folder_holding_a_manifests_pairs(tiny, tmp_path, capsys):
+    """A manifest's pairs can lie anywhere: an --out that holds one is refused, even one evaluate wrote."""
+    import dataclasses
+    import shutil
+
+    base = ["--weights", str(tiny["ct"]), "--device", "cpu", "--quiet"]
+    mixed = tmp_path / "mixed"
+    assert main(["evaluate", *base, "--data", str(tiny["root"]), "--out", str(mixed), "--max-images", "1"]) == 0
+    capsys.readouterr()
+    record = next(r for r in reference_layout(tiny["root"], "test") if r.modality == "ct")
+    moved = dataclasses.replace(record, lq=str(shutil.copy(record.lq, mixed / "lq.npy")),
+                                hq=str(shutil.copy(record.hq, mixed / "hq.npy")))
+    write_manifest(tmp_path / "lists" / "manifest.csv", [moved])
+    _one_line_error(capsys, ["evaluate", *base, "--data", str(tmp_path / "lists" / "manifest.csv"), "--out",
+                             str(mixed), "--overwrite"], f"refusing to write over {mixed / 'lq.npy'}, an image of")
+    assert (mixed / "lq.npy").is_file() and (mixed / "hq.npy").is_file() and (mixed / "per_image.csv").is_file()
+
+
 def _distributed_worker(rank: int, world: int, init_file: str, weights: str, root: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

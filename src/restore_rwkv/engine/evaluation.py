@@ -301,6 +301,17 @@ def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
     check_writable_target(out)
 
 
+def _refuse_out_holding_pairs(out: Path, records: Sequence) -> None:
+    """Refuse an output folder that is or holds an image of the pairs (a manifest's pairs can lie beside
+    it or anywhere else): ``--overwrite`` replaces the whole folder."""
+    resolved = out.resolve()
+    for record in records:
+        for image in (record.lq, record.hq):
+            path = Path(image).resolve()
+            if path == resolved or resolved in path.parents:
+                raise InputError(out, f"refusing to write over {path}, an image of this evaluation's pairs")
+
+
 def write_rows_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
     """The per-image rows as CSV (``COLUMNS``), written atomically."""
     import csv
@@ -344,6 +355,7 @@ def evaluate_weights(weights: str | os.PathLike, data: str | os.PathLike, out: s
     _check_out(out, [data, weights], overwrite)
     device = resolve_device(device)
     records, note = trained_pairs(split_records(data, split), load_model_card(weights), force)
+    _refuse_out_holding_pairs(out, records)
     model, card = load_model(weights, device)
     conventions = {}
     for r in records:

@@ -188,13 +188,17 @@ def test_checkpoints_are_saved_every_save_every_iterations_and_where_the_sitting
 def test_of_equal_validation_scores_the_first_stays_the_best(tmp_path):
     """An identity model (zeroed output, lr 1e-12) scores the same at every validation: best.pt stays that of the
     first validation. Its scores are the input's, computed here from the files: L1 over every image, PSNR and SSIM
-    over those with a finite score (a flat reference has none); the picture is LQ | restored | HQ."""
+    over those with finite scores (a flat reference has none, an exact restoration an infinite PSNR); the picture
+    is LQ | restored | HQ."""
     data = _constant_difference_pairs(tmp_path / "data", 200.0)
     _constant_difference_pairs(tmp_path / "data", 200.0, n=2, split="validation")
     flat = tmp_path / "data" / "CT" / "validation"
     np.save(flat / "HQ" / "p9.npy", np.full((24, 24), 40.0, np.float32))  # no data range: NaN PSNR and SSIM
     np.save(flat / "LQ" / "p9.npy", 40.0 + 200.0 * np.sign(np.random.default_rng(1).normal(size=(24, 24))).astype(
         np.float32))
+    # the identity restores an LQ equal to its HQ exactly: infinite PSNR beside a finite SSIM (1), left out of both
+    np.save(flat / "HQ" / "p8.npy", np.load(flat / "HQ" / "p0.npy"))
+    np.save(flat / "LQ" / "p8.npy", np.load(flat / "HQ" / "p0.npy"))
     config = load_config(_config(tmp_path, data, iterations=6, val_every=2),
                          ["model.zero_init_output=true", "optim.lr=1e-12", "schedule.min_lr=1e-12"])
     trainer = Trainer(config, quiet=True)
@@ -203,8 +207,8 @@ def test_of_equal_validation_scores_the_first_stays_the_best(tmp_path):
         validated = [r for r in csv.DictReader(fh) if r["val_psnr"]]
     psnrs = [float(r["val_psnr"]) for r in validated]
     assert len(psnrs) == 3 and len(set(psnrs)) == 1  # three validations, one score
-    # the validation L1 is the mean over the images of |output - HQ| in network units: 200 HU everywhere
-    assert [float(r["val_l1"]) for r in validated] == pytest.approx([200.0 / 4096.0] * 3, rel=1e-5)
+    # the validation L1 is the mean over the images of |output - HQ| in network units: 200 HU but in p8
+    assert [float(r["val_l1"]) for r in validated] == pytest.approx([3 * 200.0 / 4096.0 / 4] * 3, rel=1e-5)
     scores = [evaluate_physical(np.load(flat / "LQ" / f"p{k}.npy"), np.load(flat / "HQ" / f"p{k}.npy"), "ct")
               for k in (0, 1)]
     assert psnrs[0] == pytest.approx(np.mean([float(s["psnr"]) for s in scores]), rel=1e-5)

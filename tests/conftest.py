@@ -30,8 +30,18 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed():
+    """Torch seeded alike for every test; Python's and numpy's global generators, which a training run seeds,
+    restored after each test, so no test's draws depend on the tests before it."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     torch.manual_seed(0)
+    yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
 
 
 @pytest.fixture(scope="session")

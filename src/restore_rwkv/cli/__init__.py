@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 
 from restore_rwkv.utils.errors import InputError
 
+WEIGHTS_HELP = "weights with their card: a .safetensors file, its .json card, a folder holding both, or a shipped name"
+
 
 def build_parser() -> argparse.ArgumentParser:
     from restore_rwkv import __version__

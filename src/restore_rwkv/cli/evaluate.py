@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from restore_rwkv.cli import WEIGHTS_HELP
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -16,8 +18,7 @@ def add_parser(subparsers) -> None:
         description="Restore every (LQ, HQ) pair of a split with the weights and score input and output "
                     "against HQ under the paper's protocol (docs/metrics.md). Writes OUT/per_image.csv "
                     "and OUT/summary.json; prints mean ± std per task.")
-    parser.add_argument("--weights", required=True,
-                        help="weights with their card: a .safetensors file, its .json card, a folder or a shipped name")
+    parser.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     parser.add_argument("--data", required=True,
                         help="a prepared ROOT (ROOT/{MRI,CT,PET}/SPLIT/{LQ,HQ}) or a manifest (.csv/.json)")
     parser.add_argument("--split", default="test",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from restore_rwkv.cli import WEIGHTS_HELP
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,8 +15,7 @@ def add_parser(subparsers) -> None:
                     "embedded. The file is then run on a fresh batch and compared with eager PyTorch (ONNX: with "
                     "onnxruntime, when installed); one that differs by more than 1e-4 of the output's scale is "
                     "not kept (docs/export.md).")
-    parser.add_argument("--weights", required=True,
-                        help="weights with their card: a .safetensors file, its .json card, a folder or a shipped name")
+    parser.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     parser.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported-program"),
                         help="onnx (.onnx), torchscript (.pt) or exported-program (torch.export, .pt2)")
     parser.add_argument("--tile", type=int, default=None,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from restore_rwkv.cli import WEIGHTS_HELP
 from restore_rwkv.utils.errors import InputError
 
 PARTIAL = 3  # exit status: some inputs were restored, the listed others were not
@@ -20,8 +21,7 @@ def add_parser(subparsers) -> None:
                     "no suffix: a DICOM series folder for a series, else a folder); with several or a folder "
                     "of inputs, OUT is a folder holding one output per input, named like it.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, DICOM series folders, or folders of them")
-    parser.add_argument("--weights", required=True,
-                        help="a .safetensors file with its .json card, the card, a folder holding both, or a shipped name")
+    parser.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     parser.add_argument("-o", "--out", required=True, help="output file, series folder or folder (see above)")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                         help="array axis to slice a volume along (default: the acquisition plane from the DICOM "

@@ -3,6 +3,7 @@ baselines tuned on the validation split, and the shipped light models; an effect
 
     python benchmarks/results.py                    # writes docs/results.md and docs/figures/*.png
     python benchmarks/results.py --skip-bm3d        # without BM3D (its package is optional)
+    python benchmarks/results.py --peers-from docs/results.json  # peers of an earlier report, not trained again
 
 Every method is scored with the paper's protocol (``metrics.evaluate_physical``: each modality's
 evaluation window, PSNR with the windowed reference's range, zero-padded SSIM) per image, then
@@ -242,6 +243,46 @@ def peer_run(runs: Path, model_name: str, data: Path) -> Path:
     return run
 
 
+def carried_peers(path: Path) -> dict:
+    """The peer networks' part of an earlier report's ``results.json``: CT peer rows, the CT input and
+    single-task rows they were compared with, training times, efficiency, ERF radii, the Restormer's ERF
+    radius in its tiles and the date they were measured."""
+    import re
+
+    try:
+        old = json.loads(path.read_text())
+        ct_rows = old["results"]["ct_denoise"]
+        peers = old["peers"]
+        radius = old.get("restormer_erf_radius_px")
+        if radius is None:  # reports before this field: the number is in the ERF check
+            line = next(c for c in old["checks"] if c.startswith("ct_denoise: ERF") and "Restormer peer's" in c)
+            radius = float(re.search(r"Restormer peer's (\d+(?:\.\d+)?) px", line).group(1))
+        measured = old.get("peers_measured")
+        if measured is None:  # the date in the report's first paragraph, beside the JSON
+            measured = re.search(r"(\d{4}-\d{2}-\d{2})\)", path.with_suffix(".md").read_text()).group(1)
+        carried = {"rows": [r for r in ct_rows if r["method"].startswith("peer: ")],
+                   "input": ct_rows[0], "single": next(r for r in ct_rows if f"`{SINGLE['ct_denoise']}`" in r["method"]
+                                                       and "single task" in r["method"]),
+                   "training": peers["training"], "efficiency": peers["efficiency"],
+                   "erf": old["erf_radius_90_px"], "restormer_erf_px": radius, "measured": measured}
+    except (OSError, ValueError, KeyError, StopIteration, AttributeError, TypeError) as error:
+        raise SystemExit(f"--peers-from {path}: not a results.json with peer networks ({type(error).__name__}: {error})")
+    if not carried["rows"] or not carried["training"]:
+        raise SystemExit(f"--peers-from {path}: that report has no peer networks")
+    return carried
+
+
+def check_carried(carried: dict, row: dict, what: str, path: str) -> None:
+    """Refuse carried peers unless ``row`` (this run's CT input or single-task row) equals the one the peers
+    were compared with: other test data or another CT model need the peers trained and scored again."""
+    before = carried[what]
+    if row["n"] != before["n"] or abs(row["psnr"] - before["psnr"]) > 1e-6 or abs(row["ssim"] - before["ssim"]) > 1e-8:
+        label = {"input": "input", "single": "single-task model"}[what]
+        raise SystemExit(f"--peers-from {path}: its CT {label} row ({before['psnr']:.4f} dB, {before['n']} slices) "
+                         f"differs from this run's ({row['psnr']:.4f} dB, {row['n']} slices); train the peers again "
+                         "(run without --peers-from)")
+
+
 def parameter_count(model_name: str) -> int:
     from restore_rwkv.models import create_model
 
@@ -332,7 +373,14 @@ def main() -> None:
     parser.add_argument("--skip-bm3d", action="store_true")
     parser.add_argument("--runs", default=str(REPO / "runs"), help="where the peer networks' runs are (or are trained)")
     parser.add_argument("--skip-peers", action="store_true", help="no peer networks (they take about 40 min to train)")
+    parser.add_argument("--peers-from", metavar="RESULTS_JSON",
+                        help="take the peer networks' rows, training times, efficiency, ERF radii and figures from an "
+                             "earlier report (its results.json) instead of training them; refused unless that report's "
+                             "CT input and single-task rows equal this run's")
     args = parser.parse_args()
+    if args.peers_from and args.skip_peers:
+        parser.error("--peers-from and --skip-peers exclude each other")
+    carried = carried_peers(Path(args.peers_from)) if args.peers_from else None
     data, out = Path(args.data), Path(args.out)
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -346,6 +394,7 @@ def main() -> None:
     mri_bands: dict[str, dict[str, list[float]]] = {}
     sets: dict[str, dict] = {}
     tiles: dict[str, list[dict]] = {}
+    restormer_erf = None  # the Restormer peer's ERF 90 % radius in its 64² tiles, px
     for task in TASKS:
         names, lq, hq = load_split(data, task, "test")
         set_names = test_set_names(data, task)
@@ -369,7 +418,11 @@ def main() -> None:
             label = "Restore-RWKV light, all-in-one" if name == ALL_IN_ONE else "Restore-RWKV light, single task"
             restored[f"`{name}`"] = outputs
             rows.append({"method": f"{label} (`{name}`)", "parameter": how, **score(task, outputs, hq)})
-        if task == "ct_denoise" and not args.skip_peers:
+        if task == "ct_denoise" and carried:
+            check_carried(carried, rows[0], "input", args.peers_from)
+            check_carried(carried, next(r for r in rows if f"`{SINGLE[task]}`" in r["method"]), "single", args.peers_from)
+            rows += carried["rows"]
+        elif task == "ct_denoise" and not args.skip_peers:
             for model_name in PEERS:
                 if model_name == "restore_rwkv_light":
                     continue
@@ -426,17 +479,20 @@ def main() -> None:
         if task == "ct_denoise" and task in tiles:
             default = next(r for r in tiles[task] if r["default"])
             restormer = peer_runs.get("restormer_light_monai")
-            if restormer is None:
-                checks.append(f"ct_denoise: ERF 90 % radius of the single-task model at its default "
-                              f"{default['erf_radius_90_px']:.0f} px; the Restormer peer's: not measured in this run "
-                              "(--skip-peers)")
-            else:
+            theirs = carried["restormer_erf_px"] if carried else None
+            if restormer is not None:
                 from _common import erf_radius_at
 
                 from restore_rwkv.models.card import load_model
 
                 peer, peer_card = load_model(str(restormer))
                 theirs = erf_radius_at(peer, peer_card.convention("ct"), lq[len(lq) // 2].astype(np.float32), 64)
+            if theirs is None:
+                checks.append(f"ct_denoise: ERF 90 % radius of the single-task model at its default "
+                              f"{default['erf_radius_90_px']:.0f} px; the Restormer peer's: not measured in this run "
+                              "(--skip-peers)")
+            else:
+                restormer_erf = theirs
                 checks.append(f"ct_denoise: ERF 90 % radius of the single-task model at its default "
                               f"{default['erf_radius_90_px']:.0f} px against the Restormer peer's {theirs:.0f} px in "
                               f"its 64² tiles (wanted larger): {'met' if default['erf_radius_90_px'] > theirs else 'NOT met'}")
@@ -451,7 +507,10 @@ def main() -> None:
     figures = {}
     from restore_rwkv.models.card import shipped_models
 
-    if SINGLE["ct_denoise"] in shipped_models():
+    if SINGLE["ct_denoise"] in shipped_models() and carried:  # the same CT model (checked): that report's figure
+        figures["ct"] = REPO / "docs" / "figures" / "erf_ct_denoise.png"
+        figures["erf_radius"] = carried["erf"]
+    elif SINGLE["ct_denoise"] in shipped_models():
         _, lq, _ = load_split(data, "ct_denoise", "validation")
         figures["ct"] = REPO / "docs" / "figures" / "erf_ct_denoise.png"
         fields = {"Restore-RWKV light (CT)": effective_receptive_field(SINGLE["ct_denoise"], lq, "ct_denoise")}
@@ -460,7 +519,10 @@ def main() -> None:
         erf_figure(fields, figures["ct"])
         figures["erf_radius"] = {label: erf_radius(field) for label, field in fields.items()}
     peers = {}
-    if peer_runs:
+    if carried:
+        peers = {"training": carried["training"], "efficiency": carried["efficiency"]}
+        figures["efficiency"] = REPO / "docs" / "figures" / "efficiency_cpu.png"
+    elif peer_runs:
         shipped = {m["name"]: m for m in json.loads((REPO / "scripts" / "shipped_models.json").read_text())}
         peers["training"] = [{"model": name, "parameters": parameter_count(name),
                               "seconds": run_progress(peer_runs[name])[1] if name in peer_runs
@@ -469,17 +531,21 @@ def main() -> None:
         figures["efficiency"] = REPO / "docs" / "figures" / "efficiency_cpu.png"
         efficiency_figure(peers["efficiency"], figures["efficiency"])
     seconds = time.perf_counter() - started
+    peers_measured = carried["measured"] if carried else dt.date.today().isoformat() if peers else None
     (out.with_suffix(".json")).write_text(json.dumps({"results": results, "sets": sets, "tiles": tiles,
                                                       "checks": checks, "peers": peers,
+                                                      "peers_measured": peers_measured,
+                                                      "restormer_erf_radius_px": restormer_erf,
                                                       "mri_kspace_band_mse": mri_bands,
                                                       "erf_radius_90_px": figures.get("erf_radius", {})}, indent=1))
     out.write_text(render(results, checks, figures, peers, mri_bands, out, seconds,
-                          platform.processor() or platform.machine(), sets, tiles))
+                          platform.processor() or platform.machine(), sets, tiles,
+                          carried["measured"] if carried else None))
     print(out.read_text())
 
 
 def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_bands: dict, out: Path, seconds: float,
-           machine: str, sets: dict, tiles: dict) -> str:
+           machine: str, sets: dict, tiles: dict, peers_carried_from: str | None = None) -> str:
     from restore_rwkv.modality import TASKS as MODALITY, get_convention
 
     lines = ["# Results on the demo data", "",
@@ -546,7 +612,12 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
                   "changed (`restore-rwkv train --config demo_ct_denoise --set model.name=...`): same patches, "
                   "iterations, optimiser, schedule, EMA, window loss, identity start (zeroed output convolution "
                   "with the global residual) and best-validation checkpoint. Their test scores are in the CT table "
-                  "above. Wall time is the training loop's (validation excluded) on this 2-core CPU.", "",
+                  "above. Wall time is the training loop's (validation excluded) on this 2-core CPU."
+                  + (f" The peers' rows, training times, efficiency, ERF radii and both figures are carried over from "
+                     f"the report of {peers_carried_from} (`--peers-from`; their runs were not on this machine): this "
+                     "run's CT test data and single-task model were checked to score exactly as they did then, so "
+                     "the comparison stands; the ERF check uses that report's Restormer radius."
+                     if peers_carried_from else ""), "",
                   "| model | parameters | training wall time |", "|---|---|---|"]
         lines += [f"| {PEERS[r['model']]} (`{r['model']}`) | {r['parameters'] / 1e6:.2f} M | {r['seconds'] / 60:.0f} min |"
                   for r in peers["training"]]

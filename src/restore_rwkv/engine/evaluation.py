@@ -285,14 +285,16 @@ def trained_pairs(records: Sequence, card, force: bool = False) -> tuple[list, s
 def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
     """Refuse an output folder that is, holds or lies inside an input (``--overwrite`` replaces the whole
     folder), an existing non-empty one without ``overwrite``, and with it one that evaluate did not write."""
-    from restore_rwkv.utils.files import check_writable_target, refuse_input_target, refuse_replacing_foreign_folder
+    from restore_rwkv.utils.files import (
+        check_writable_target,
+        refuse_input_target,
+        refuse_replacing_foreign_folder,
+        refuse_target_holding,
+    )
 
-    resolved = out.resolve()
     for source in inputs:
-        source = source.resolve()
-        if source == resolved or resolved in source.parents:
-            raise InputError(out, f"refusing to write over {source}, an input of this evaluation")
-        refuse_input_target(out, source)  # inside an input folder
+        refuse_target_holding(out, source, "an input of this evaluation")
+        refuse_input_target(out, source.resolve())  # inside an input folder
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise InputError(out, "output folder exists and is not empty (--overwrite replaces it)")
@@ -304,12 +306,11 @@ def _check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
 def _refuse_out_holding_pairs(out: Path, records: Sequence) -> None:
     """Refuse an output folder that is or holds an image of the pairs (a manifest's pairs can lie beside
     it or anywhere else): ``--overwrite`` replaces the whole folder."""
-    resolved = out.resolve()
+    from restore_rwkv.utils.files import refuse_target_holding
+
     for record in records:
         for image in (record.lq, record.hq):
-            path = Path(image).resolve()
-            if path == resolved or resolved in path.parents:
-                raise InputError(out, f"refusing to write over {path}, an image of this evaluation's pairs")
+            refuse_target_holding(out, image, "an image of this evaluation's pairs")
 
 
 def write_rows_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:

@@ -246,6 +246,14 @@ def refuse_replacing_foreign_folder(path: str | os.PathLike, markers: tuple[str,
                                "refusing to replace it with --overwrite")
 
 
+def refuse_target_holding(path: str | os.PathLike, source: str | os.PathLike, what: str) -> None:
+    """Raise InputError when ``path`` is ``source`` or a folder holding it (replacing ``path`` would remove
+    ``source``); ``what`` says what ``source`` is, for the message."""
+    target, src = Path(path).resolve(), Path(source).resolve()
+    if src == target or target in src.parents:
+        raise InputError(path, f"refusing to write over {src}, {what}")
+
+
 def refuse_input_target(path: str | os.PathLike, source: str | os.PathLike | None) -> None:
     """Raise InputError when writing ``path`` would replace, or write inside, the input ``source``."""
     if source is None:

@@ -44,7 +44,7 @@ def setup_distributed(device_kind: str, timeout: datetime.timedelta | None = Non
     slower ones longer than this fails.
     """
     if dist.is_available() and dist.is_initialized():
-        return ProcessInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owned=False)
+        return ProcessInfo(*group_position(), int(os.environ.get("LOCAL_RANK", 0)), owned=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return ProcessInfo()

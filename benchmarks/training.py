@@ -48,7 +48,8 @@ def bare_step_seconds(config, iterations: int, warmup: int = 3) -> float:
 def engine_window(config_name: str, data: str, iterations: int) -> tuple[float, float, object]:
     """(seconds per iteration, share waiting for data) over ``iterations`` after as many warm-up iterations."""
     with tempfile.TemporaryDirectory() as out:
-        config = load_config(config_name, [f"data.train.root={data}", "data.val=", f"out={out}",
+        # speed does not depend on the starting weights: a fine-tuning config starts from its initialisation
+        config = load_config(config_name, [f"data.train.root={data}", "data.val=", "model.init_weights=", f"out={out}",
                                            f"schedule.iterations={2 * iterations}", f"train.log_every={iterations}",
                                            f"train.save_every={10 * iterations}"])
         trainer = Trainer(config, quiet=True)

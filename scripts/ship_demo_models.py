@@ -36,9 +36,26 @@ CROP = 48
 TILE_CANDIDATES = (64, 128, 256, 0)  # tile sides tried on validation data (0: whole slices); the first wins ties
 NOTES = ("Demonstration model: the light Restore-RWKV, EMA weights at iteration {iterations} (best validation PSNR) "
          "of a {total}-iteration run on the offline demo "
-         "dataset (restore-rwkv prepare demo) with the shipped config {config} ({hours:.2f} h on a 2-core CPU). "
+         "dataset (restore-rwkv prepare demo) with the shipped config {config} ({hours:.2f} h on a 2-core CPU){base}. "
          "For trying the tools, not for clinical use. Reproduce: restore-rwkv prepare demo --out data/demo && "
-         "restore-rwkv train --config {config} --out runs. docs/models.md has its model card.")
+         "{train}. docs/models.md has its model card.")
+
+
+def base_run(config: str) -> str | None:
+    """The demo config whose run ``config`` fine-tunes (its ``model.init_weights`` names ``runs/<that config>``),
+    else None (from the identity, or from a shipped model)."""
+    from restore_rwkv.engine.config import load_config
+
+    init = load_config(config).model.init_weights
+    parts = Path(init).parts if init else ()
+    return parts[1] if len(parts) == 2 and parts[0] == "runs" else None
+
+
+def train_commands(config: str) -> str:
+    """The ``restore-rwkv train`` commands that reproduce the run of ``config``, its base run's first."""
+    base = base_run(config)
+    own = f"restore-rwkv train --config {config} --out runs"
+    return f"{train_commands(base)} && {own}" if base else own
 
 
 def finished(run: Path, config: str) -> bool:
@@ -145,7 +162,8 @@ def ship(name: str, runs: Path, data: Path) -> dict:
     seconds = run_progress(run)[1]
     card = dataclasses.replace(card, metrics={}, created="", version="",
                                notes=NOTES.format(iterations=card.iterations, total=load_config(RUNS[name]).schedule.iterations,
-                                                  config=RUNS[name], hours=seconds / 3600))
+                                                  config=RUNS[name], hours=seconds / 3600,
+                                                  base=_base_words(RUNS[name]), train=train_commands(RUNS[name])))
     target = save_model_with_card(model, SHIPPED_WEIGHTS / f"{name}.safetensors", card, storage_dtype="float16")
     tile, validation = choose_tile(target, data)  # of the file that ships (float16 storage)
     card = dataclasses.replace(card, tile=tile)
@@ -202,7 +220,8 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
              "on (version 6 adds real heads for MRI and CT and leaves PET's data as it was; a model trained on version 5 "
              "for MRI or CT is to be retrained). "
              "Some of that data is licensed for non-commercial use only (docs/data.md).", "",
-             "They were trained on 64 × 64 patches. `restore`, `evaluate` and the demo run each in overlapping "
+             "They were trained on 64 × 64 patches" + _larger_patches(shipped) + ". `restore`, `evaluate` and the demo "
+             "run each in overlapping "
              "tiles of the side its card chose on the validation split (the card's `tile`: the highest validation "
              "PSNR of tiles of 64, 128, 256 and whole slices; `--tile N` overrides it, `--tile 0` runs whole "
              "slices): Re-WKV divides its decay by the token count, so a model trained on patches sees another "
@@ -233,8 +252,9 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                   + (_task_shares(config.data.task_weights, tasks) if config.data.balance_tasks else "") + ".",
                   _tile_line(card),
                   f"- Iterations: EMA weights of iteration {card.iterations} of {config.schedule.iterations} "
-                  f"(best validation PSNR); training wall time {entry['train_seconds'] / 60:.0f} min "
-                  "(2-core CPU, training windows only; validation excluded).",
+                  f"(best validation PSNR); training wall time "
+                  f"{entry['train_seconds'] / 60:.0f} min (2-core CPU, training windows only; validation excluded"
+                  + (f"; the {base_run(RUNS[name])} run it fine-tunes not counted" if base_run(RUNS[name]) else "") + ").",
                   f"- Demo test split of version {DEMO_DATA_VERSION} (paper's protocol; mean over images; "
                   "docs/data.md lists the test sets):", "",
                   "  | task | PSNR input | PSNR output | SSIM input | SSIM output |", "  |---|---|---|---|---|"]
@@ -243,11 +263,26 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
             if f"test_{t}_psnr_out" in m:
                 lines.append(f"  | {t} | {m[f'test_{t}_psnr_in']:.2f} | {m[f'test_{t}_psnr_out']:.2f} | "
                              f"{m[f'test_{t}_ssim_in']:.4f} | {m[f'test_{t}_ssim_out']:.4f} |")
-        lines += ["", f"- Reproduce: `restore-rwkv prepare demo --out data/demo && restore-rwkv train --config "
-                      f"{RUNS[name]} --out runs && python scripts/ship_demo_models.py --only {name}` "
+        lines += ["", f"- Reproduce: `restore-rwkv prepare demo --out data/demo && {train_commands(RUNS[name])} "
+                      f"&& python scripts/ship_demo_models.py --only {name}` "
                       "(CPU runs repeat to float rounding; thread counts and BLAS builds can change the last digits).",
                   f"- File: `{name}.safetensors` ({entry['bytes'] / 1e6:.1f} MB) and `{name}.json`.", ""]
     path.write_text("\n".join(lines))
+
+
+def _larger_patches(shipped: list[dict]) -> str:
+    """' (`m` then fine-tuned on N × N ones)' for each shipped model whose last run trained on other patches."""
+    from restore_rwkv.engine.config import load_config
+
+    tuned = [(e["name"], load_config(RUNS[e["name"]]).data.patch_size) for e in shipped]
+    words = [f"`{name}` then fine-tuned on {size} × {size} ones" for name, size in tuned if size != 64]
+    return f" ({'; '.join(words)})" if words else ""
+
+
+def _base_words(config: str) -> str:
+    """', fine-tuned from the exported weights of the run of config X' for a run that starts from another."""
+    base = base_run(config)
+    return f", fine-tuned from the exported EMA weights of the run of config {base}" if base else ""
 
 
 def _tile_line(card) -> str:

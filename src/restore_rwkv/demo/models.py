@@ -20,7 +20,7 @@ class DemoModel:
 
 DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel("ct_denoise_light", "ct_denoise", "demo_ct_denoise"),
-    DemoModel("mri_sr_x4_light", "mri_sr", "demo_mri_sr_x4"),
+    DemoModel("mri_sr_x4_light", "mri_sr", "demo_mri_sr_x4_finetune"),
     DemoModel("pet_synthesis_light", "pet", "demo_pet_synthesis"),
     DemoModel("all_in_one_light", ALL_IN_ONE, "demo_all_in_one"),
 )

@@ -507,12 +507,12 @@ def main() -> None:
     figures = {}
     from restore_rwkv.models.card import shipped_models
 
-    if SINGLE["ct_denoise"] in shipped_models() and carried:  # the same CT model (checked): that report's figure
+    if SINGLE["ct_denoise"] in shipped_models():
         figures["ct"] = REPO / "docs" / "figures" / "erf_ct_denoise.png"
+    if "ct" in figures and carried:  # the same CT model (checked): that report's figure and radii
         figures["erf_radius"] = carried["erf"]
-    elif SINGLE["ct_denoise"] in shipped_models():
+    elif "ct" in figures:
         _, lq, _ = load_split(data, "ct_denoise", "validation")
-        figures["ct"] = REPO / "docs" / "figures" / "erf_ct_denoise.png"
         fields = {"Restore-RWKV light (CT)": effective_receptive_field(SINGLE["ct_denoise"], lq, "ct_denoise")}
         for model_name, run in peer_runs.items():
             fields[f"{PEERS[model_name]} (CT)"] = effective_receptive_field(str(run), lq, "ct_denoise")
@@ -531,7 +531,8 @@ def main() -> None:
         figures["efficiency"] = REPO / "docs" / "figures" / "efficiency_cpu.png"
         efficiency_figure(peers["efficiency"], figures["efficiency"])
     seconds = time.perf_counter() - started
-    peers_measured = carried["measured"] if carried else dt.date.today().isoformat() if peers else None
+    carried_from = carried["measured"] if carried else None
+    peers_measured = carried_from or (dt.date.today().isoformat() if peers else None)
     (out.with_suffix(".json")).write_text(json.dumps({"results": results, "sets": sets, "tiles": tiles,
                                                       "checks": checks, "peers": peers,
                                                       "peers_measured": peers_measured,
@@ -540,7 +541,7 @@ def main() -> None:
                                                       "erf_radius_90_px": figures.get("erf_radius", {})}, indent=1))
     out.write_text(render(results, checks, figures, peers, mri_bands, out, seconds,
                           platform.processor() or platform.machine(), sets, tiles,
-                          carried["measured"] if carried else None))
+                          carried_from))
     print(out.read_text())
 
 
@@ -560,7 +561,8 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
              "slice, then mean ± standard deviation over the slices. Baseline parameters and the models' "
              "checkpoints were chosen on the validation split (real slabs of the same volumes for CT and MRI). "
              "The models are the shipped demonstration models (docs/models.md): light Restore-RWKV, 1.24 M "
-             "parameters, trained on 64 × 64 patches on a CPU, far from the paper's training, so these numbers "
+             "parameters, trained on 64 × 64 patches (the MRI model then fine-tuned on 128 × 128) on a CPU, far "
+             "from the paper's training, so these numbers "
              "say what the demo shows, not what the method can do; docs/models.md says which of them were "
              "trained on this version of the data. Every network restores in overlapping tiles, as `restore` and "
              "`evaluate` do by default (docs/inference.md, \"Tiles\"): of the side its card chose on the validation "

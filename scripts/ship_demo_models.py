@@ -46,9 +46,13 @@ def base_run(config: str) -> str | None:
     else None (from the identity, or from a shipped model)."""
     from restore_rwkv.engine.config import load_config
 
-    init = load_config(config).model.init_weights
+    loaded = load_config(config)
+    init = loaded.model.init_weights
     parts = Path(init).parts if init else ()
-    return parts[1] if len(parts) == 2 and parts[0] == "runs" else None
+    base = parts[1] if len(parts) == 2 and parts[0] == "runs" else None
+    if base == loaded.name:
+        raise ValueError(f"config {loaded.name} fine-tunes its own run")
+    return base
 
 
 def train_commands(config: str) -> str:
@@ -152,7 +156,9 @@ def upgrade_policy(name: str) -> None:
         tmp.write_text(card.to_json())
 
 
-def ship(name: str, runs: Path, data: Path) -> dict:
+def ship(name: str, runs: Path, data: Path, previous: dict | None = None) -> dict:
+    """Export run ``runs/<its config>`` as shipped model ``name``: tile chosen on validation, test scores,
+    fixture; ``previous`` (its last shipped entry) supplies the base run's time when that run has no log."""
     from restore_rwkv.engine.config import load_config
     from restore_rwkv.engine.trainer import run_progress
     from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model, save_model_with_card
@@ -179,8 +185,10 @@ def ship(name: str, runs: Path, data: Path) -> dict:
     fixtures = REPO / "tests" / "fixtures" / "shipped"
     fixtures.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(fixtures / f"{name}.npz", input=crop, output=output, source=np.array(source))
+    base = base_run(RUNS[name])
+    base_seconds = (run_progress(runs / base)[1] or (previous or {}).get("base_train_seconds")) if base else None
     return {"name": name, "run": f"runs/{RUNS[name]}", "iterations": card.iterations, "tile": tile,
-            "train_seconds": round(seconds),
+            "train_seconds": round(seconds), **({"base_train_seconds": round(base_seconds)} if base_seconds else {}),
             "metrics": metrics, "bytes": target.stat().st_size, "data_version": DEMO_DATA_VERSION}
 
 
@@ -227,6 +235,10 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
              "slices): Re-WKV divides its decay by the token count, so a model trained on patches sees another "
              "operator on a larger image (docs/inference.md, \"Tiles\"). Cards without a `tile` use their "
              "training patch size.", "",
+             *(["A fine-tuned model's card names the run it starts from. The shipped ones started from that run's "
+                "weights as they were shipped then (float16 storage; the run's own files were not kept); a rerun "
+                "starts from the run's float32 export, so it differs from them by that rounding as well.", ""]
+               if any(base_run(RUNS[e["name"]]) for e in shipped) else []),
              "Written by `python scripts/ship_demo_models.py`, which scores each run on the demo test split "
              "with `restore-rwkv evaluate` (the paper's protocol) and exports its EMA weights.", ""]
     for entry in shipped:
@@ -254,7 +266,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                   f"- Iterations: EMA weights of iteration {card.iterations} of {config.schedule.iterations} "
                   f"(best validation PSNR); training wall time "
                   f"{entry['train_seconds'] / 60:.0f} min (2-core CPU, training windows only; validation excluded"
-                  + (f"; the {base_run(RUNS[name])} run it fine-tunes not counted" if base_run(RUNS[name]) else "") + ").",
+                  + _base_time(RUNS[name], entry) + ").",
                   f"- Demo test split of version {DEMO_DATA_VERSION} (paper's protocol; mean over images; "
                   "docs/data.md lists the test sets):", "",
                   "  | task | PSNR input | PSNR output | SSIM input | SSIM output |", "  |---|---|---|---|---|"]
@@ -274,9 +286,19 @@ def _larger_patches(shipped: list[dict]) -> str:
     """' (`m` then fine-tuned on N × N ones)' for each shipped model whose last run trained on other patches."""
     from restore_rwkv.engine.config import load_config
 
-    tuned = [(e["name"], load_config(RUNS[e["name"]]).data.patch_size) for e in shipped]
+    tuned = [(e["name"], load_config(RUNS[e["name"]]).data.patch_size) for e in shipped if base_run(RUNS[e["name"]])]
     words = [f"`{name}` then fine-tuned on {size} × {size} ones" for name, size in tuned if size != 64]
     return f" ({'; '.join(words)})" if words else ""
+
+
+def _base_time(config: str, entry: dict) -> str:
+    """'; after the N min of the X run it fine-tunes' (or that it is not counted, when unknown)."""
+    base = base_run(config)
+    if not base:
+        return ""
+    if entry.get("base_train_seconds"):
+        return f"; after the {entry['base_train_seconds'] / 60:.0f} min of the {base} run it fine-tunes"
+    return f"; the {base} run it fine-tunes not counted"
 
 
 def _base_words(config: str) -> str:
@@ -336,7 +358,7 @@ def main() -> None:
         if not finished(Path(args.runs) / RUNS[name], RUNS[name]):
             print(f"{name}: no finished run at {Path(args.runs) / RUNS[name]}", file=sys.stderr)
             continue
-        shipped[name] = ship(name, Path(args.runs), Path(args.data))
+        shipped[name] = ship(name, Path(args.runs), Path(args.data), shipped.get(name))
         print(json.dumps(shipped[name]), flush=True)
     ordered = [shipped[n] for n in RUNS if n in shipped]
     log.write_text(json.dumps(ordered, indent=1) + "\n")

@@ -261,8 +261,7 @@ def carried_peers(path: Path) -> dict:
         if measured is None:  # the date in the report's first paragraph, beside the JSON
             measured = re.search(r"(\d{4}-\d{2}-\d{2})\)", path.with_suffix(".md").read_text()).group(1)
         carried = {"rows": [r for r in ct_rows if r["method"].startswith("peer: ")],
-                   "input": ct_rows[0], "single": next(r for r in ct_rows if f"`{SINGLE['ct_denoise']}`" in r["method"]
-                                                       and "single task" in r["method"]),
+                   "input": ct_rows[0], "single": single_task_row(ct_rows, "ct_denoise"),
                    "training": peers["training"], "efficiency": peers["efficiency"],
                    "erf": old["erf_radius_90_px"], "restormer_erf_px": radius, "measured": measured}
     except (OSError, ValueError, KeyError, StopIteration, AttributeError, TypeError) as error:
@@ -270,6 +269,11 @@ def carried_peers(path: Path) -> dict:
     if not carried["rows"] or not carried["training"]:
         raise SystemExit(f"--peers-from {path}: that report has no peer networks")
     return carried
+
+
+def single_task_row(rows: list[dict], task: str) -> dict:
+    """The row of ``task``'s shipped single-task model in a table of ``rows``."""
+    return next(r for r in rows if f"`{SINGLE[task]}`" in r["method"] and "single task" in r["method"])
 
 
 def check_carried(carried: dict, row: dict, what: str, path: str) -> None:
@@ -420,7 +424,7 @@ def main() -> None:
             rows.append({"method": f"{label} (`{name}`)", "parameter": how, **score(task, outputs, hq)})
         if task == "ct_denoise" and carried:
             check_carried(carried, rows[0], "input", args.peers_from)
-            check_carried(carried, next(r for r in rows if f"`{SINGLE[task]}`" in r["method"]), "single", args.peers_from)
+            check_carried(carried, single_task_row(rows, task), "single", args.peers_from)
             rows += carried["rows"]
         elif task == "ct_denoise" and not args.skip_peers:
             for model_name in PEERS:

@@ -163,13 +163,13 @@ def ship(name: str, runs: Path, data: Path, previous: dict | None = None) -> dic
     from restore_rwkv.engine.trainer import run_progress
     from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model, save_model_with_card
 
-    run = runs / RUNS[name]
+    run, base = runs / RUNS[name], base_run(RUNS[name])
     model, card = load_model(run / "model.safetensors")
     seconds = run_progress(run)[1]
     card = dataclasses.replace(card, metrics={}, created="", version="",
                                notes=NOTES.format(iterations=card.iterations, total=load_config(RUNS[name]).schedule.iterations,
                                                   config=RUNS[name], hours=seconds / 3600,
-                                                  base=_base_words(RUNS[name]), train=train_commands(RUNS[name])))
+                                                  base=_base_words(base), train=train_commands(RUNS[name])))
     target = save_model_with_card(model, SHIPPED_WEIGHTS / f"{name}.safetensors", card, storage_dtype="float16")
     tile, validation = choose_tile(target, data)  # of the file that ships (float16 storage)
     card = dataclasses.replace(card, tile=tile)
@@ -185,7 +185,6 @@ def ship(name: str, runs: Path, data: Path, previous: dict | None = None) -> dic
     fixtures = REPO / "tests" / "fixtures" / "shipped"
     fixtures.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(fixtures / f"{name}.npz", input=crop, output=output, source=np.array(source))
-    base = base_run(RUNS[name])
     base_seconds = (run_progress(runs / base)[1] or (previous or {}).get("base_train_seconds")) if base else None
     return {"name": name, "run": f"runs/{RUNS[name]}", "iterations": card.iterations, "tile": tile,
             "train_seconds": round(seconds), **({"base_train_seconds": round(base_seconds)} if base_seconds else {}),
@@ -214,6 +213,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
     from restore_rwkv.engine.config import load_config
     from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model_card
 
+    bases = {e["name"]: base_run(RUNS[e["name"]]) for e in shipped}  # name -> the run it fine-tunes, if any
     lines = ["# Shipped models", "",
              f"{len(shipped)} demonstration model(s) ship inside the package (`src/restore_rwkv/weights/`, safetensors in "
              "float16 with a JSON card each)" + (" and are used by `make demo`" if len(shipped) == len(RUNS) else
@@ -228,7 +228,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
              "on (version 6 adds real heads for MRI and CT and leaves PET's data as it was; a model trained on version 5 "
              "for MRI or CT is to be retrained). "
              "Some of that data is licensed for non-commercial use only (docs/data.md).", "",
-             "They were trained on 64 × 64 patches" + _larger_patches(shipped) + ". `restore`, `evaluate` and the demo "
+             "They were trained on 64 × 64 patches" + _larger_patches(bases) + ". `restore`, `evaluate` and the demo "
              "run each in overlapping "
              "tiles of the side its card chose on the validation split (the card's `tile`: the highest validation "
              "PSNR of tiles of 64, 128, 256 and whole slices; `--tile N` overrides it, `--tile 0` runs whole "
@@ -238,7 +238,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
              *(["A fine-tuned model's card names the run it starts from. The shipped ones started from that run's "
                 "weights as they were shipped then (float16 storage; the run's own files were not kept); a rerun "
                 "starts from the run's float32 export, so it differs from them by that rounding as well.", ""]
-               if any(base_run(RUNS[e["name"]]) for e in shipped) else []),
+               if any(bases.values()) else []),
              "Written by `python scripts/ship_demo_models.py`, which scores each run on the demo test split "
              "with `restore-rwkv evaluate` (the paper's protocol) and exports its EMA weights.", ""]
     for entry in shipped:
@@ -266,7 +266,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                   f"- Iterations: EMA weights of iteration {card.iterations} of {config.schedule.iterations} "
                   f"(best validation PSNR); training wall time "
                   f"{entry['train_seconds'] / 60:.0f} min (2-core CPU, training windows only; validation excluded"
-                  + _base_time(RUNS[name], entry) + ").",
+                  + _base_time(bases[name], entry) + ").",
                   f"- Demo test split of version {DEMO_DATA_VERSION} (paper's protocol; mean over images; "
                   "docs/data.md lists the test sets):", "",
                   "  | task | PSNR input | PSNR output | SSIM input | SSIM output |", "  |---|---|---|---|---|"]
@@ -282,18 +282,18 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
     path.write_text("\n".join(lines))
 
 
-def _larger_patches(shipped: list[dict]) -> str:
-    """' (`m` then fine-tuned on N × N ones)' for each shipped model whose last run trained on other patches."""
+def _larger_patches(bases: dict[str, str | None]) -> str:
+    """' (`m` then fine-tuned on N × N ones)' for each shipped model (name -> its base run) whose fine-tune
+    trained on other patches."""
     from restore_rwkv.engine.config import load_config
 
-    tuned = [(e["name"], load_config(RUNS[e["name"]]).data.patch_size) for e in shipped if base_run(RUNS[e["name"]])]
+    tuned = [(name, load_config(RUNS[name]).data.patch_size) for name, base in bases.items() if base]
     words = [f"`{name}` then fine-tuned on {size} × {size} ones" for name, size in tuned if size != 64]
     return f" ({'; '.join(words)})" if words else ""
 
 
-def _base_time(config: str, entry: dict) -> str:
-    """'; after the N min of the X run it fine-tunes' (or that it is not counted, when unknown)."""
-    base = base_run(config)
+def _base_time(base: str | None, entry: dict) -> str:
+    """'; after the N min of the base run it fine-tunes' (or that it is not counted, when unknown)."""
     if not base:
         return ""
     if entry.get("base_train_seconds"):
@@ -301,9 +301,8 @@ def _base_time(config: str, entry: dict) -> str:
     return f"; the {base} run it fine-tunes not counted"
 
 
-def _base_words(config: str) -> str:
-    """', fine-tuned from the exported weights of the run of config X' for a run that starts from another."""
-    base = base_run(config)
+def _base_words(base: str | None) -> str:
+    """', fine-tuned from the exported weights of the run of config <base>' for a run that starts from another."""
     return f", fine-tuned from the exported EMA weights of the run of config {base}" if base else ""
 
 

@@ -3,7 +3,8 @@ baselines tuned on the validation split, and the shipped light models; an effect
 
     python benchmarks/results.py                    # writes docs/results.md and docs/figures/*.png
     python benchmarks/results.py --skip-bm3d        # without BM3D (its package is optional)
-    python benchmarks/results.py --peers-from docs/results.json  # peers of an earlier report, not trained again
+    python benchmarks/results.py --peers-from docs/results.json  # peers of an earlier report; the others trained
+    python benchmarks/results.py --peers-from docs/results.json --skip-peers  # only the earlier report's peers
 
 Every method is scored with the paper's protocol (``metrics.evaluate_physical``: each modality's
 evaluation window, PSNR with the windowed reference's range, zero-padded SSIM) per image, then
@@ -24,6 +25,7 @@ import torch
 
 from _common import erf_radius  # noqa: E402  (benchmarks run from their folder or with it on the path)
 from restore_rwkv.demo.models import ALL_IN_ONE_MODEL as ALL_IN_ONE
+from restore_rwkv.demo.models import DEMO_MODELS, training_chain
 from restore_rwkv.demo.models import SINGLE_TASK as SINGLE
 from restore_rwkv.engine.trainer import run_progress
 
@@ -33,10 +35,11 @@ TITLES = {"ct_denoise": "CT denoising (quarter dose, HU)", "mri_sr": "MRI super-
           "pet": "PET synthesis (dose / 12)"}
 GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # pixels
 BM3D_SIGMAS_HU = (10.0, 15.0, 20.0, 30.0, 40.0, 60.0)  # noise level given to BM3D, in HU
-# Peer networks (docs/models.md): trained by this script with the CT demo config, only the model swapped.
+# Peer networks (docs/models.md): trained by this script with the configs of each task's shipped single-task
+# model (its training chain: base run first), only the model swapped.
 PEERS = {"restore_rwkv_light": "Restore-RWKV light (ours)", "restormer_light_monai": "Restormer light (MONAI)",
          "unet_light_monai": "U-Net (MONAI BasicUNet)"}
-PEER_CONFIG = "demo_ct_denoise"
+PEER_TASKS = ("ct_denoise", "mri_sr")
 EFFICIENCY_SIZES = (128, 256, 512, 1024)
 # Issue 24: least PSNR gain over the input (dB) on the real test sets, by group of test sets; "all": every slice.
 SET_GAINS = {"ct_denoise": {"the InVesalius head CT slab": 5.0},
@@ -225,33 +228,46 @@ def shipped_names() -> set[str]:
     return set(shipped_models())
 
 
-def peer_run(runs: Path, model_name: str, data: Path) -> Path:
-    """The run folder of ``model_name`` trained with the CT demo recipe, trained (or resumed) here if unfinished."""
+def peer_chain(task: str) -> list[str]:
+    """The demo configs a peer of ``task`` is trained with in turn: those of the shipped single-task model."""
+    return training_chain(next(m.config for m in DEMO_MODELS if m.name == SINGLE[task]))
+
+
+def peer_run(runs: Path, model_name: str, task: str, data: Path) -> tuple[Path, float]:
+    """The run folder of ``model_name`` trained with ``task``'s recipe (``peer_chain``: each stage starts from
+    the weights of the stage before, as the shipped model did), each stage trained (or resumed) here if
+    unfinished, and the training wall time of all stages (s)."""
     import subprocess
     import sys
 
     from restore_rwkv.engine.config import load_config
 
-    run = runs / f"{PEER_CONFIG}_{model_name}"
-    iterations = load_config(PEER_CONFIG).schedule.iterations
-    if not (run / "model.safetensors").is_file() or run_progress(run)[0] < iterations:
-        command = [sys.executable, "-m", "restore_rwkv", "train", "--config", PEER_CONFIG, "--out", str(runs),
-                   "--set", f"name={run.name}", "--set", f"model.name={model_name}",
-                   "--set", f"data.train.root={data}", "--set", f"data.val.root={data}"]
-        print("training", run.name, "(resumable: run this script again to continue)")
-        subprocess.run(command, check=True)
-    return run
+    seconds, base = 0.0, None
+    for config in peer_chain(task):
+        run = runs / f"{config}_{model_name}"
+        iterations = load_config(config).schedule.iterations
+        if not (run / "model.safetensors").is_file() or run_progress(run)[0] < iterations:
+            command = [sys.executable, "-m", "restore_rwkv", "train", "--config", config, "--out", str(runs),
+                       "--set", f"name={run.name}", "--set", f"model.name={model_name}",
+                       "--set", f"data.train.root={data}", "--set", f"data.val.root={data}"]
+            if base is not None:
+                command += ["--set", f"model.init_weights={base}"]
+            print("training", run.name, "(resumable: run this script again to continue)")
+            subprocess.run(command, check=True)
+        seconds += run_progress(run)[1]
+        base = run
+    return base, seconds
 
 
 def carried_peers(path: Path) -> dict:
-    """The peer networks' part of an earlier report's ``results.json``: CT peer rows, the CT input and
-    single-task rows they were compared with, training times, efficiency, ERF radii, the Restormer's ERF
-    radius in its tiles and the date they were measured."""
+    """The peer networks' part of an earlier report's ``results.json``: per task (``tasks``) the peer rows,
+    the input and single-task rows they were compared with and the date they were measured; the training
+    times (each with its task), efficiency, CT ERF radii and the Restormer's ERF radius in its tiles.
+    Reports before MRI peers hold CT peers only, their training rows without a task."""
     import re
 
     try:
         old = json.loads(path.read_text())
-        ct_rows = old["results"]["ct_denoise"]
         peers = old["peers"]
         radius = old.get("restormer_erf_radius_px")
         if radius is None:  # reports before this field: the number is in the ERF check
@@ -260,13 +276,21 @@ def carried_peers(path: Path) -> dict:
         measured = old.get("peers_measured")
         if measured is None:  # the date in the report's first paragraph, beside the JSON
             measured = re.search(r"(\d{4}-\d{2}-\d{2})\)", path.with_suffix(".md").read_text()).group(1)
-        carried = {"rows": [r for r in ct_rows if r["method"].startswith("peer: ")],
-                   "input": ct_rows[0], "single": single_task_row(ct_rows, "ct_denoise"),
-                   "training": peers["training"], "efficiency": peers["efficiency"],
-                   "erf": old["erf_radius_90_px"], "restormer_erf_px": radius, "measured": measured}
+        if isinstance(measured, str):  # reports before MRI peers: one date, the CT peers'
+            measured = {"ct_denoise": measured}
+        training = [{"task": "ct_denoise", **r} for r in peers["training"]]  # a row's own task wins
+        tasks = {}
+        for task in PEER_TASKS:
+            rows = old["results"].get(task, [])
+            peer_rows = [r for r in rows if r["method"].startswith("peer: ")]
+            if peer_rows:
+                tasks[task] = {"rows": peer_rows, "input": rows[0], "single": single_task_row(rows, task),
+                               "measured": measured[task]}
+        carried = {"tasks": tasks, "training": training, "efficiency": peers["efficiency"],
+                   "erf": old["erf_radius_90_px"], "restormer_erf_px": radius}
     except (OSError, ValueError, KeyError, StopIteration, AttributeError, TypeError) as error:
         raise SystemExit(f"--peers-from {path}: not a results.json with peer networks ({type(error).__name__}: {error})")
-    if not carried["rows"] or not carried["training"]:
+    if "ct_denoise" not in tasks or not training:
         raise SystemExit(f"--peers-from {path}: that report has no peer networks")
     return carried
 
@@ -276,13 +300,13 @@ def single_task_row(rows: list[dict], task: str) -> dict:
     return next(r for r in rows if f"`{SINGLE[task]}`" in r["method"] and "single task" in r["method"])
 
 
-def check_carried(carried: dict, row: dict, what: str, path: str) -> None:
-    """Refuse carried peers unless ``row`` (this run's CT input or single-task row) equals the one the peers
-    were compared with: other test data or another CT model need the peers trained and scored again."""
-    before = carried[what]
+def check_carried(carried: dict, task: str, row: dict, what: str, path: str) -> None:
+    """Refuse carried peers of ``task`` unless ``row`` (this run's input or single-task row) equals the one the
+    peers were compared with: other test data or another model need the peers trained and scored again."""
+    before = carried["tasks"][task][what]
     if row["n"] != before["n"] or abs(row["psnr"] - before["psnr"]) > 1e-6 or abs(row["ssim"] - before["ssim"]) > 1e-8:
         label = {"input": "input", "single": "single-task model"}[what]
-        raise SystemExit(f"--peers-from {path}: its CT {label} row ({before['psnr']:.4f} dB, {before['n']} slices) "
+        raise SystemExit(f"--peers-from {path}: its {task} {label} row ({before['psnr']:.4f} dB, {before['n']} slices) "
                          f"differs from this run's ({row['psnr']:.4f} dB, {row['n']} slices); train the peers again "
                          "(run without --peers-from)")
 
@@ -376,14 +400,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "docs" / "results.md"))
     parser.add_argument("--skip-bm3d", action="store_true")
     parser.add_argument("--runs", default=str(REPO / "runs"), help="where the peer networks' runs are (or are trained)")
-    parser.add_argument("--skip-peers", action="store_true", help="no peer networks (they take about 40 min to train)")
+    parser.add_argument("--skip-peers", action="store_true",
+                        help="train no peer networks (CT and MRI peers take hours on a 2-core CPU); with --peers-from, "
+                             "only that report's peers")
     parser.add_argument("--peers-from", metavar="RESULTS_JSON",
-                        help="take the peer networks' rows, training times, efficiency, ERF radii and figures from an "
-                             "earlier report (its results.json) instead of training them; refused unless that report's "
-                             "CT input and single-task rows equal this run's")
+                        help="take the peer networks' rows, training times, efficiency, ERF radii and figures of the "
+                             "tasks an earlier report (its results.json) has peers for instead of training them; "
+                             "refused unless that report's input and single-task rows of those tasks equal this run's")
     args = parser.parse_args()
-    if args.peers_from and args.skip_peers:
-        parser.error("--peers-from and --skip-peers exclude each other")
     carried = carried_peers(Path(args.peers_from)) if args.peers_from else None
     data, out = Path(args.data), Path(args.out)
     torch.manual_seed(0)
@@ -394,7 +418,8 @@ def main() -> None:
     use_bm3d = not args.skip_bm3d and importlib.util.find_spec("bm3d") is not None
     results: dict[str, list[dict]] = {}
     checks: list[str] = []
-    peer_runs: dict[str, Path] = {}
+    peer_runs: dict[str, dict[str, Path]] = {}  # task -> peer model -> its (last) run folder
+    peer_seconds: dict[tuple[str, str], float] = {}  # (task, peer model) -> training wall time of its runs, s
     mri_bands: dict[str, dict[str, list[float]]] = {}
     sets: dict[str, dict] = {}
     tiles: dict[str, list[dict]] = {}
@@ -422,16 +447,16 @@ def main() -> None:
             label = "Restore-RWKV light, all-in-one" if name == ALL_IN_ONE else "Restore-RWKV light, single task"
             restored[f"`{name}`"] = outputs
             rows.append({"method": f"{label} (`{name}`)", "parameter": how, **score(task, outputs, hq)})
-        if task == "ct_denoise" and carried:
-            check_carried(carried, rows[0], "input", args.peers_from)
-            check_carried(carried, single_task_row(rows, task), "single", args.peers_from)
-            rows += carried["rows"]
-        elif task == "ct_denoise" and not args.skip_peers:
+        if task in PEER_TASKS and carried and task in carried["tasks"]:
+            check_carried(carried, task, rows[0], "input", args.peers_from)
+            check_carried(carried, task, single_task_row(rows, task), "single", args.peers_from)
+            rows += carried["tasks"][task]["rows"]
+        elif task in PEER_TASKS and not args.skip_peers:
             for model_name in PEERS:
                 if model_name == "restore_rwkv_light":
                     continue
-                run = peer_run(Path(args.runs), model_name, data)
-                peer_runs[model_name] = run
+                run, peer_seconds[(task, model_name)] = peer_run(Path(args.runs), model_name, task, data)
+                peer_runs.setdefault(task, {})[model_name] = run
                 for _, (outputs, how) in run_models(task, [str(run)], lq).items():
                     rows.append({"method": f"peer: {PEERS[model_name]}, same data and recipe",
                                  "parameter": how, **score(task, outputs, hq)})
@@ -472,8 +497,8 @@ def main() -> None:
             checks.append(f"{task}: single-task model against the best peer ({best['method'][6:].split(',')[0]}): "
                           f"{gap:+.2f} dB PSNR, {single['ssim'] - best['ssim']:+.4f} SSIM (wanted at most 0.2 dB "
                           f"below): {'met' if gap >= -0.2 else 'NOT met'}")
-        elif task == "ct_denoise" and args.skip_peers:
-            checks.append("ct_denoise: single-task model against the best equal-budget peer: not measured in this "
+        elif task in PEER_TASKS and single:
+            checks.append(f"{task}: single-task model against the best equal-budget peer: not measured in this "
                           "run (--skip-peers)")
         if single and joint:
             gap = single["psnr"] - joint["psnr"]
@@ -482,7 +507,7 @@ def main() -> None:
                           f"{'met' if gap <= 0.5 else 'NOT met'}")
         if task == "ct_denoise" and task in tiles:
             default = next(r for r in tiles[task] if r["default"])
-            restormer = peer_runs.get("restormer_light_monai")
+            restormer = peer_runs.get(task, {}).get("restormer_light_monai")
             theirs = carried["restormer_erf_px"] if carried else None
             if restormer is not None:
                 from _common import erf_radius_at
@@ -518,25 +543,28 @@ def main() -> None:
     elif "ct" in figures:
         _, lq, _ = load_split(data, "ct_denoise", "validation")
         fields = {"Restore-RWKV light (CT)": effective_receptive_field(SINGLE["ct_denoise"], lq, "ct_denoise")}
-        for model_name, run in peer_runs.items():
+        for model_name, run in peer_runs.get("ct_denoise", {}).items():
             fields[f"{PEERS[model_name]} (CT)"] = effective_receptive_field(str(run), lq, "ct_denoise")
         erf_figure(fields, figures["ct"])
         figures["erf_radius"] = {label: erf_radius(field) for label, field in fields.items()}
     peers = {}
-    if carried:
-        peers = {"training": carried["training"], "efficiency": carried["efficiency"]}
-        figures["efficiency"] = REPO / "docs" / "figures" / "efficiency_cpu.png"
-    elif peer_runs:
+    if carried or peer_runs:
         shipped = {m["name"]: m for m in json.loads((REPO / "scripts" / "shipped_models.json").read_text())}
-        peers["training"] = [{"model": name, "parameters": parameter_count(name),
-                              "seconds": run_progress(peer_runs[name])[1] if name in peer_runs
-                              else shipped[SINGLE["ct_denoise"]]["train_seconds"]} for name in PEERS]
-        peers["efficiency"] = efficiency(list(PEERS))
+        training = [r for r in carried["training"] if r["task"] not in peer_runs] if carried else []
+        for task in peer_runs:
+            ours = shipped[SINGLE[task]]
+            training += [{"task": task, "model": name, "parameters": parameter_count(name),
+                          "seconds": peer_seconds[(task, name)] if name in peer_runs[task]
+                          else ours["train_seconds"] + ours.get("base_train_seconds", 0)} for name in PEERS]
+        peers["training"] = training
+        peers["efficiency"] = carried["efficiency"] if carried else efficiency(list(PEERS))
         figures["efficiency"] = REPO / "docs" / "figures" / "efficiency_cpu.png"
-        efficiency_figure(peers["efficiency"], figures["efficiency"])
+        if not carried:
+            efficiency_figure(peers["efficiency"], figures["efficiency"])
     seconds = time.perf_counter() - started
-    carried_from = carried["measured"] if carried else None
-    peers_measured = carried_from or (dt.date.today().isoformat() if peers else None)
+    peers_measured = {task: carried["tasks"][task]["measured"] if carried and task in carried["tasks"]
+                      else dt.date.today().isoformat() for task in PEER_TASKS
+                      if (carried and task in carried["tasks"]) or task in peer_runs}
     (out.with_suffix(".json")).write_text(json.dumps({"results": results, "sets": sets, "tiles": tiles,
                                                       "checks": checks, "peers": peers,
                                                       "peers_measured": peers_measured,
@@ -545,14 +573,15 @@ def main() -> None:
                                                       "erf_radius_90_px": figures.get("erf_radius", {})}, indent=1))
     out.write_text(render(results, checks, figures, peers, mri_bands, out, seconds,
                           platform.processor() or platform.machine(), sets, tiles,
-                          carried_from))
+                          {task: peers_measured[task] for task in carried["tasks"]} if carried else {}))
     print(out.read_text())
 
 
 def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_bands: dict, out: Path, seconds: float,
-           machine: str, sets: dict, tiles: dict, peers_carried_from: str | None = None) -> str:
+           machine: str, sets: dict, tiles: dict, peers_carried_from: dict[str, str] | None = None) -> str:
     from restore_rwkv.modality import TASKS as MODALITY, get_convention
 
+    peers_carried_from = peers_carried_from or {}
     lines = ["# Results on the demo data", "",
              "Produced by `python benchmarks/results.py` (this file and `results.json` beside it; "
              f"{seconds / 60:.0f} min on a 2-core CPU, {dt.date.today().isoformat()}). Test split of "
@@ -613,20 +642,26 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
                 lines.append(f"| {split} | {label} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
         lines.append("")
     if peers:
-        lines += ["## Peer networks on CT (same data, iterations and recipe)", "",
-                  f"Each peer was trained by this script with the shipped config `{PEER_CONFIG}` and only `model.name` "
-                  "changed (`restore-rwkv train --config demo_ct_denoise --set model.name=...`): same patches, "
-                  "iterations, optimiser, schedule, EMA, window loss, identity start (zeroed output convolution "
-                  "with the global residual) and best-validation checkpoint. Their test scores are in the CT table "
-                  "above. Wall time is the training loop's (validation excluded) on this 2-core CPU."
-                  + (f" The peers' rows, training times, efficiency, ERF radii and both figures are carried over from "
-                     f"the report of {peers_carried_from} (`--peers-from`; their runs were not on this machine): this "
-                     "run's CT test data and single-task model were checked to score exactly as they did then, so "
-                     "the comparison stands; the ERF check uses that report's Restormer radius."
+        recipes = "; ".join(f"{TITLES[task].split(' (')[0]}: " + " then ".join(f"`{c}`" for c in peer_chain(task))
+                            for task in PEER_TASKS if any(r["task"] == task for r in peers["training"]))
+        carried_note = "; ".join(f"the {TITLES[task].split(' (')[0]} peers' from the report of {date}"
+                                 for task, date in peers_carried_from.items())
+        lines += ["## Peer networks (same data, iterations and recipe)", "",
+                  "Each peer was trained by this script with the shipped configs of the task's single-task model, "
+                  f"in turn where that model was fine-tuned ({recipes}), only `model.name` changed "
+                  "(`restore-rwkv train --config ... --set model.name=...`; a later stage starts from the peer's "
+                  "own earlier run): same patches, iterations, optimiser, schedule, EMA, losses, identity start "
+                  "(zeroed output convolution with the global residual) and best-validation checkpoint. Their test "
+                  "scores are in the task tables above. Wall time is the training loop's (validation excluded) on "
+                  "this 2-core CPU, all stages together."
+                  + (f" Carried over (`--peers-from`; those runs were not on this machine): {carried_note}, with "
+                     "their rows, training times, the efficiency table and figure and the CT ERF radii and figure; "
+                     "this run's input and single-task rows of those tasks were checked to score exactly as they "
+                     "did then, so the comparison stands; the ERF check uses that report's Restormer radius."
                      if peers_carried_from else ""), "",
-                  "| model | parameters | training wall time |", "|---|---|---|"]
-        lines += [f"| {PEERS[r['model']]} (`{r['model']}`) | {r['parameters'] / 1e6:.2f} M | {r['seconds'] / 60:.0f} min |"
-                  for r in peers["training"]]
+                  "| task | model | parameters | training wall time |", "|---|---|---|---|"]
+        lines += [f"| {TITLES[r['task']].split(' (')[0]} | {PEERS[r['model']]} (`{r['model']}`) | "
+                  f"{r['parameters'] / 1e6:.2f} M | {r['seconds'] / 60:.0f} min |" for r in peers["training"]]
         lines += ["", "### Efficiency (CPU inference, batch 1)", "",
                   "Median seconds per image and peak resident-memory rise of one forward pass over a whole "
                   "image of each size (no tiles), each cell in a fresh process (`benchmarks/model.py`'s "
@@ -647,7 +682,7 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
         lines += ["## Peer networks", "",
                   "Not in this report (`--skip-peers`): peers are compared with our CT model trained on the same "
                   "data and recipe, and are trained again when it is (`python benchmarks/results.py` trains "
-                  "them, about 40 minutes).", ""]
+                  "them, hours on a 2-core CPU).", ""]
     if "ct" in figures:
         lines += ["## Effective receptive field", "",
                   "Mean absolute gradient of the centre output pixel with respect to the input, over 128 × 128 "

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from restore_rwkv.demo.models import DEMO_MODELS
+from restore_rwkv.demo.models import DEMO_MODELS, base_config, training_chain
 from restore_rwkv.demo.recipe import DEMO_DATA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,25 +41,9 @@ NOTES = ("Demonstration model: the light Restore-RWKV, EMA weights at iteration 
          "{train}. docs/models.md has its model card.")
 
 
-def base_run(config: str) -> str | None:
-    """The demo config whose run ``config`` fine-tunes (its ``model.init_weights`` names ``runs/<that config>``),
-    else None (from the identity, or from a shipped model)."""
-    from restore_rwkv.engine.config import load_config
-
-    loaded = load_config(config)
-    init = loaded.model.init_weights
-    parts = Path(init).parts if init else ()
-    base = parts[1] if len(parts) == 2 and parts[0] == "runs" else None
-    if base == loaded.name:
-        raise ValueError(f"config {loaded.name} fine-tunes its own run")
-    return base
-
-
 def train_commands(config: str) -> str:
     """The ``restore-rwkv train`` commands that reproduce the run of ``config``, its base run's first."""
-    base = base_run(config)
-    own = f"restore-rwkv train --config {config} --out runs"
-    return f"{train_commands(base)} && {own}" if base else own
+    return " && ".join(f"restore-rwkv train --config {c} --out runs" for c in training_chain(config))
 
 
 def finished(run: Path, config: str) -> bool:
@@ -163,7 +147,7 @@ def ship(name: str, runs: Path, data: Path, previous: dict | None = None) -> dic
     from restore_rwkv.engine.trainer import run_progress
     from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model, save_model_with_card
 
-    run, base = runs / RUNS[name], base_run(RUNS[name])
+    run, base = runs / RUNS[name], base_config(RUNS[name])
     model, card = load_model(run / "model.safetensors")
     seconds = run_progress(run)[1]
     card = dataclasses.replace(card, metrics={}, created="", version="",
@@ -213,7 +197,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
     from restore_rwkv.engine.config import load_config
     from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model_card
 
-    bases = {e["name"]: base_run(RUNS[e["name"]]) for e in shipped}  # name -> the run it fine-tunes, if any
+    bases = {e["name"]: base_config(RUNS[e["name"]]) for e in shipped}  # name -> the run it fine-tunes, if any
     lines = ["# Shipped models", "",
              f"{len(shipped)} demonstration model(s) ship inside the package (`src/restore_rwkv/weights/`, safetensors in "
              "float16 with a JSON card each)" + (" and are used by `make demo`" if len(shipped) == len(RUNS) else

@@ -10,13 +10,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import ship_demo_models as ship  # noqa: E402
 
 import restore_rwkv  # noqa: E402
-from restore_rwkv.demo.models import DEMO_MODELS  # noqa: E402
+from restore_rwkv.demo.models import DEMO_MODELS, base_config  # noqa: E402
 from restore_rwkv.engine.config import load_config  # noqa: E402
 
 
 def test_a_fine_tune_reproduces_through_its_base_run():
-    assert ship.base_run("demo_ct_denoise") is None  # from the identity
-    assert ship.base_run("demo_mri_sr_x4_finetune") == "demo_mri_sr_x4"
+    assert base_config("demo_ct_denoise") is None  # from the identity
+    assert base_config("demo_mri_sr_x4_finetune") == "demo_mri_sr_x4"
     assert ship.train_commands("demo_mri_sr_x4_finetune") == (
         "restore-rwkv train --config demo_mri_sr_x4 --out runs && "
         "restore-rwkv train --config demo_mri_sr_x4_finetune --out runs")
@@ -33,4 +33,4 @@ def test_a_config_that_fine_tunes_its_own_run_is_refused(tmp_path):
     path = tmp_path / "loop.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="loop fine-tunes its own run"):
-        ship.base_run(str(path))
+        base_config(str(path))

@@ -1,0 +1,103 @@
+"""benchmarks/results.py: how it trains the peer networks of each task and carries an earlier report's peers."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import results  # noqa: E402
+
+
+def row(method: str, psnr: float, n: int = 3) -> dict:
+    return {"method": method, "parameter": "", "psnr": psnr, "ssim": 0.9, "rmse": 1.0,
+            "psnr_std": 0.1, "ssim_std": 0.01, "rmse_std": 0.1, "n": n}
+
+
+def report(tmp_path: Path, with_mri_peers: bool) -> Path:
+    """A results.json as results.py writes it: CT peers always; MRI peers and per-task fields when asked,
+    else the format of reports before MRI peers (training rows without a task, one date)."""
+    def table(task: str, peers: bool) -> list[dict]:
+        rows = [row("input (LQ)", 30.0), row(f"Restore-RWKV light, single task (`{results.SINGLE[task]}`)", 32.0)]
+        return rows + ([row("peer: U-Net (MONAI BasicUNet), same data and recipe", 31.0)] if peers else [])
+
+    training = [{"model": "unet_light_monai", "parameters": 1, "seconds": 60.0}]
+    if with_mri_peers:
+        training = [{"task": "ct_denoise", **training[0]}, {"task": "mri_sr", **training[0], "seconds": 120.0}]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({
+        "results": {"ct_denoise": table("ct_denoise", True), "mri_sr": table("mri_sr", with_mri_peers)},
+        "checks": [], "peers": {"training": training, "efficiency": []}, "restormer_erf_radius_px": 14.0,
+        "erf_radius_90_px": {},
+        "peers_measured": {"ct_denoise": "2026-12-04", "mri_sr": "2026-12-07"} if with_mri_peers else "2026-12-04"}))
+    return path
+
+
+def test_a_report_from_before_mri_peers_carries_its_ct_peers_only(tmp_path):
+    carried = results.carried_peers(report(tmp_path, with_mri_peers=False))
+    assert list(carried["tasks"]) == ["ct_denoise"]
+    assert carried["tasks"]["ct_denoise"]["measured"] == "2026-12-04"
+    assert carried["tasks"]["ct_denoise"]["single"]["psnr"] == 32.0
+    assert [r["task"] for r in carried["training"]] == ["ct_denoise"]
+
+
+def test_a_report_with_mri_peers_carries_both_tasks_and_checks_each(tmp_path):
+    path = report(tmp_path, with_mri_peers=True)
+    carried = results.carried_peers(path)
+    assert carried["tasks"]["mri_sr"]["rows"][0]["psnr"] == 31.0
+    assert carried["tasks"]["mri_sr"]["measured"] == "2026-12-07"
+    assert [(r["task"], r["seconds"]) for r in carried["training"]] == [("ct_denoise", 60.0), ("mri_sr", 120.0)]
+    results.check_carried(carried, "mri_sr", row("single", 32.0), "single", str(path))  # the same row passes
+    with pytest.raises(SystemExit, match="its mri_sr single-task model row .32.0000 dB"):
+        results.check_carried(carried, "mri_sr", row("single", 32.1), "single", str(path))
+
+
+def test_a_report_without_peers_is_refused(tmp_path):
+    path = report(tmp_path, with_mri_peers=False)
+    old = json.loads(path.read_text())
+    old["results"]["ct_denoise"].pop()
+    path.write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="has no peer networks"):
+        results.carried_peers(path)
+
+
+@pytest.mark.parametrize("task", ["ct_denoise", "mri_sr"])
+def test_a_peer_is_trained_through_the_shipped_models_chain(tmp_path, monkeypatch, task):
+    trained = []
+
+    def fake_train(command, check):  # what `restore-rwkv train` leaves: exported weights and a log
+        name = command[command.index("--set") + 1].split("=", 1)[1]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+        trained.append(command)
+
+    monkeypatch.setattr("subprocess.run", fake_train)
+    monkeypatch.setattr(results, "run_progress", lambda run: (10**6, 100.0))
+    run, seconds = results.peer_run(tmp_path, "unet_light_monai", task, tmp_path / "data")
+
+    expected = {"ct_denoise": ["demo_ct_denoise"], "mri_sr": ["demo_mri_sr_x4", "demo_mri_sr_x4_finetune"]}[task]
+    assert [c[c.index("--config") + 1] for c in trained] == expected
+    assert run == tmp_path / f"{expected[-1]}_unet_light_monai"
+    assert seconds == 100.0 * len(expected)
+    for earlier, later in zip(expected, trained[1:]):  # each later stage starts from the peer's own earlier run
+        assert f"model.init_weights={tmp_path / f'{earlier}_unet_light_monai'}" in later
+    assert all("model.name=unet_light_monai" in c for c in trained)
+    assert not any("model.init_weights" in arg for arg in trained[0])  # the first stage starts as its config says
+
+    trained.clear()  # finished runs are not trained again
+    assert results.peer_run(tmp_path, "unet_light_monai", task, tmp_path / "data")[0] == run
+    assert trained == []
+
+
+def test_the_peer_table_names_each_task_and_its_recipe(tmp_path):
+    training = [{"task": task, "model": model, "parameters": 10**6, "seconds": 600.0}
+                for task in ("ct_denoise", "mri_sr") for model in results.PEERS]
+    efficiency = [{"model": m, "size": n, "seconds": 0.1, "peak_mb": 1.0, "error": None}
+                  for m in results.PEERS for n in results.EFFICIENCY_SIZES]
+    text = results.render({}, [], {"efficiency": tmp_path / "figures" / "e.png"},
+                          {"training": training, "efficiency": efficiency}, {}, tmp_path / "results.md", 60.0, "cpu",
+                          {}, {}, {"ct_denoise": "2026-12-04"})
+    assert "| MRI super-resolution ×4 | U-Net (MONAI BasicUNet) (`unet_light_monai`) | 1.00 M | 10 min |" in text
+    assert "`demo_mri_sr_x4` then `demo_mri_sr_x4_finetune`" in text
+    assert "the CT denoising peers' from the report of 2026-12-04" in text

@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ TITLES = {"ct_denoise": "CT denoising (quarter dose, HU)", "mri_sr": "MRI super-
           "pet": "PET synthesis (dose / 12)"}
 GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # pixels
 BM3D_SIGMAS_HU = (10.0, 15.0, 20.0, 30.0, 40.0, 60.0)  # noise level given to BM3D, in HU
-# Peer networks (docs/models.md): trained by this script with the configs of each task's shipped single-task
+# Peer networks (docs/training.md, docs/results.md): trained by this script with the configs of each task's shipped single-task
 # model (its training chain: base run first), only the model swapped.
 PEERS = {"restore_rwkv_light": "Restore-RWKV light (ours)", "restormer_light_monai": "Restormer light (MONAI)",
          "unet_light_monai": "U-Net (MONAI BasicUNet)"}
@@ -300,15 +301,36 @@ def single_task_row(rows: list[dict], task: str) -> dict:
     return next(r for r in rows if f"`{SINGLE[task]}`" in r["method"] and "single task" in r["method"])
 
 
-def check_carried(carried: dict, task: str, row: dict, what: str, path: str) -> None:
-    """Refuse carried peers of ``task`` unless ``row`` (this run's input or single-task row) equals the one the
-    peers were compared with: other test data or another model need the peers trained and scored again."""
-    before = carried["tasks"][task][what]
-    if row["n"] != before["n"] or abs(row["psnr"] - before["psnr"]) > 1e-6 or abs(row["ssim"] - before["ssim"]) > 1e-8:
-        label = {"input": "input", "single": "single-task model"}[what]
-        raise SystemExit(f"--peers-from {path}: its {task} {label} row ({before['psnr']:.4f} dB, {before['n']} slices) "
-                         f"differs from this run's ({row['psnr']:.4f} dB, {row['n']} slices); train the peers again "
-                         "(run without --peers-from)")
+def carried_still_holds(carried: dict, task: str, rows: list[dict], path: str) -> bool:
+    """Whether the carried peers of ``task`` were compared with this run's input and single-task rows (of
+    ``rows``, this run's table); if not, they are dropped from ``carried`` with a printed line, since other
+    test data or another model need the peers trained and scored again."""
+    for label, row in (("input", rows[0]), ("single", single_task_row(rows, task))):
+        before = carried["tasks"][task][label]
+        if row["n"] != before["n"] or abs(row["psnr"] - before["psnr"]) > 1e-6 or abs(row["ssim"] - before["ssim"]) > 1e-8:
+            print(f"--peers-from {path}: its {task} {'input' if label == 'input' else 'single-task model'} row "
+                  f"({before['psnr']:.4f} dB, {before['n']} slices) differs from this run's ({row['psnr']:.4f} dB, "
+                  f"{row['n']} slices): its {task} peers are not carried")
+            del carried["tasks"][task]
+            carried["training"] = [r for r in carried["training"] if r["task"] != task]
+            return False
+    return True
+
+
+def peer_training(carried: dict | None, peer_seconds: dict[tuple[str, str], float], shipped: dict[str, dict],
+                  parameters: Callable[[str], int], today: str) -> tuple[list[dict], dict[str, str]]:
+    """The training table of the peer networks (task, model, parameters, seconds), ours beside each task's
+    peers, and the date each task's peers were measured: carried tasks' rows and dates from their report,
+    trained tasks' (the keys of ``peer_seconds``) measured today, ours from the shipped card (all stages)."""
+    trained = list(dict.fromkeys(task for task, _ in peer_seconds))
+    rows = list(carried["training"]) if carried else []  # tasks whose carried peers were dropped have no rows
+    for task in trained:
+        ours = shipped[SINGLE[task]]
+        rows += [{"task": task, "model": name, "parameters": parameters(name),
+                  "seconds": peer_seconds[(task, name)] if (task, name) in peer_seconds
+                  else ours["train_seconds"] + ours.get("base_train_seconds", 0)} for name in PEERS]
+    measured = {task: carried["tasks"][task]["measured"] for task in (carried["tasks"] if carried else {})}
+    return rows, {task: measured.get(task, today) for task in PEER_TASKS if task in measured or task in trained}
 
 
 def parameter_count(model_name: str) -> int:
@@ -447,9 +469,8 @@ def main() -> None:
             label = "Restore-RWKV light, all-in-one" if name == ALL_IN_ONE else "Restore-RWKV light, single task"
             restored[f"`{name}`"] = outputs
             rows.append({"method": f"{label} (`{name}`)", "parameter": how, **score(task, outputs, hq)})
-        if task in PEER_TASKS and carried and task in carried["tasks"]:
-            check_carried(carried, task, rows[0], "input", args.peers_from)
-            check_carried(carried, task, single_task_row(rows, task), "single", args.peers_from)
+        if task in PEER_TASKS and carried and task in carried["tasks"] and carried_still_holds(
+                carried, task, rows, args.peers_from):
             rows += carried["tasks"][task]["rows"]
         elif task in PEER_TASKS and not args.skip_peers:
             for model_name in PEERS:
@@ -508,7 +529,7 @@ def main() -> None:
         if task == "ct_denoise" and task in tiles:
             default = next(r for r in tiles[task] if r["default"])
             restormer = peer_runs.get(task, {}).get("restormer_light_monai")
-            theirs = carried["restormer_erf_px"] if carried else None
+            theirs = carried["restormer_erf_px"] if carried and task in carried["tasks"] else None
             if restormer is not None:
                 from _common import erf_radius_at
 
@@ -538,7 +559,8 @@ def main() -> None:
 
     if SINGLE["ct_denoise"] in shipped_models():
         figures["ct"] = REPO / "docs" / "figures" / "erf_ct_denoise.png"
-    if "ct" in figures and carried:  # the same CT model (checked): that report's figure and radii
+    ct_carried = carried is not None and "ct_denoise" in carried["tasks"]
+    if "ct" in figures and ct_carried:  # the same CT model (checked): that report's figure and radii
         figures["erf_radius"] = carried["erf"]
     elif "ct" in figures:
         _, lq, _ = load_split(data, "ct_denoise", "validation")
@@ -548,23 +570,16 @@ def main() -> None:
         erf_figure(fields, figures["ct"])
         figures["erf_radius"] = {label: erf_radius(field) for label, field in fields.items()}
     peers = {}
-    if carried or peer_runs:
-        shipped = {m["name"]: m for m in json.loads((REPO / "scripts" / "shipped_models.json").read_text())}
-        training = [r for r in carried["training"] if r["task"] not in peer_runs] if carried else []
-        for task in peer_runs:
-            ours = shipped[SINGLE[task]]
-            training += [{"task": task, "model": name, "parameters": parameter_count(name),
-                          "seconds": peer_seconds[(task, name)] if name in peer_runs[task]
-                          else ours["train_seconds"] + ours.get("base_train_seconds", 0)} for name in PEERS]
+    shipped = {m["name"]: m for m in json.loads((REPO / "scripts" / "shipped_models.json").read_text())}
+    training, peers_measured = peer_training(carried, peer_seconds, shipped, parameter_count, dt.date.today().isoformat())
+    if training:
         peers["training"] = training
-        peers["efficiency"] = carried["efficiency"] if carried else efficiency(list(PEERS))
+        any_carried = carried is not None and bool(carried["tasks"])  # else the efficiency is measured again
+        peers["efficiency"] = carried["efficiency"] if any_carried else efficiency(list(PEERS))
         figures["efficiency"] = REPO / "docs" / "figures" / "efficiency_cpu.png"
-        if not carried:
+        if not any_carried:
             efficiency_figure(peers["efficiency"], figures["efficiency"])
     seconds = time.perf_counter() - started
-    peers_measured = {task: carried["tasks"][task]["measured"] if carried and task in carried["tasks"]
-                      else dt.date.today().isoformat() for task in PEER_TASKS
-                      if (carried and task in carried["tasks"]) or task in peer_runs}
     (out.with_suffix(".json")).write_text(json.dumps({"results": results, "sets": sets, "tiles": tiles,
                                                       "checks": checks, "peers": peers,
                                                       "peers_measured": peers_measured,
@@ -573,7 +588,7 @@ def main() -> None:
                                                       "erf_radius_90_px": figures.get("erf_radius", {})}, indent=1))
     out.write_text(render(results, checks, figures, peers, mri_bands, out, seconds,
                           platform.processor() or platform.machine(), sets, tiles,
-                          {task: peers_measured[task] for task in carried["tasks"]} if carried else {}))
+                          {task: peers_measured[task] for task in (carried["tasks"] if carried else {})}))
     print(out.read_text())
 
 
@@ -641,26 +656,32 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
             for label, values in entry.items():
                 lines.append(f"| {split} | {label} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
         lines.append("")
+    short = {task: title.split(" (")[0] for task, title in TITLES.items()}
     if peers:
-        recipes = "; ".join(f"{TITLES[task].split(' (')[0]}: " + " then ".join(f"`{c}`" for c in peer_chain(task))
+        recipes = "; ".join(f"{short[task]}: " + " then ".join(f"`{c}`" for c in peer_chain(task))
                             for task in PEER_TASKS if any(r["task"] == task for r in peers["training"]))
-        carried_note = "; ".join(f"the {TITLES[task].split(' (')[0]} peers' from the report of {date}"
+        carried_note = "; ".join(f"the {short[task]} peers, measured in the report of {date}"
                                  for task, date in peers_carried_from.items())
+        missing = [short[task] for task in PEER_TASKS if not any(r["task"] == task for r in peers["training"])]
         lines += ["## Peer networks (same data, iterations and recipe)", "",
                   "Each peer was trained by this script with the shipped configs of the task's single-task model, "
                   f"in turn where that model was fine-tuned ({recipes}), only `model.name` changed "
                   "(`restore-rwkv train --config ... --set model.name=...`; a later stage starts from the peer's "
-                  "own earlier run): same patches, iterations, optimiser, schedule, EMA, losses, identity start "
-                  "(zeroed output convolution with the global residual) and best-validation checkpoint. Their test "
-                  "scores are in the task tables above. Wall time is the training loop's (validation excluded) on "
-                  "this 2-core CPU, all stages together."
+                  "own earlier run, where the shipped MRI model's fine-tune started from the float16 copy of its "
+                  "base run): same patches, iterations, optimiser, schedule, EMA, losses, identity start (zeroed "
+                  "output convolution with the global residual) and best-validation checkpoint. Their test scores "
+                  "are in the task tables above. Wall time is the training loop's (validation excluded) on a "
+                  "2-core CPU, all stages together; runs that shared the machine with other work took longer, so "
+                  "compare the times only roughly."
                   + (f" Carried over (`--peers-from`; those runs were not on this machine): {carried_note}, with "
-                     "their rows, training times, the efficiency table and figure and the CT ERF radii and figure; "
-                     "this run's input and single-task rows of those tasks were checked to score exactly as they "
-                     "did then, so the comparison stands; the ERF check uses that report's Restormer radius."
-                     if peers_carried_from else ""), "",
+                     "their rows and training times, the efficiency table and figure"
+                     + (" and the CT ERF radii and figure (the ERF check uses that report's Restormer radius)"
+                        if "ct_denoise" in peers_carried_from else "")
+                     + "; this run's input and single-task rows of those tasks were checked to score exactly as "
+                     "they did then, so the comparison stands." if peers_carried_from else "")
+                  + (f" Not in this report (`--skip-peers`): the {' and '.join(missing)} peers." if missing else ""), "",
                   "| task | model | parameters | training wall time |", "|---|---|---|---|"]
-        lines += [f"| {TITLES[r['task']].split(' (')[0]} | {PEERS[r['model']]} (`{r['model']}`) | "
+        lines += [f"| {short[r['task']]} | {PEERS[r['model']]} (`{r['model']}`) | "
                   f"{r['parameters'] / 1e6:.2f} M | {r['seconds'] / 60:.0f} min |" for r in peers["training"]]
         lines += ["", "### Efficiency (CPU inference, batch 1)", "",
                   "Median seconds per image and peak resident-memory rise of one forward pass over a whole "
@@ -680,9 +701,9 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
                       f"({Path(figures['efficiency']).relative_to(out.parent)})", ""]
     if not peers:
         lines += ["## Peer networks", "",
-                  "Not in this report (`--skip-peers`): peers are compared with our CT model trained on the same "
-                  "data and recipe, and are trained again when it is (`python benchmarks/results.py` trains "
-                  "them, hours on a 2-core CPU).", ""]
+                  "Not in this report (`--skip-peers`): peers are compared with our CT and MRI single-task models "
+                  "trained on the same data and recipe, and are trained again when either is (`python "
+                  "benchmarks/results.py` trains them, hours on a 2-core CPU).", ""]
     if "ct" in figures:
         lines += ["## Effective receptive field", "",
                   "Mean absolute gradient of the centre output pixel with respect to the input, over 128 × 128 "

@@ -42,15 +42,47 @@ def test_a_report_from_before_mri_peers_carries_its_ct_peers_only(tmp_path):
     assert [r["task"] for r in carried["training"]] == ["ct_denoise"]
 
 
-def test_a_report_with_mri_peers_carries_both_tasks_and_checks_each(tmp_path):
+def test_a_report_with_mri_peers_carries_both_tasks_and_checks_each(tmp_path, capsys):
     path = report(tmp_path, with_mri_peers=True)
     carried = results.carried_peers(path)
     assert carried["tasks"]["mri_sr"]["rows"][0]["psnr"] == 31.0
     assert carried["tasks"]["mri_sr"]["measured"] == "2026-12-07"
     assert [(r["task"], r["seconds"]) for r in carried["training"]] == [("ct_denoise", 60.0), ("mri_sr", 120.0)]
-    results.check_carried(carried, "mri_sr", row("single", 32.0), "single", str(path))  # the same row passes
-    with pytest.raises(SystemExit, match="its mri_sr single-task model row .32.0000 dB"):
-        results.check_carried(carried, "mri_sr", row("single", 32.1), "single", str(path))
+    single = f"Restore-RWKV light, single task (`{results.SINGLE['mri_sr']}`)"
+    assert results.carried_still_holds(carried, "mri_sr", [row("input", 30.0), row(single, 32.0)], str(path))
+    assert "mri_sr" in carried["tasks"] and capsys.readouterr().out == ""
+    # another MRI model: its peers are dropped (to be trained again), the CT peers stay
+    assert not results.carried_still_holds(carried, "mri_sr", [row("input", 30.0), row(single, 32.1)], str(path))
+    assert "its mri_sr single-task model row (32.0000 dB, 3 slices) differs" in capsys.readouterr().out
+    assert list(carried["tasks"]) == ["ct_denoise"] and [r["task"] for r in carried["training"]] == ["ct_denoise"]
+    assert not results.carried_still_holds(carried, "ct_denoise", [row("input", 30.0, n=4), row(
+        f"Restore-RWKV light, single task (`{results.SINGLE['ct_denoise']}`)", 32.0)], str(path))  # other test data
+    assert carried["tasks"] == {} and carried["training"] == []
+
+
+SHIPPED = {"ct_denoise_light": {"train_seconds": 600.0}, "mri_sr_x4_light": {"train_seconds": 60.0, "base_train_seconds": 120.0}}
+
+
+def test_peer_training_rows_and_dates_for_carried_and_trained_tasks(tmp_path):
+    carried = results.carried_peers(report(tmp_path, with_mri_peers=False))  # CT peers of 2026-12-04
+    mri = {("mri_sr", "restormer_light_monai"): 300.0, ("mri_sr", "unet_light_monai"): 240.0}
+    rows, dates = results.peer_training(carried, mri, SHIPPED, lambda name: 7, "2026-12-07")
+    assert [(r["task"], r["model"], r["seconds"]) for r in rows] == [
+        ("ct_denoise", "unet_light_monai", 60.0),  # carried as it was
+        ("mri_sr", "restore_rwkv_light", 180.0), ("mri_sr", "restormer_light_monai", 300.0),
+        ("mri_sr", "unet_light_monai", 240.0)]  # ours: both stages of the shipped MRI model
+    assert dates == {"ct_denoise": "2026-12-04", "mri_sr": "2026-12-07"}
+    assert all(r["parameters"] == 7 for r in rows[1:])
+
+    # nothing carried, both tasks trained; --skip-peers with or without a carried report
+    ct = {("ct_denoise", "unet_light_monai"): 30.0}
+    rows, dates = results.peer_training(None, {**ct, **mri}, SHIPPED, lambda name: 7, "2026-12-07")
+    assert [(r["task"], r["seconds"]) for r in rows if r["model"] == "restore_rwkv_light"] == [
+        ("ct_denoise", 600.0), ("mri_sr", 180.0)]
+    assert dates == {"ct_denoise": "2026-12-07", "mri_sr": "2026-12-07"}
+    assert results.peer_training(carried, {}, SHIPPED, lambda name: 7, "2026-12-07") == (
+        carried["training"], {"ct_denoise": "2026-12-04"})
+    assert results.peer_training(None, {}, SHIPPED, lambda name: 7, "2026-12-07") == ([], {})
 
 
 def test_a_report_without_peers_is_refused(tmp_path):
@@ -90,6 +122,34 @@ def test_a_peer_is_trained_through_the_shipped_models_chain(tmp_path, monkeypatc
     assert trained == []
 
 
+def test_a_peer_resumes_where_its_runs_stopped(tmp_path, monkeypatch):
+    """The base run half trained: it is resumed, then the fine-tune starts from it; a finished base is not
+    trained again and only the unfinished fine-tune is."""
+    progress = {"demo_mri_sr_x4_unet_light_monai": 4000}
+    trained = []
+
+    def fake_train(command, check):
+        name = command[command.index("--set") + 1].split("=", 1)[1]
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+        progress[name] = 10**6
+        trained.append(command)
+
+    (tmp_path / "demo_mri_sr_x4_unet_light_monai").mkdir()
+    (tmp_path / "demo_mri_sr_x4_unet_light_monai" / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr("subprocess.run", fake_train)
+    monkeypatch.setattr(results, "run_progress", lambda run: (progress.get(run.name, 0), 50.0))
+    results.peer_run(tmp_path, "unet_light_monai", "mri_sr", tmp_path / "data")
+    assert [c[c.index("--config") + 1] for c in trained] == ["demo_mri_sr_x4", "demo_mri_sr_x4_finetune"]
+    assert f"data.train.root={tmp_path / 'data'}" in trained[0] and f"data.val.root={tmp_path / 'data'}" in trained[1]
+
+    trained.clear()
+    progress["demo_mri_sr_x4_finetune_unet_light_monai"] = 10  # the fine-tune stopped early
+    results.peer_run(tmp_path, "unet_light_monai", "mri_sr", tmp_path / "data")
+    assert len(trained) == 1 and trained[0][trained[0].index("--config") + 1] == "demo_mri_sr_x4_finetune"
+    assert f"model.init_weights={tmp_path / 'demo_mri_sr_x4_unet_light_monai'}" in trained[0]
+
+
 def test_the_peer_table_names_each_task_and_its_recipe(tmp_path):
     training = [{"task": task, "model": model, "parameters": 10**6, "seconds": 600.0}
                 for task in ("ct_denoise", "mri_sr") for model in results.PEERS]
@@ -100,4 +160,21 @@ def test_the_peer_table_names_each_task_and_its_recipe(tmp_path):
                           {}, {}, {"ct_denoise": "2026-12-04"})
     assert "| MRI super-resolution ×4 | U-Net (MONAI BasicUNet) (`unet_light_monai`) | 1.00 M | 10 min |" in text
     assert "`demo_mri_sr_x4` then `demo_mri_sr_x4_finetune`" in text
-    assert "the CT denoising peers' from the report of 2026-12-04" in text
+    assert "the CT denoising peers, measured in the report of 2026-12-04" in text
+    assert "CT ERF radii and figure" in text and "--skip-peers" not in text
+
+    ct_only = [r for r in training if r["task"] == "ct_denoise"]  # --peers-from an old report, --skip-peers
+    text = results.render({}, [], {"efficiency": tmp_path / "figures" / "e.png"},
+                          {"training": ct_only, "efficiency": efficiency}, {}, tmp_path / "results.md", 60.0, "cpu",
+                          {}, {}, {"ct_denoise": "2026-12-04"})
+    assert "Not in this report (`--skip-peers`): the MRI super-resolution ×4 peers." in text
+    assert "| MRI super-resolution ×4 |" not in text
+
+    text = results.render({}, [], {"efficiency": tmp_path / "figures" / "e.png"},  # the CT peers trained again
+                          {"training": training, "efficiency": efficiency}, {}, tmp_path / "results.md", 60.0, "cpu",
+                          {}, {}, {"mri_sr": "2026-12-07"})
+    assert "the MRI super-resolution ×4 peers, measured in the report of 2026-12-07" in text
+    assert "CT ERF" not in text
+
+    text = results.render({}, [], {}, {}, {}, tmp_path / "results.md", 60.0, "cpu", {}, {}, {})  # --skip-peers
+    assert "compared with our CT and MRI single-task models" in text and "| task | model |" not in text

@@ -36,8 +36,8 @@ TITLES = {"ct_denoise": "CT denoising (quarter dose, HU)", "mri_sr": "MRI super-
           "pet": "PET synthesis (dose / 12)"}
 GAUSSIAN_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)  # pixels
 BM3D_SIGMAS_HU = (10.0, 15.0, 20.0, 30.0, 40.0, 60.0)  # noise level given to BM3D, in HU
-# Peer networks (docs/training.md, docs/results.md): trained by this script with the configs of each task's shipped single-task
-# model (its training chain: base run first), only the model swapped.
+# Peer networks (docs/training.md, docs/results.md): trained by this script with the configs of each task's
+# shipped single-task model (its training chain: base run first), only the model swapped.
 PEERS = {"restore_rwkv_light": "Restore-RWKV light (ours)", "restormer_light_monai": "Restormer light (MONAI)",
          "unet_light_monai": "U-Net (MONAI BasicUNet)"}
 PEER_TASKS = ("ct_denoise", "mri_sr")
@@ -270,10 +270,6 @@ def carried_peers(path: Path) -> dict:
     try:
         old = json.loads(path.read_text())
         peers = old["peers"]
-        radius = old.get("restormer_erf_radius_px")
-        if radius is None:  # reports before this field: the number is in the ERF check
-            line = next(c for c in old["checks"] if c.startswith("ct_denoise: ERF") and "Restormer peer's" in c)
-            radius = float(re.search(r"Restormer peer's (\d+(?:\.\d+)?) px", line).group(1))
         measured = old.get("peers_measured")
         if measured is None:  # the date in the report's first paragraph, beside the JSON
             measured = re.search(r"(\d{4}-\d{2}-\d{2})\)", path.with_suffix(".md").read_text()).group(1)
@@ -287,11 +283,15 @@ def carried_peers(path: Path) -> dict:
             if peer_rows:
                 tasks[task] = {"rows": peer_rows, "input": rows[0], "single": single_task_row(rows, task),
                                "measured": measured[task]}
+        radius = old.get("restormer_erf_radius_px")
+        if radius is None and "ct_denoise" in tasks:  # reports before this field: the number is in the ERF check
+            line = next(c for c in old["checks"] if c.startswith("ct_denoise: ERF") and "Restormer peer's" in c)
+            radius = float(re.search(r"Restormer peer's (\d+(?:\.\d+)?) px", line).group(1))
         carried = {"tasks": tasks, "training": training, "efficiency": peers["efficiency"],
                    "erf": old["erf_radius_90_px"], "restormer_erf_px": radius}
     except (OSError, ValueError, KeyError, StopIteration, AttributeError, TypeError) as error:
         raise SystemExit(f"--peers-from {path}: not a results.json with peer networks ({type(error).__name__}: {error})")
-    if "ct_denoise" not in tasks or not training:
+    if not tasks or not training:
         raise SystemExit(f"--peers-from {path}: that report has no peer networks")
     return carried
 
@@ -427,8 +427,8 @@ def main() -> None:
                              "only that report's peers")
     parser.add_argument("--peers-from", metavar="RESULTS_JSON",
                         help="take the peer networks' rows, training times, efficiency, ERF radii and figures of the "
-                             "tasks an earlier report (its results.json) has peers for instead of training them; "
-                             "refused unless that report's input and single-task rows of those tasks equal this run's")
+                             "tasks an earlier report (its results.json) has peers for instead of training them; a "
+                             "task whose input or single-task row differs from this run's is not carried")
     args = parser.parse_args()
     carried = carried_peers(Path(args.peers_from)) if args.peers_from else None
     data, out = Path(args.data), Path(args.out)

@@ -28,7 +28,7 @@ from _common import erf_radius  # noqa: E402  (benchmarks run from their folder 
 from restore_rwkv.demo.models import ALL_IN_ONE_MODEL as ALL_IN_ONE
 from restore_rwkv.demo.models import DEMO_MODELS, training_chain
 from restore_rwkv.demo.models import SINGLE_TASK as SINGLE
-from restore_rwkv.engine.trainer import run_progress
+from restore_rwkv.engine.trainer import run_finished, run_progress
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("ct_denoise", "mri_sr", "pet")
@@ -246,8 +246,7 @@ def peer_run(runs: Path, model_name: str, task: str, data: Path) -> tuple[Path, 
     seconds, base = 0.0, None
     for config in peer_chain(task):
         run = runs / f"{config}_{model_name}"
-        iterations = load_config(config).schedule.iterations
-        if not (run / "model.safetensors").is_file() or run_progress(run)[0] < iterations:
+        if not run_finished(run, load_config(config).schedule.iterations):
             command = [sys.executable, "-m", "restore_rwkv", "train", "--config", config, "--out", str(runs),
                        "--set", f"name={run.name}", "--set", f"model.name={model_name}",
                        "--set", f"data.train.root={data}", "--set", f"data.val.root={data}"]

@@ -46,14 +46,6 @@ def train_commands(config: str) -> str:
     return " && ".join(f"restore-rwkv train --config {c} --out runs" for c in training_chain(config))
 
 
-def finished(run: Path, config: str) -> bool:
-    """Whether ``run`` exported weights and logged the config's last iteration."""
-    from restore_rwkv.engine.config import load_config
-    from restore_rwkv.engine.trainer import run_progress
-
-    return (run / "model.safetensors").is_file() and run_progress(run)[0] >= load_config(config).schedule.iterations
-
-
 def split_scores(weights: Path, data: Path, split: str = "test", tile: int | None = None) -> dict:
     """``restore-rwkv evaluate`` of ``weights`` on a split of the demo data (``tile``: ``--tile``; None: the
     card's default): its per-task summary."""
@@ -325,6 +317,8 @@ def main() -> None:
                         help="first rewrite the shipped cards' intensity policies in this version's card format")
     args = parser.parse_args()
     from restore_rwkv.demo.recipe import ensure_demo_data
+    from restore_rwkv.engine.config import load_config
+    from restore_rwkv.engine.trainer import run_finished
 
     ensure_demo_data(Path(args.data), quiet=False)  # scores on the test split this version of prepare demo writes
     torch.manual_seed(0)
@@ -338,7 +332,7 @@ def main() -> None:
                 shipped[name] = rescore(name, Path(args.data), shipped[name])
                 print(json.dumps(shipped[name]), flush=True)
             continue
-        if not finished(Path(args.runs) / RUNS[name], RUNS[name]):
+        if not run_finished(Path(args.runs) / RUNS[name], load_config(RUNS[name]).schedule.iterations):
             print(f"{name}: no finished run at {Path(args.runs) / RUNS[name]}", file=sys.stderr)
             continue
         shipped[name] = ship(name, Path(args.runs), Path(args.data), shipped.get(name))

@@ -9,6 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import results  # noqa: E402
 
+from restore_rwkv.engine import trainer  # noqa: E402
+
 
 def row(method: str, psnr: float, n: int = 3) -> dict:
     return {"method": method, "parameter": "", "psnr": psnr, "ssim": 0.9, "rmse": 1.0,
@@ -105,7 +107,8 @@ def test_a_peer_is_trained_through_the_shipped_models_chain(tmp_path, monkeypatc
         trained.append(command)
 
     monkeypatch.setattr("subprocess.run", fake_train)
-    monkeypatch.setattr(results, "run_progress", lambda run: (10**6, 100.0))
+    for where in (results, trainer):  # results.py's own use (seconds) and run_finished's
+        monkeypatch.setattr(where, "run_progress", lambda run: (10**6, 100.0))
     run, seconds = results.peer_run(tmp_path, "unet_light_monai", task, tmp_path / "data")
 
     expected = {"ct_denoise": ["demo_ct_denoise"], "mri_sr": ["demo_mri_sr_x4", "demo_mri_sr_x4_finetune"]}[task]
@@ -138,7 +141,8 @@ def test_a_peer_resumes_where_its_runs_stopped(tmp_path, monkeypatch):
     (tmp_path / "demo_mri_sr_x4_unet_light_monai").mkdir()
     (tmp_path / "demo_mri_sr_x4_unet_light_monai" / "model.safetensors").write_bytes(b"")
     monkeypatch.setattr("subprocess.run", fake_train)
-    monkeypatch.setattr(results, "run_progress", lambda run: (progress.get(run.name, 0), 50.0))
+    for where in (results, trainer):
+        monkeypatch.setattr(where, "run_progress", lambda run: (progress.get(Path(run).name, 0), 50.0))
     results.peer_run(tmp_path, "unet_light_monai", "mri_sr", tmp_path / "data")
     assert [c[c.index("--config") + 1] for c in trained] == ["demo_mri_sr_x4", "demo_mri_sr_x4_finetune"]
     assert f"data.train.root={tmp_path / 'data'}" in trained[0] and f"data.val.root={tmp_path / 'data'}" in trained[1]

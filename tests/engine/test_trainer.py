@@ -17,7 +17,7 @@ from restore_rwkv.data.datasets import PairRecord, write_manifest
 from restore_rwkv.engine.config import load_config, shipped_configs
 from restore_rwkv.engine.data import EndlessEpochSampler, EpochItems, build_dataset
 from restore_rwkv.engine.state import load_checkpoint
-from restore_rwkv.engine.trainer import LOG_FIELDS, Trainer, run_progress
+from restore_rwkv.engine.trainer import LOG_FIELDS, Trainer, run_finished, run_progress
 from restore_rwkv.models import create_model, load_model
 
 TINY_MODEL = {"name": "restore_rwkv_light", "args": {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}}
@@ -445,6 +445,9 @@ def test_run_progress_reads_the_last_iteration_and_the_summed_training_seconds(t
         out.writeheader()
         out.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
     assert run_progress(tmp_path) == (9, 3.75)
+    assert not run_finished(tmp_path, 9)  # logged to the end, but no weights exported
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert run_finished(tmp_path, 9) and not run_finished(tmp_path, 10)
 
 
 def test_train_list_names_the_shipped_configs_and_models(capsys):

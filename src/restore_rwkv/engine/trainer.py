@@ -75,6 +75,11 @@ def run_progress(run_dir: str | Path) -> tuple[int, float]:
             float(sum(float(r.get("seconds") or 0) for r in rows)))
 
 
+def run_finished(run_dir: str | Path, iterations: int) -> bool:
+    """Whether a run exported its weights (``model.safetensors``) and logged iteration ``iterations``."""
+    return (Path(run_dir) / "model.safetensors").is_file() and run_progress(run_dir)[0] >= iterations
+
+
 def pick_device(choice: str, info: ProcessInfo | None = None) -> torch.device:
     """``train.device``: ``auto`` (CUDA on this process's local GPU, else MPS, else CPU) or an available device."""
     return resolve_device(choice, info.local_rank if info else 0)

@@ -41,6 +41,7 @@ BM3D_SIGMAS_HU = (10.0, 15.0, 20.0, 30.0, 40.0, 60.0)  # noise level given to BM
 PEERS = {"restore_rwkv_light": "Restore-RWKV light (ours)", "restormer_light_monai": "Restormer light (MONAI)",
          "unet_light_monai": "U-Net (MONAI BasicUNet)"}
 PEER_TASKS = ("ct_denoise", "mri_sr")
+PEER_COLUMNS = tuple(f"`{name}`" for name in PEERS if name != "restore_rwkv_light")  # their per-test-set columns
 EFFICIENCY_SIZES = (128, 256, 512, 1024)
 # Issue 24: least PSNR gain over the input (dB) on the real test sets, by group of test sets; "all": every slice.
 SET_GAINS = {"ct_denoise": {"the InVesalius head CT slab": 5.0},
@@ -261,7 +262,8 @@ def peer_run(runs: Path, model_name: str, task: str, data: Path) -> tuple[Path, 
 
 def carried_peers(path: Path) -> dict:
     """The peer networks' part of an earlier report's ``results.json``: per task (``tasks``) the peer rows,
-    the input and single-task rows they were compared with and the date they were measured; the training
+    the input and single-task rows they were compared with, the date they were measured and the peers' scores
+    per test set (``sets``: test set -> peer column -> score; empty in reports without them); the training
     times (each with its task), efficiency, CT ERF radii and the Restormer's ERF radius in its tiles.
     Reports before MRI peers hold CT peers only, their training rows without a task."""
     import re
@@ -281,7 +283,9 @@ def carried_peers(path: Path) -> dict:
             peer_rows = [r for r in rows if r["method"].startswith("peer: ")]
             if peer_rows:
                 tasks[task] = {"rows": peer_rows, "input": rows[0], "single": single_task_row(rows, task),
-                               "measured": measured[task]}
+                               "measured": measured[task],
+                               "sets": {name: {column: entry[column] for column in entry if column in PEER_COLUMNS}
+                                        for name, entry in old.get("sets", {}).get(task, {}).items()}}
         radius = old.get("restormer_erf_radius_px")
         if radius is None and "ct_denoise" in tasks:  # reports before this field: the number is in the ERF check
             line = next(c for c in old["checks"] if c.startswith("ct_denoise: ERF") and "Restormer peer's" in c)
@@ -450,6 +454,7 @@ def main() -> None:
         set_names = test_set_names(data, task)
         rows = [{"method": "input (LQ)", "parameter": "", **score(task, lq, hq)}]
         restored = {"input (LQ)": lq}  # method -> its test outputs, for the per-set scores
+        carried_sets: dict[str, dict] = {}  # test set -> carried peer column -> its score there
         if task == "mri_sr":
             restored["bicubic"] = [bicubic_from_kspace(r) for r in hq]
             rows.append({"method": "bicubic (from the ×4 k-space centre)", "parameter": "",
@@ -471,6 +476,7 @@ def main() -> None:
         if task in PEER_TASKS and carried and task in carried["tasks"] and carried_still_holds(
                 carried, task, rows, args.peers_from):
             rows += carried["tasks"][task]["rows"]
+            carried_sets = carried["tasks"][task]["sets"]
         elif task in PEER_TASKS and not args.skip_peers:
             for model_name in PEERS:
                 if model_name == "restore_rwkv_light":
@@ -478,6 +484,7 @@ def main() -> None:
                 run, peer_seconds[(task, model_name)] = peer_run(Path(args.runs), model_name, task, data)
                 peer_runs.setdefault(task, {})[model_name] = run
                 for _, (outputs, how) in run_models(task, [str(run)], lq).items():
+                    restored[f"`{model_name}`"] = outputs
                     rows.append({"method": f"peer: {PEERS[model_name]}, same data and recipe",
                                  "parameter": how, **score(task, outputs, hq)})
         if task in ("ct_denoise", "mri_sr") and SINGLE[task] in shipped_names():
@@ -491,8 +498,8 @@ def main() -> None:
                                 for label, images in (("input", split_lq), ("model", outputs))}
             mri_bands.update(bands)
         results[task] = rows
-        sets[task] = {name: {method: score(task, [outputs[i] for i in indices], [hq[i] for i in indices])
-                             for method, outputs in restored.items()}
+        sets[task] = {name: {**{method: score(task, [outputs[i] for i in indices], [hq[i] for i in indices])
+                                for method, outputs in restored.items()}, **carried_sets.get(name, {})}
                       for name, indices in per_set(set_names).items()}
         single = next((r for r in rows if SINGLE[task] in r["method"]), None)
         joint = next((r for r in rows if ALL_IN_ONE in r["method"]), None)

@@ -32,6 +32,10 @@ def report(tmp_path: Path, with_mri_peers: bool) -> Path:
         "results": {"ct_denoise": table("ct_denoise", True), "mri_sr": table("mri_sr", with_mri_peers)},
         "checks": [], "peers": {"training": training, "efficiency": []}, "restormer_erf_radius_px": 14.0,
         "erf_radius_90_px": {},
+        **({"sets": {"mri_sr": {name: {"input (LQ)": row("input", 30.0), "`mri_sr_x4_light`": row("ours", 32.0),
+                                       "`unet_light_monai`": row("peer", psnr)}
+                                for name, psnr in (("colin27", 31.5), ("pycortex_s1", 30.5))}}}
+           if with_mri_peers else {}),
         "peers_measured": {"ct_denoise": "2026-12-04", "mri_sr": "2026-12-07"} if with_mri_peers else "2026-12-04"}))
     return path
 
@@ -42,6 +46,7 @@ def test_a_report_from_before_mri_peers_carries_its_ct_peers_only(tmp_path):
     assert carried["tasks"]["ct_denoise"]["measured"] == "2026-12-04"
     assert carried["tasks"]["ct_denoise"]["single"]["psnr"] == 32.0
     assert [r["task"] for r in carried["training"]] == ["ct_denoise"]
+    assert carried["tasks"]["ct_denoise"]["sets"] == {}  # that report has no per-set scores of its peers
 
 
 def test_a_report_with_mri_peers_carries_both_tasks_and_checks_each(tmp_path, capsys):
@@ -49,6 +54,9 @@ def test_a_report_with_mri_peers_carries_both_tasks_and_checks_each(tmp_path, ca
     carried = results.carried_peers(path)
     assert carried["tasks"]["mri_sr"]["rows"][0]["psnr"] == 31.0
     assert carried["tasks"]["mri_sr"]["measured"] == "2026-12-07"
+    # per test set, only the peers' columns are carried (this run scores the others itself)
+    assert {name: {c: e["psnr"] for c, e in entry.items()} for name, entry in carried["tasks"]["mri_sr"]["sets"].items()} \
+        == {"colin27": {"`unet_light_monai`": 31.5}, "pycortex_s1": {"`unet_light_monai`": 30.5}}
     assert [(r["task"], r["seconds"]) for r in carried["training"]] == [("ct_denoise", 60.0), ("mri_sr", 120.0)]
     single = f"Restore-RWKV light, single task (`{results.SINGLE['mri_sr']}`)"
     assert results.carried_still_holds(carried, "mri_sr", [row("input", 30.0), row(single, 32.0)], str(path))

@@ -38,6 +38,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tile", type=int, default=None,
                         help="side in pixels of the overlapping tiles images are restored in (default: the tile their "
                              "card chose on validation data, else their training patch size; 0: whole images)")
+    parser.add_argument("--self-ensemble", type=int, default=1, choices=(1, 2, 4, 8), metavar="N",
+                        help="average each image's output over N rotations/flips of it: 1 (default, off), 2, 4 or 8; "
+                             "N times the time (docs/inference.md, \"Self-ensemble\")")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate the first N pairs only")
     parser.add_argument("--force", action="store_true",
                         help="also evaluate tasks or modalities the weights' card does not list "
@@ -54,6 +57,7 @@ def run(args) -> int:
     report, note = evaluate_weights(args.weights, args.data, args.out, args.split, device=args.device,
                                     batch_size=args.batch_size, precision=args.precision,
                                     ssim_boundary=args.ssim_boundary, tile=args.tile, max_images=args.max_images,
+                                    self_ensemble=args.self_ensemble,
                                     force=args.force, overwrite=args.overwrite, save_images=args.save_images,
                                     quiet=args.quiet)
     if note:

@@ -37,6 +37,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tile", type=int, default=None,
                         help="side in pixels of the overlapping tiles slices are restored in (default: the tile their "
                              "card chose on validation data, else their training patch size; 0: whole slices, tiled only to fit --max-memory)")
+    parser.add_argument("--self-ensemble", type=int, default=1, choices=(1, 2, 4, 8), metavar="N",
+                        help="average each slice's output over N rotations/flips of it: 1 (default, off), 2, 4 or 8; "
+                             "N times the time (docs/inference.md, \"Self-ensemble\")")
     parser.add_argument("--modality", default=None,
                         help="intensity policy to use (ct, mri, pet; default: the image's, from the weights' card)")
     parser.add_argument("--pet-scale", type=float, default=None, metavar="FACTOR",
@@ -133,7 +136,8 @@ def _restore(args, info) -> int:
                             reference=args.reference, device=args.device, quiet=args.quiet, modality=args.modality,
                             axis=args.axis, batch_size=args.batch_size, precision=args.precision,
                             max_memory=args.max_memory, tile=args.tile, force=args.force, series_uid=args.series_uid,
-                            pet_scale=args.pet_scale, upsample=args.upsample, shard=shard,
+                            pet_scale=args.pet_scale, upsample=args.upsample, self_ensemble=args.self_ensemble,
+                            shard=shard,
                             targets_checked=info.distributed)  # checked above, before the barrier
     for item in progress_bar(results, total=mine, desc="inputs", quiet=args.quiet or mine < 2):
         if item.error is not None:
@@ -144,6 +148,7 @@ def _restore(args, info) -> int:
         result = item.result
         how = f"tiles of {result.tile}" if result.tile else "whole slices"
         grid = f", zero-filled x{result.upsample}" if result.upsample > 1 else ""
+        grid += f", self-ensemble x{result.self_ensemble}" if result.self_ensemble > 1 else ""
         _say(f"{item.source} -> {item.target} ({'x'.join(map(str, result.shape))}, {result.modality}{grid}, {how}, "
              f"{result.seconds:.1f} s; {result.scale_note})")
         if result.outside:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from restore_rwkv.inference.ensemble import check_self_ensemble, with_self_ensemble
 from restore_rwkv.inference.slices import forward_slices, inference_tile, plan_slices
 from restore_rwkv.metrics import SSIM_BOUNDARIES, evaluate_normalized, evaluate_physical
 from restore_rwkv.modality import ModalityConvention, get_convention, modality_name
@@ -330,14 +331,16 @@ def evaluate_weights(weights: str | os.PathLike, data: str | os.PathLike, out: s
                      split: str = "test", *, device: str = "auto", batch_size: int = 1, precision: str = "fp32",
                      ssim_boundary: str = "zero", tile: int | None = None, max_images: int | None = None,
                      force: bool = False, overwrite: bool = False, save_images: bool = False,
-                     quiet: bool = False) -> tuple[dict, str]:
+                     quiet: bool = False, self_ensemble: int = 1) -> tuple[dict, str]:
     """Score ``weights`` on ``split`` of ``data`` and write ``out/per_image.csv`` and ``out/summary.json``
     (and ``out/images/`` with ``save_images``); returns (the summary's content, a note on pairs left out).
 
     Each pair is normalised with the card's policy for its modality (its scale from the manifest or
     fitted on its LQ, as ``restore`` fits it), restored in tiles of ``tile`` (default: the card's
     ``default_tile``: chosen on validation, else the training patch size), and scored under the
-    paper's protocol with the input's values kept outside the policy's range, as ``restore`` writes them. The output folder appears only when complete.
+    paper's protocol with the input's values kept outside the policy's range, as ``restore`` writes them.
+    ``self_ensemble`` N averages each output over N rotations/flips (``inference.ensemble``). The
+    output folder appears only when complete.
     """
     import json
 
@@ -349,6 +352,7 @@ def evaluate_weights(weights: str | os.PathLike, data: str | os.PathLike, out: s
     if batch_size < 1:
         raise InputError(None, f"--batch-size must be at least 1, got {batch_size}")
     inference_tile(None, tile)  # refuses a bad tile before any file is read
+    check_self_ensemble(self_ensemble)
     if max_images is not None and max_images < 1:
         raise InputError(None, f"--max-images must be at least 1, got {max_images}")
     out, data = Path(out), Path(data)
@@ -358,6 +362,7 @@ def evaluate_weights(weights: str | os.PathLike, data: str | os.PathLike, out: s
     records, note = trained_pairs(split_records(data, split), load_model_card(weights), force)
     _refuse_out_holding_pairs(out, records)
     model, card = load_model(weights, device)
+    model = with_self_ensemble(model, self_ensemble)
     conventions = {}
     for r in records:
         try:
@@ -390,6 +395,7 @@ def evaluate_weights(weights: str | os.PathLike, data: str | os.PathLike, out: s
             "device": str(device),
             "precision": precision,
             "tile": side or "whole slices",
+            "self_ensemble": self_ensemble,
         }
         with atomic_file(stage / "summary.json") as tmp:
             tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")

@@ -38,6 +38,7 @@ from restore_rwkv.data.io import (
     write_image,
 )
 from restore_rwkv.data.io.dicom import SPATIAL_RESAMPLING, Derivation, with_pixel_grid, IMAGE_PROCESSING
+from restore_rwkv.inference.ensemble import check_self_ensemble, with_self_ensemble
 from restore_rwkv.inference.slices import (SliceStats, as_slices, default_max_memory, inference_tile, model_input,
                                           plan_slices, resolve_device, restore_slices, restore_volume, slicing_axis)
 from restore_rwkv.modality import ModalityConvention
@@ -53,7 +54,8 @@ class RestoreResult:
     ``shape`` is the input's; ``axis`` the slicing axis (None for a 2-D image); ``modality`` the
     policy's modality; ``scale`` the stored units per unit of the policy and ``scale_note`` how it
     was found; ``outside`` the voxels outside the normalisation range whose input values were kept;
-    ``upsample`` the in-plane zero-fill factor. ``kept`` maps a slice index to ``(input, output)``
+    ``upsample`` the in-plane zero-fill factor; ``self_ensemble`` the transforms each slice was
+    averaged over (``inference.ensemble``). ``kept`` maps a slice index to ``(input, output)``
     2-D arrays in stored units (the input zero-filled when upsampled), for a preview.
     """
 
@@ -69,6 +71,7 @@ class RestoreResult:
     scale_note: str = ""
     outside: int = 0
     upsample: int = 1
+    self_ensemble: int = 1
     kept: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
 
@@ -166,12 +169,14 @@ def _upsampled_meta(meta: ImageMeta, axis: int | None, factor: int) -> ImageMeta
 
 
 def _derivation(card: ModelCard, name: str, convention: ModalityConvention, scale_note: str,
-                upsample: int) -> Derivation:
+                upsample: int, self_ensemble: int = 1) -> Derivation:
     from restore_rwkv import __version__
 
     label = f"restored by restore-rwkv {name}"
     steps = f"{card.task} model {name} ({card.model}, restore-rwkv {__version__})"
     grid = f"; k-space zero-filled x{upsample} in-plane first" if upsample > 1 else ""
+    if self_ensemble > 1:
+        steps += f", averaged over {self_ensemble} rotations/flips of each slice"
     low, high = (f"{v:g}" for v in convention.keep_bounds)
     text = (f"Restored by the {steps}{grid}; intensities in {convention.unit} for the network ({scale_note}), "
             f"written back in the source's units; values below {low} or above {high} {convention.unit} "
@@ -185,7 +190,7 @@ def restore_array(array: np.ndarray, weights: str | os.PathLike | None = None, *
                   spacing: Sequence[float] | None = None, units: str | None = None, scale: float | None = None,
                   axis: int | None = None, upsample: int = 1, tile: int | None = None, batch_size: int = 4,
                   device: str | torch.device = "auto", precision: str = "fp32", max_memory: int | None = None,
-                  force: bool = False, quiet: bool = True) -> np.ndarray:
+                  force: bool = False, quiet: bool = True, self_ensemble: int = 1) -> np.ndarray:
     """A 2-D image or 3-D volume restored, float32 in the input's units (what a viewer plug-in calls).
 
     ``weights``: a weights file, card, folder or shipped name (or give ``model`` with its ``card``).
@@ -198,8 +203,11 @@ def restore_array(array: np.ndarray, weights: str | os.PathLike | None = None, *
     super-resolution of a low-resolution acquisition); the in-plane axes come back N times longer
     and the spacing is divided by N (the first voxel's centre stays). Values outside the policy's
     range keep the input's value. Slices run in tiles of ``tile`` pixels, by default the card's
-    ``default_tile`` (0: whole slices). Raises InputError for input that cannot be right.
+    ``default_tile`` (0: whole slices). ``self_ensemble`` N (1, 2, 4, 8) averages each slice's output
+    over N rotations/flips of it (``inference.ensemble``; N times the time). Raises InputError for
+    input that cannot be right.
     """
+    check_self_ensemble(self_ensemble)
     values = np.asarray(array)
     if values.ndim not in (2, 3):
         raise InputError(None, f"expected a 2-D image or 3-D volume, got shape {values.shape}")
@@ -208,6 +216,7 @@ def restore_array(array: np.ndarray, weights: str | os.PathLike | None = None, *
     check_finite(values, None)
     device = resolve_device(device)
     model, card, _ = _load(weights, model, card, device)
+    model = with_self_ensemble(model, self_ensemble)
     convention = card.convention_for(None, modality, force)
     upsample = check_upsample(upsample, convention)
     default_axis = None
@@ -244,7 +253,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
                  precision: str = "fp32", max_memory: int | None = None, tile: int | None = None,
                  force: bool = False, overwrite: bool = False, series_uid: str | None = None,
                  keep_slices: int = 0, model_name: str | None = None, quiet: bool = True,
-                 pet_scale: float | None = None, upsample: int = 1) -> RestoreResult:
+                 pet_scale: float | None = None, upsample: int = 1, self_ensemble: int = 1) -> RestoreResult:
     """Restore one image file or DICOM series folder ``input`` into ``output``.
 
     The model comes from ``weights`` (file, card, folder or shipped name) or is given as
@@ -258,7 +267,9 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
     Columns and PixelSpacing). ``keep_slices`` evenly spaced (input, output) slices are kept in
     the result for a preview. ``model_name`` names the model in a DICOM output (default: the
     weights' name). Slices run in tiles of ``tile`` pixels; by default the card's ``default_tile``
-    (:func:`~restore_rwkv.inference.slices.inference_tile`; 0: whole slices).
+    (:func:`~restore_rwkv.inference.slices.inference_tile`; 0: whole slices). ``self_ensemble`` N
+    averages each slice's output over N rotations/flips (see :func:`restore_array`; the derived
+    DICOM's description says so).
     Bad input raises InputError naming the file before anything is written; outputs are
     written under a temporary name and renamed; an existing ``output`` needs ``overwrite``.
     """
@@ -269,8 +280,10 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
     _check_output(output, source, overwrite)
     check_upsample(upsample)
     inference_tile(None, tile)
+    check_self_ensemble(self_ensemble)
     device = resolve_device(device)
     model, card, weights_path = _load(weights, model, card, device)
+    model = with_self_ensemble(model, self_ensemble)
     name = model_name or (weights_name(weights_path) if weights_path is not None else card.model)
 
     if source.is_dir() and _is_series_output(output):
@@ -278,7 +291,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
                                       batch_size=batch_size, device=device, precision=precision,
                                       max_memory=max_memory, tile=tile, force=force, overwrite=overwrite,
                                       series_uid=series_uid, keep_slices=keep_slices, quiet=quiet,
-                                      pet_scale=pet_scale, upsample=upsample)
+                                      pet_scale=pet_scale, upsample=upsample, self_ensemble=self_ensemble)
 
     values, meta = read_image(source, series_uid=series_uid)
     values = np.asarray(values)
@@ -302,7 +315,7 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
                                                   batch_size, device, precision, max_memory, quiet, keep)
     restored = restored_slices[0] if axis is None else np.moveaxis(restored_slices, 0, axis)
     out_meta = _upsampled_meta(meta, axis, upsample)
-    derivation = _derivation(card, name, convention, note, upsample)
+    derivation = _derivation(card, name, convention, note, upsample, self_ensemble)
     dicom_out = _is_series_output(output) or file_suffix(output) in (".dcm", ".ima", ".dicom")
     out_values = restored if dicom_out else to_dtype(restored, output_dtype(values, meta))
     if _is_series_output(output):
@@ -319,12 +332,13 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
                        default_max_memory(device) if max_memory is None else max_memory,
                        inference_tile(card.default_tile, tile))
     return RestoreResult(source, output, tuple(values.shape), axis, convention.name, plan.tile,
-                         time.perf_counter() - start, False, scale, note, stats.outside, upsample, kept)
+                         time.perf_counter() - start, False, scale, note, stats.outside, upsample, self_ensemble,
+                         kept)
 
 
 def _restore_series_stream(source: Path, output: Path, model: nn.Module, card: ModelCard, name: str, start: float,
                            *, modality, axis, batch_size, device, precision, max_memory, tile, force, overwrite,
-                           series_uid, keep_slices, quiet, pet_scale, upsample) -> RestoreResult:
+                           series_uid, keep_slices, quiet, pet_scale, upsample, self_ensemble) -> RestoreResult:
     """A DICOM series folder restored into a derived DICOM series folder, a batch of slices at a time."""
     meta = scan_dicom_series(source, series_uid=series_uid)
     convention = card.convention_for(meta.modality, modality, force, source)
@@ -367,10 +381,12 @@ def _restore_series_stream(source: Path, output: Path, model: nn.Module, card: M
 
     out_meta = _upsampled_meta(meta, 0, upsample)
     write_dicom_series_stream(output, written(), out_meta, description=_derivation(card, name, convention, note,
-                                                                                      upsample), replace=overwrite)
+                                                                                      upsample, self_ensemble),
+                              replace=overwrite)
     plan = plan_slices(model, rows * upsample, columns * upsample, batch_size, budget, tile_side)
     return RestoreResult(source, output, (count, rows, columns), 0, convention.name, plan.tile,
-                         time.perf_counter() - start, True, scale, note, stats.outside, upsample, kept)
+                         time.perf_counter() - start, True, scale, note, stats.outside, upsample, self_ensemble,
+                         kept)
 
 
 def _pet_only(pet_scale: float | None, convention: ModalityConvention) -> float | None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from restore_rwkv.inference.ensemble import inner_model
 from restore_rwkv.modality import ModalityConvention
 from restore_rwkv.models.card import MIN_TILE
 from restore_rwkv.physics.mri import zero_fill
@@ -66,8 +67,8 @@ def default_max_memory(device: torch.device) -> int:
 
 
 def model_width(model: nn.Module) -> int:
-    """Channels of the model's first level (``patch_embed``), 48 when it has none."""
-    embed = getattr(model, "patch_embed", None)
+    """Channels of the model's first level (``patch_embed``; inside a self-ensemble), 48 when it has none."""
+    embed = getattr(inner_model(model), "patch_embed", None)
     return int(getattr(embed, "out_channels", 48))
 
 

@@ -1,0 +1,132 @@
+"""What the self-ensemble (``--self-ensemble N``) gains over one pass, per model, on the demo's real sets.
+
+For each model of each task this restores every validation and test set of the demo data (a real
+volume's slab or a slice, each as one volume, as ``restore`` fits its intensity scale) in the tiles its
+card chose, averaging over N rotations/flips of each slice (``inference.ensemble``), and reports per
+split the mean ± std PSNR and SSIM over the slices (the paper's protocol, in the policy's unit), the
+PSNR per set, and the seconds per slice (each N timed in this run, so compare the times as ratios).
+The sizes to offer are judged on validation (all of ``--sizes``); the test split is scored with 1
+and the largest size only. Peers are the MRI peer runs that ``benchmarks/results.py`` trains, when
+they are in ``--runs``.
+
+    cd benchmarks && python self_ensemble.py --json results/self_ensemble.json   # about 60 min on 2 cores
+    python self_ensemble.py --table results/self_ensemble.json                    # the table again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+# task -> (models to score: shipped names, or peer run folders under --runs)
+MODELS = {
+    "mri_sr": ("mri_sr_x4_light", "all_in_one_light", "demo_mri_sr_x4_finetune_restormer_light_monai",
+               "demo_mri_sr_x4_finetune_unet_light_monai"),
+    "ct_denoise": ("ct_denoise_light", "all_in_one_light"),
+    "pet": ("pet_synthesis_light", "all_in_one_light"),
+}
+
+
+def score_split(model, card, records, modality: str, size: int) -> dict:
+    """Restore each set of ``records`` with a self-ensemble of ``size``; scores per slice, per set, and the time."""
+    import restore_rwkv
+    from restore_rwkv.demo.recipe import test_sets
+    from restore_rwkv.metrics import evaluate_physical
+
+    convention = card.convention(modality)
+    psnr: dict[str, list[float]] = {}
+    ssim: dict[str, list[float]] = {}
+    inputs: dict[str, list[float]] = {}
+    seconds = 0.0
+    for name, members in test_sets(records):
+        lq = np.stack([np.load(r.lq) for r in members]).astype(np.float32)
+        hq = np.stack([np.load(r.hq) for r in members]).astype(np.float64)
+        scale = convention.scaling.fit(lq) if convention.scaling.fitted else 1.0
+        start = time.perf_counter()
+        restored = restore_rwkv.restore_array(lq, model=model, card=card, modality=modality, axis=0, device="cpu",
+                                              self_ensemble=size).astype(np.float64)
+        seconds += time.perf_counter() - start
+        after = evaluate_physical(restored / scale, hq / scale, convention)
+        before = evaluate_physical(lq.astype(np.float64) / scale, hq / scale, convention)
+        psnr[name] = [float(v) for v in np.atleast_1d(after["psnr"])]
+        ssim[name] = [float(v) for v in np.atleast_1d(after["ssim"])]
+        inputs[name] = [float(v) for v in np.atleast_1d(before["psnr"])]
+    every_psnr = [v for values in psnr.values() for v in values]
+    every_ssim = [v for values in ssim.values() for v in values]
+    return {"size": size, "slices": len(every_psnr),
+            "psnr": [float(np.mean(every_psnr)), float(np.std(every_psnr))],
+            "ssim": [float(np.mean(every_ssim)), float(np.std(every_ssim))],
+            "input_psnr": float(np.mean([v for values in inputs.values() for v in values])),
+            "sets": {name: {"slices": len(values), "psnr": float(np.mean(values)), "input_psnr": float(np.mean(inputs[name]))}
+                     for name, values in psnr.items()},
+            "seconds_per_slice": seconds / len(every_psnr)}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table docs/inference.md shows: per task and model, PSNR on validation at each N and on test at 1 and
+    the largest N (mean over the slices; the gain over one pass in brackets)."""
+    sizes = sorted({e["size"] for row in rows if row["split"] == "validation" for e in row["scores"]})
+    lines = ["| task | model | validation: N = " + " / ".join(map(str, sizes)) + " | test: N = 1 → " + str(sizes[-1]) + " |",
+             "|---|---|---|---|"]
+    for row in (r for r in rows if r["split"] == "validation"):
+        test = next(r for r in rows if r["split"] == "test" and (r["task"], r["model"]) == (row["task"], row["model"]))
+
+        def cell(entries: list[dict]) -> str:
+            one = entries[0]["psnr"][0]
+            text = " / ".join(f"{e['psnr'][0]:.2f}" for e in entries)
+            return f"{text} ({entries[-1]['psnr'][0] - one:+.2f} dB; {entries[0]['slices']} slices)"
+        lines.append(f"| {row['task']} | `{row['model']}` | {cell(row['scores'])} | {cell(test['scores'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from restore_rwkv.data.datasets import read_manifest
+    from restore_rwkv.demo.recipe import ensure_demo_data
+    from restore_rwkv.modality import TASKS
+    from restore_rwkv.models.card import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../data/demo")
+    parser.add_argument("--runs", default="../runs", help="where the MRI peer runs are (skipped when absent)")
+    parser.add_argument("--tasks", default=",".join(MODELS))
+    parser.add_argument("--sizes", default="1,2,4,8", help="sizes scored on validation (the test split: 1 and the largest)")
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--table", default=None, metavar="JSON", help="only print the table of rows written earlier")
+    args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
+    data = ensure_demo_data(Path(args.data), quiet=True)
+    records = read_manifest(data / "manifest.csv")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for task in args.tasks.split(","):
+        modality = TASKS[task].modality
+        for name in MODELS[task]:
+            weights = name if name.endswith("_light") else Path(args.runs) / name
+            if not name.endswith("_light") and not (Path(weights) / "model.safetensors").is_file():
+                print(f"skipped {name}: no exported weights in {weights}", flush=True)
+                continue
+            model, card = load_model(weights, "cpu")
+            for split, wanted in (("validation", sizes), ("test", sorted({1, max(sizes)}))):
+                chosen = [r for r in records if r.task == task and r.split == split]
+                scores = []
+                for size in wanted:
+                    scores.append(score_split(model, card, chosen, modality, size))
+                    s = scores[-1]
+                    print(f"{task:<13} {name:<48} {split:<10} x{size}  PSNR {s['psnr'][0]:.3f} ± {s['psnr'][1]:.2f}  "
+                          f"SSIM {s['ssim'][0]:.4f} ± {s['ssim'][1]:.4f}  (input {s['input_psnr']:.2f}; {s['slices']} slices; "
+                          f"{s['seconds_per_slice']:.2f} s / slice)  "
+                          + "  ".join(f"{k} {v['psnr']:.2f}" for k, v in s["sets"].items()), flush=True)
+                rows.append({"task": task, "model": name, "split": split, "tile": card.default_tile, "scores": scores})
+                if args.json:  # after every model and split, so an interrupted run keeps what it measured
+                    Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

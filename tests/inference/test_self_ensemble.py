@@ -88,12 +88,17 @@ def test_the_memory_estimate_sees_through_the_ensemble():
     assert estimate_memory(with_self_ensemble(model, 8), 64, 64) == estimate_memory(model, 64, 64)
 
 
-def test_restore_and_evaluate_take_self_ensemble_and_say_so(tmp_path, weights, capsys):  # noqa: F811
+def test_restore_takes_self_ensemble_and_says_so(tmp_path, weights, capsys, monkeypatch):  # noqa: F811
+    import restore_rwkv.inference.batch as batch
+
+    titles = []
+    monkeypatch.setattr(batch, "write_restore_preview", lambda *args, **kwargs: titles.append(kwargs["title"]))
     make_ct_series(tmp_path / "ct", slices=3, rows=24, cols=24)
     w = str(weights(False))
     assert main(["restore", str(tmp_path / "ct"), "--weights", w, "-o", str(tmp_path / "out"), "--quiet",
-                 "--device", "cpu", "--self-ensemble", "8"]) == 0
+                 "--device", "cpu", "--self-ensemble", "8", "--preview", str(tmp_path / "p.png")]) == 0
     assert "self-ensemble x8" in capsys.readouterr().out
+    assert len(titles) == 1 and "(ct, self-ensemble x8)" in titles[0]
     _, meta = io.read_image(tmp_path / "out")
     assert "averaged over 8 rotations/flips of each slice" in meta.datasets[0].DerivationDescription
     one = restore_rwkv.restore_array(io.read_image(tmp_path / "ct")[0], w, axis=0, device="cpu", self_ensemble=8)

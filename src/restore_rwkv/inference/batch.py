@@ -159,6 +159,7 @@ def _write_preview(result: RestoreResult, preview: Path, batch: bool, reference,
         references = kept_slices_of(ref, result.axis, sorted(result.kept))
     target = preview_path(preview, result.input, batch)
     unit = f" (scale {result.scale:.4g} stored per {convention.unit})" if result.scale != 1.0 else ""
-    write_restore_preview(target, result.kept, convention, references,
-                          title=f"{result.input.name}: restored by {name} ({result.modality}){unit}", scale=result.scale)
+    ensemble = f", self-ensemble x{result.self_ensemble}" if result.self_ensemble > 1 else ""
+    write_restore_preview(target, result.kept, convention, references, scale=result.scale,
+                          title=f"{result.input.name}: restored by {name} ({result.modality}{ensemble}){unit}")
     return target

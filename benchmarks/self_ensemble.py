@@ -11,6 +11,9 @@ they are in ``--runs``.
 
     cd benchmarks && python self_ensemble.py --json results/self_ensemble.json   # about 60 min on 2 cores
     python self_ensemble.py --table results/self_ensemble.json                    # the table again
+    python self_ensemble.py --timing results/self_ensemble_timing.json            # time against N, on an idle machine
+
+``--json`` keeps the rows of an earlier file that this run does not score (``--tasks pet`` adds PET's).
 """
 
 from __future__ import annotations
@@ -83,6 +86,35 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def time_ratios(data: Path, sizes: list[int]) -> dict:
+    """Seconds per slice of each N and its ratio to one pass, for the MRI and CT single-task models on 6 real
+    256² MR test slices (CT's model given them as HU), in one process."""
+    import restore_rwkv
+    from restore_rwkv.data.datasets import read_manifest
+    from restore_rwkv.demo.recipe import ensure_demo_data
+    from restore_rwkv.models.card import load_model
+
+    data = ensure_demo_data(data, quiet=True)
+    chosen = [r for r in read_manifest(data / "manifest.csv")
+              if r.task == "mri_sr" and r.split == "test" and "pycortex" in str(r.lq)][:6]
+    slices = np.stack([np.load(r.lq) for r in chosen]).astype(np.float32)
+    result = {}
+    for weights, modality in (("mri_sr_x4_light", "mri"), ("ct_denoise_light", "ct")):
+        model, card = load_model(weights, "cpu")
+        values = slices if modality == "mri" else slices / slices.max() * 1000.0
+        restore_rwkv.restore_array(values[:1], model=model, card=card, modality=modality, axis=0, device="cpu")
+        seconds = {}
+        for size in sizes:
+            start = time.perf_counter()
+            restore_rwkv.restore_array(values, model=model, card=card, modality=modality, axis=0, device="cpu",
+                                       self_ensemble=size)
+            seconds[size] = (time.perf_counter() - start) / len(values)
+        result[weights] = {"slices": len(values), "seconds_per_slice": seconds,
+                           "ratio": {n: seconds[n] / seconds[1] for n in sizes}}
+        print(weights, {n: f"{seconds[n]:.2f} s ({seconds[n] / seconds[1]:.2f}x)" for n in sizes}, flush=True)
+    return result
+
+
 def main() -> None:
     from restore_rwkv.data.datasets import read_manifest
     from restore_rwkv.demo.recipe import ensure_demo_data
@@ -96,14 +128,22 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,2,4,8", help="sizes scored on validation (the test split: 1 and the largest)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--table", default=None, metavar="JSON", help="only print the table of rows written earlier")
+    parser.add_argument("--timing", default=None, metavar="JSON",
+                        help="only time each N against one pass (6 MRI test slices, each shipped single-task model) "
+                             "and write the ratios here; run it on an otherwise idle machine")
     args = parser.parse_args()
     if args.table:
         print(markdown(json.loads(Path(args.table).read_text())))
         return
+    if args.timing:
+        ratios = time_ratios(Path(args.data), [int(s) for s in args.sizes.split(",")])
+        Path(args.timing).write_text(json.dumps(ratios, indent=1) + "\n")
+        return
     data = ensure_demo_data(Path(args.data), quiet=True)
     records = read_manifest(data / "manifest.csv")
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
+    kept = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else []
+    rows: list[dict] = []
     for task in args.tasks.split(","):
         modality = TASKS[task].modality
         for name in MODELS[task]:
@@ -123,8 +163,11 @@ def main() -> None:
                           f"{s['seconds_per_slice']:.2f} s / slice)  "
                           + "  ".join(f"{k} {v['psnr']:.2f}" for k, v in s["sets"].items()), flush=True)
                 rows.append({"task": task, "model": name, "split": split, "tile": card.default_tile, "scores": scores})
-                if args.json:  # after every model and split, so an interrupted run keeps what it measured
-                    Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+                if args.json:  # after every model and split, so an interrupted run keeps what it measured;
+                    # rows of models and splits this run does not score are kept from the file
+                    mine = {(r["task"], r["model"], r["split"]) for r in rows}
+                    others = [r for r in kept if (r["task"], r["model"], r["split"]) not in mine]
+                    Path(args.json).write_text(json.dumps(others + rows, indent=1) + "\n")
     print(markdown(rows))
 
 

@@ -82,6 +82,33 @@ def test_restore_array_averages_the_restorations_of_the_turned_and_flipped_slice
         restore_rwkv.restore_array(volume, w, axis=0, device="cpu", self_ensemble=3)
 
 
+def test_non_square_slices_and_tiles_keep_the_ensembles_equivariance(weights):  # noqa: F811
+    model = tiny_model(identity=False)
+    image = torch.rand(1, 1, 24, 32)  # the quarter turns see 32 x 24
+    with torch.no_grad():
+        torch.testing.assert_close(SelfEnsemble(model, 8)(torch.rot90(image, 1, (-2, -1))),
+                                   torch.rot90(SelfEnsemble(model, 8)(image), 1, (-2, -1)))
+    # tiled (16-pixel tiles on 24 x 40 slices): the identity network stays exact, a random one changes
+    rng = np.random.default_rng(6)
+    volume = rng.uniform(-900.0, 1500.0, (2, 24, 40)).astype(np.float32)
+    same = restore_rwkv.restore_array(volume, weights(True), axis=0, tile=16, device="cpu", self_ensemble=4)
+    np.testing.assert_allclose(same, volume, atol=0.05)
+    random = weights(False)
+    tiled = {n: restore_rwkv.restore_array(volume, random, axis=0, tile=16, device="cpu", self_ensemble=n)
+             for n in (1, 2)}
+    assert tiled[2].shape == volume.shape and np.abs(tiled[2] - tiled[1]).max() > 1.0
+
+
+def test_an_ensemble_of_an_ensemble_and_a_bad_size_in_a_batch_are_refused_once(tmp_path, weights):  # noqa: F811
+    from restore_rwkv.inference import restore_files
+
+    with pytest.raises(InputError, match="already averages 8 copies"):
+        with_self_ensemble(SelfEnsemble(tiny_model(identity=True), 8), 2)
+    with pytest.raises(InputError, match="--self-ensemble must be one of"):
+        list(restore_files([tmp_path / "a.npy", tmp_path / "b.npy"], [tmp_path / "x.npy", tmp_path / "y.npy"],
+                           weights(True), device="cpu", self_ensemble=5))
+
+
 def test_the_memory_estimate_sees_through_the_ensemble():
     model = tiny_model(identity=False)
     assert with_self_ensemble(model, 1) is model
@@ -121,6 +148,9 @@ def test_evaluate_applies_and_records_the_ensemble(tmp_path, weights):  # noqa: 
         hq = ndimage.gaussian_filter(rng.uniform(-200.0, 200.0, (24, 24)), 2.0).astype(np.float32)
         np.save(root / "CT" / "test" / "HQ" / f"s{k}.npy", hq)
         np.save(root / "CT" / "test" / "LQ" / f"s{k}.npy", (hq + rng.normal(0.0, 40.0, hq.shape)).astype(np.float32))
+    assert main(["evaluate", "--weights", str(weights(False)), "--data", str(root), "--out", str(tmp_path / "cli"),
+                 "--device", "cpu", "--quiet", "--self-ensemble", "4"]) == 0
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["self_ensemble"] == 4
     scores = {}
     for identity in (True, False):
         for n in (1, 8):

@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 
 from restore_rwkv.data.io import file_suffix, is_image_file, read_image
 from restore_rwkv.data.io.dicom import DICOM_SUFFIXES, looks_like_dicom
+from restore_rwkv.inference.ensemble import check_self_ensemble
 from restore_rwkv.inference.files import RestoreResult, kept_slices_of, restore_file
 from restore_rwkv.inference.preview import write_restore_preview
 from restore_rwkv.inference.slices import resolve_device
@@ -124,6 +125,7 @@ def restore_files(sources: Sequence[Path], targets: Sequence[Path], weights: str
     """
     if reference is not None and len(sources) != 1:
         raise InputError(reference, "--reference needs exactly one INPUT")
+    check_self_ensemble(options.get("self_ensemble", 1))  # once, not once per input
     if not overwrite and not targets_checked:
         refuse_existing(targets)
     device = resolve_device(device)

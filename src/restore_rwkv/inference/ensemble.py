@@ -53,8 +53,12 @@ class SelfEnsemble(nn.Module):
 
 
 def with_self_ensemble(model: nn.Module, size: int = 1) -> nn.Module:
-    """``model`` itself for size 1, else :class:`SelfEnsemble` over it (an InputError for other sizes)."""
+    """``model`` itself for size 1, else :class:`SelfEnsemble` over it (an InputError for other sizes, and
+    for a model that already is one: an ensemble of ensembles would run size x size passes)."""
     size = check_self_ensemble(size)
+    if size > 1 and isinstance(model, SelfEnsemble):
+        raise InputError(None, f"the model already averages {model.size} copies; --self-ensemble {size} would "
+                               f"run {model.size * size} passes per slice")
     return model if size == 1 else SelfEnsemble(model, size)
 
 

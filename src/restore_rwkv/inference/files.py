@@ -54,9 +54,9 @@ class RestoreResult:
     ``shape`` is the input's; ``axis`` the slicing axis (None for a 2-D image); ``modality`` the
     policy's modality; ``scale`` the stored units per unit of the policy and ``scale_note`` how it
     was found; ``outside`` the voxels outside the normalisation range whose input values were kept;
-    ``upsample`` the in-plane zero-fill factor; ``self_ensemble`` the transforms each slice was
-    averaged over (``inference.ensemble``). ``kept`` maps a slice index to ``(input, output)``
-    2-D arrays in stored units (the input zero-filled when upsampled), for a preview.
+    ``upsample`` the in-plane zero-fill factor. ``kept`` maps a slice index to ``(input, output)``
+    2-D arrays in stored units (the input zero-filled when upsampled), for a preview;
+    ``self_ensemble`` the transforms each slice was averaged over (``inference.ensemble``).
     """
 
     input: Path
@@ -71,8 +71,8 @@ class RestoreResult:
     scale_note: str = ""
     outside: int = 0
     upsample: int = 1
-    self_ensemble: int = 1
     kept: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    self_ensemble: int = 1
 
 
 def output_dtype(values: np.ndarray, meta: ImageMeta) -> np.dtype:
@@ -332,8 +332,8 @@ def restore_file(input: str | os.PathLike, output: str | os.PathLike, weights: s
                        default_max_memory(device) if max_memory is None else max_memory,
                        inference_tile(card.default_tile, tile))
     return RestoreResult(source, output, tuple(values.shape), axis, convention.name, plan.tile,
-                         time.perf_counter() - start, False, scale, note, stats.outside, upsample, self_ensemble,
-                         kept)
+                         time.perf_counter() - start, False, scale, note, stats.outside, upsample, kept,
+                         self_ensemble)
 
 
 def _restore_series_stream(source: Path, output: Path, model: nn.Module, card: ModelCard, name: str, start: float,
@@ -385,8 +385,8 @@ def _restore_series_stream(source: Path, output: Path, model: nn.Module, card: M
                               replace=overwrite)
     plan = plan_slices(model, rows * upsample, columns * upsample, batch_size, budget, tile_side)
     return RestoreResult(source, output, (count, rows, columns), 0, convention.name, plan.tile,
-                         time.perf_counter() - start, True, scale, note, stats.outside, upsample, self_ensemble,
-                         kept)
+                         time.perf_counter() - start, True, scale, note, stats.outside, upsample, kept,
+                         self_ensemble)
 
 
 def _pet_only(pet_scale: float | None, convention: ModalityConvention) -> float | None:

@@ -146,3 +146,33 @@ def erf_radius_at(model, convention, image: np.ndarray, side: int) -> float:
     import numpy as np
 
     return erf_radius(np.abs(erf_field_at(model, convention, image, side)))
+
+
+def score_sets(model, card, records, modality: str, **options) -> tuple[dict, dict, float]:
+    """Each set of ``records`` (``demo.recipe.test_sets``: a real volume's slab or a slice) restored as one
+    volume by ``restore_array`` (``options``: ``tile``, ``self_ensemble``, ...; its intensity scale fitted
+    as ``restore`` fits it) and scored under the paper's protocol in the policy's unit. Returns, per set
+    name, the (PSNR, SSIM) of each slice of the input and of the output, and the seconds restoring took."""
+    import numpy as np
+
+    import restore_rwkv
+    from restore_rwkv.demo.recipe import test_sets
+    from restore_rwkv.metrics import evaluate_physical
+
+    convention = card.convention(modality)
+    inputs: dict[str, list[tuple[float, float]]] = {}
+    outputs: dict[str, list[tuple[float, float]]] = {}
+    seconds = 0.0
+    for name, members in test_sets(records):
+        lq = np.stack([np.load(r.lq) for r in members]).astype(np.float32)
+        hq = np.stack([np.load(r.hq) for r in members]).astype(np.float64)
+        scale = convention.scaling.fit(lq) if convention.scaling.fitted else 1.0
+        start = time.perf_counter()
+        restored = restore_rwkv.restore_array(lq, model=model, card=card, modality=modality, axis=0, device="cpu",
+                                              **options).astype(np.float64)
+        seconds += time.perf_counter() - start
+        for scores, image in ((inputs, lq.astype(np.float64)), (outputs, restored)):
+            values = evaluate_physical(image / scale, hq / scale, convention)
+            scores[name] = [(float(p), float(s)) for p, s in zip(np.atleast_1d(values["psnr"]),
+                                                                 np.atleast_1d(values["ssim"]))]
+    return inputs, outputs, seconds

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import score_sets  # noqa: E402  (benchmarks run from their folder or with it on the path)
 
 # task -> (models to score: shipped names, or peer run folders under --runs)
 MODELS = {
@@ -36,28 +37,10 @@ MODELS = {
 
 def score_split(model, card, records, modality: str, size: int) -> dict:
     """Restore each set of ``records`` with a self-ensemble of ``size``; scores per slice, per set, and the time."""
-    import restore_rwkv
-    from restore_rwkv.demo.recipe import test_sets
-    from restore_rwkv.metrics import evaluate_physical
-
-    convention = card.convention(modality)
-    psnr: dict[str, list[float]] = {}
-    ssim: dict[str, list[float]] = {}
-    inputs: dict[str, list[float]] = {}
-    seconds = 0.0
-    for name, members in test_sets(records):
-        lq = np.stack([np.load(r.lq) for r in members]).astype(np.float32)
-        hq = np.stack([np.load(r.hq) for r in members]).astype(np.float64)
-        scale = convention.scaling.fit(lq) if convention.scaling.fitted else 1.0
-        start = time.perf_counter()
-        restored = restore_rwkv.restore_array(lq, model=model, card=card, modality=modality, axis=0, device="cpu",
-                                              self_ensemble=size).astype(np.float64)
-        seconds += time.perf_counter() - start
-        after = evaluate_physical(restored / scale, hq / scale, convention)
-        before = evaluate_physical(lq.astype(np.float64) / scale, hq / scale, convention)
-        psnr[name] = [float(v) for v in np.atleast_1d(after["psnr"])]
-        ssim[name] = [float(v) for v in np.atleast_1d(after["ssim"])]
-        inputs[name] = [float(v) for v in np.atleast_1d(before["psnr"])]
+    before, after, seconds = score_sets(model, card, records, modality, self_ensemble=size)
+    psnr = {name: [p for p, _ in pairs] for name, pairs in after.items()}
+    ssim = {name: [s for _, s in pairs] for name, pairs in after.items()}
+    inputs = {name: [p for p, _ in pairs] for name, pairs in before.items()}
     every_psnr = [v for values in psnr.values() for v in values]
     every_ssim = [v for values in ssim.values() for v in values]
     return {"size": size, "slices": len(every_psnr),

@@ -21,14 +21,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import erf_radius_at  # noqa: E402  (benchmarks run from their folder or with it on the path)
+from _common import erf_radius_at, score_sets  # noqa: E402  (benchmarks run from their folder or with it on the path)
 
 
 def main() -> None:
-    import restore_rwkv
     from restore_rwkv.data.datasets import read_manifest
     from restore_rwkv.demo.recipe import ensure_demo_data, test_sets
-    from restore_rwkv.metrics import evaluate_physical
     from restore_rwkv.modality import TASKS
     from restore_rwkv.models.card import load_model
 
@@ -50,18 +48,8 @@ def main() -> None:
         model, card = load_model(weights)
         convention = card.convention(modality)
         for side in (int(t) for t in args.tiles.split(",")):
-            scores: dict[str, dict[str, list[float]]] = {}
-            for name, tests in sets:
-                lq = np.stack([np.load(r.lq) for r in tests]).astype(np.float32)
-                hq = np.stack([np.load(r.hq) for r in tests]).astype(np.float64)
-                scale = convention.scaling.fit(lq) if convention.scaling.fitted else 1.0
-                restored = restore_rwkv.restore_array(lq, model=model, card=card, modality=modality, axis=0,
-                                                      tile=side, device="cpu").astype(np.float64)
-                for label, image in (("input", lq.astype(np.float64)), ("restored", restored)):
-                    values = evaluate_physical(image / scale, hq / scale, convention)
-                    entry = scores.setdefault(label, {}).setdefault(name, [])
-                    entry += [(float(p), float(s)) for p, s in zip(np.atleast_1d(values["psnr"]),
-                                                                   np.atleast_1d(values["ssim"]))]
+            inputs, outputs, _ = score_sets(model, card, records, modality, tile=side)
+            scores = {"input": inputs, "restored": outputs}
             mode = f"tiles {side}" if side else "whole slices"
             first = np.load(sets[0][1][len(sets[0][1]) // 2].lq).astype(np.float32)
             row = {"weights": str(weights), "mode": mode, "sets": {},

@@ -11,10 +11,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "data" / "demo"  # the default --data of every benchmark, wherever it is run from
+RUNS = REPO / "runs"  # the default --runs: where `restore-rwkv train --out runs` puts its runs in a checkout
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, budget_s: float = 60.0) -> float:

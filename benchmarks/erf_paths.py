@@ -5,7 +5,7 @@ Restore-RWKV adds its input to its output (the global residual), so d output[c] 
 d input. A model that learned small corrections from the identity start has most of its gradient mass in that
 delta, and the 90 % radius of the whole field then says little about how far the learned branch reaches.
 
-    python benchmarks/erf_paths.py --data data/demo   # prints a Markdown table; writes results/erf_paths.json
+    python benchmarks/erf_paths.py   # the demo data in this checkout; prints a Markdown table; writes results/erf_paths.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import erf_field_at, erf_radius  # noqa: E402
+from _common import DEMO_DATA, erf_field_at, erf_radius  # noqa: E402
 from results import SINGLE, TILE_SIDES, load_split  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def paths_of(field: np.ndarray) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("data/demo"))
+    parser.add_argument("--data", type=Path, default=DEMO_DATA)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "erf_paths.json")
     args = parser.parse_args()
 

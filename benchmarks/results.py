@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import erf_radius  # noqa: E402  (benchmarks run from their folder or with it on the path)
+from _common import DEMO_DATA, REPO, RUNS, erf_radius  # noqa: E402  (benchmarks run from their folder or with it on the path)
 from restore_rwkv.demo.models import ALL_IN_ONE_MODEL as ALL_IN_ONE
 from restore_rwkv.demo.models import DEMO_MODELS, training_chain
 from restore_rwkv.demo.models import SINGLE_TASK as SINGLE
 from restore_rwkv.engine.trainer import run_finished, run_progress
 
-REPO = Path(__file__).resolve().parents[1]
 TASKS = ("ct_denoise", "mri_sr", "pet")
 TITLES = {"ct_denoise": "CT denoising (quarter dose, HU)", "mri_sr": "MRI super-resolution ×4",
           "pet": "PET synthesis (dose / 12)"}
@@ -421,10 +420,10 @@ def main() -> None:
     import platform
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO / "data" / "demo"))
+    parser.add_argument("--data", default=str(DEMO_DATA))
     parser.add_argument("--out", default=str(REPO / "docs" / "results.md"))
     parser.add_argument("--skip-bm3d", action="store_true")
-    parser.add_argument("--runs", default=str(REPO / "runs"), help="where the peer networks' runs are (or are trained)")
+    parser.add_argument("--runs", default=str(RUNS), help="where the peer networks' runs are (or are trained)")
     parser.add_argument("--skip-peers", action="store_true",
                         help="train no peer networks (CT and MRI peers take hours on a 2-core CPU); with --peers-from, "
                              "only that report's peers")

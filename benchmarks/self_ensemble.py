@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import score_sets  # noqa: E402  (benchmarks run from their folder or with it on the path)
+from _common import DEMO_DATA, RUNS, score_sets  # noqa: E402  (benchmarks run from their folder or with it on the path)
 
 # task -> (models to score: shipped names, or peer run folders under --runs)
 MODELS = {
@@ -105,8 +105,8 @@ def main() -> None:
     from restore_rwkv.models.card import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../data/demo")
-    parser.add_argument("--runs", default="../runs", help="where the MRI peer runs are (skipped when absent)")
+    parser.add_argument("--data", default=str(DEMO_DATA))
+    parser.add_argument("--runs", default=str(RUNS), help="where the MRI peer runs are (skipped when absent)")
     parser.add_argument("--tasks", default=",".join(MODELS))
     parser.add_argument("--sizes", default="1,2,4,8", help="sizes scored on validation (the test split: 1 and the largest)")
     parser.add_argument("--json", default=None, help="also write the rows here")

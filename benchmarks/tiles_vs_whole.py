@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import erf_radius_at, score_sets  # noqa: E402  (benchmarks run from their folder or with it on the path)
+from _common import DEMO_DATA, erf_radius_at, score_sets  # noqa: E402  (benchmarks run from their folder or with it on the path)
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="ct_denoise")
     parser.add_argument("--weights", nargs="+", default=["ct_denoise_light"])
-    parser.add_argument("--data", default="data/demo")
+    parser.add_argument("--data", default=str(DEMO_DATA))
     parser.add_argument("--tiles", default="64,128,256,0", help="tile sides (overlap: a quarter of the side); 0: whole")
     parser.add_argument("--split", default="test", choices=("test", "validation"),
                         help="the demo split to score (validation: where ship_demo_models.py chooses a card's tile)")

@@ -597,6 +597,20 @@ def main() -> None:
     print(out.read_text())
 
 
+def per_set_table(task_sets: dict[str, dict[str, dict]]) -> list[str]:
+    """The Markdown lines of the per-test-set table: one column per method that scored any set (in the order
+    first seen; a carried peer may lack some sets), one row per set, "–" where a method did not score it."""
+    methods = list(dict.fromkeys(method for entry in task_sets.values() for method in entry))
+    lines = ["Per test set (PSNR dB / SSIM, mean ± std over its slices):", "",
+             "| test set | slices | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for name, entry in task_sets.items():
+        n = next(iter(entry.values()))["n"]
+        cells = [f"{entry[m]['psnr']:.2f} ± {entry[m]['psnr_std']:.2f} / {entry[m]['ssim']:.4f}" if m in entry else "–"
+                 for m in methods]
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_bands: dict, out: Path, seconds: float,
            machine: str, sets: dict, tiles: dict, peers_carried_from: dict[str, str] | None = None) -> str:
     from restore_rwkv.modality import TASKS as MODALITY, get_convention
@@ -633,14 +647,7 @@ def render(results: dict, checks: list[str], figures: dict, peers: dict, mri_ban
                   f"{r['ssim']:.4f} ± {r['ssim_std']:.4f} | {r['rmse']:.4g} ± {r['rmse_std']:.2g} |" for r in rows]
         lines.append("")
         if len(sets.get(task, {})) > 1:
-            methods = list(next(iter(sets[task].values())))
-            lines += ["Per test set (PSNR dB / SSIM, mean ± std over its slices):", "",
-                      "| test set | slices | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-            for name, entry in sets[task].items():
-                n = next(iter(entry.values()))["n"]
-                lines.append(f"| {name} | {n} | " + " | ".join(
-                    f"{e['psnr']:.2f} ± {e['psnr_std']:.2f} / {e['ssim']:.4f}" for e in entry.values()) + " |")
-            lines.append("")
+            lines += per_set_table(sets[task]) + [""]
         if task in tiles:
             lines += ["The single-task model in tiles of several sides over every test slice; the default is the side "
                       "its card chose on the validation split (`scripts/ship_demo_models.py`); ERF: the 90 % radius of "

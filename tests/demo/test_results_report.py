@@ -190,3 +190,18 @@ def test_the_peer_table_names_each_task_and_its_recipe(tmp_path):
 
     text = results.render({}, [], {}, {}, {}, tmp_path / "results.md", 60.0, "cpu", {}, {}, {})  # --skip-peers
     assert "compared with our CT and MRI single-task models" in text and "| task | model |" not in text
+
+
+def test_per_set_columns_follow_each_method_not_the_first_set():
+    def score(psnr):
+        return {"n": 3, "psnr": psnr, "psnr_std": 0.1, "ssim": 0.9, "ssim_std": 0.01}
+
+    # a carried peer scored only the second set: its column must not shift the other sets' cells
+    lines = results.per_set_table({"a": {"input (LQ)": score(30.0), "`ours`": score(31.0)},
+                                   "b": {"input (LQ)": score(20.0), "`ours`": score(21.0), "`peer`": score(22.0)}})
+    assert lines[2] == "| test set | slices | input (LQ) | `ours` | `peer` |"
+    assert lines[4] == "| a | 3 | 30.00 ± 0.10 / 0.9000 | 31.00 ± 0.10 / 0.9000 | – |"
+    assert lines[5] == "| b | 3 | 20.00 ± 0.10 / 0.9000 | 21.00 ± 0.10 / 0.9000 | 22.00 ± 0.10 / 0.9000 |"
+    lines = results.per_set_table({"a": {"`ours`": score(31.0), "input (LQ)": score(30.0)},  # another order
+                                   "b": {"input (LQ)": score(20.0), "`ours`": score(21.0)}})
+    assert lines[5] == "| b | 3 | 21.00 ± 0.10 / 0.9000 | 20.00 ± 0.10 / 0.9000 |"

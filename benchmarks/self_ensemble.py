@@ -13,7 +13,8 @@ they are in ``--runs``.
     python self_ensemble.py --table results/self_ensemble.json                    # the table again
     python self_ensemble.py --timing results/self_ensemble_timing.json            # time against N, on an idle machine
 
-``--json`` keeps the rows of an earlier file that this run does not score (``--tasks pet`` adds PET's).
+``--json`` keeps the rows of an earlier file that this run does not score (``--tasks pet`` adds PET's;
+``--models all_in_one_light`` rescores one model).
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def score_split(model, card, records, modality: str, size: int) -> dict:
             "sets": {name: {"slices": len(values), "psnr": float(np.mean(values)), "input_psnr": float(np.mean(inputs[name]))}
                      for name, values in psnr.items()},
             "seconds_per_slice": seconds / len(every_psnr)}
+
+
+def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
+    """``kept`` with each row that ``new`` rescored (same task, model and split) replaced in place, then the rest
+    of ``new``."""
+    key = lambda row: (row["task"], row["model"], row["split"])  # noqa: E731
+    fresh = {key(row): row for row in new}
+    merged = [fresh.pop(key(row), row) for row in kept]
+    return merged + list(fresh.values())
 
 
 def markdown(rows: list[dict]) -> str:
@@ -108,6 +118,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEMO_DATA))
     parser.add_argument("--runs", default=str(RUNS), help="where the MRI peer runs are (skipped when absent)")
     parser.add_argument("--tasks", default=",".join(MODELS))
+    parser.add_argument("--models", default=None,
+                        help="only these of the task's models (comma-separated names), e.g. all_in_one_light after it is retrained")
     parser.add_argument("--sizes", default="1,2,4,8", help="sizes scored on validation (the test split: 1 and the largest)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--table", default=None, metavar="JSON", help="only print the table of rows written earlier")
@@ -130,6 +142,8 @@ def main() -> None:
     for task in args.tasks.split(","):
         modality = TASKS[task].modality
         for name in MODELS[task]:
+            if args.models and name not in args.models.split(","):
+                continue
             weights = name if name.endswith("_light") else Path(args.runs) / name
             if not name.endswith("_light") and not (Path(weights) / "model.safetensors").is_file():
                 print(f"skipped {name}: no exported weights in {weights}", flush=True)
@@ -148,9 +162,8 @@ def main() -> None:
                 rows.append({"task": task, "model": name, "split": split, "tile": card.default_tile, "scores": scores})
                 if args.json:  # after every model and split, so an interrupted run keeps what it measured;
                     # rows of models and splits this run does not score are kept from the file
-                    mine = {(r["task"], r["model"], r["split"]) for r in rows}
-                    others = [r for r in kept if (r["task"], r["model"], r["split"]) not in mine]
-                    Path(args.json).write_text(json.dumps(others + rows, indent=1) + "\n")
+                    # (a rescored row takes its old row's place, so the table keeps its order)
+                    Path(args.json).write_text(json.dumps(merge_rows(kept, rows), indent=1) + "\n")
     print(markdown(rows))
 
 

@@ -132,9 +132,9 @@ def upgrade_policy(name: str) -> None:
         tmp.write_text(card.to_json())
 
 
-def ship(name: str, runs: Path, data: Path, previous: dict | None = None) -> dict:
+def ship(name: str, runs: Path, data: Path, shipped: dict[str, dict] | None = None) -> dict:
     """Export run ``runs/<its config>`` as shipped model ``name``: tile chosen on validation, test scores,
-    fixture; ``previous`` (its last shipped entry) supplies the base run's time when that run has no log."""
+    fixture; ``shipped`` (the shipped entries by name) supplies earlier runs' times where a run has no log."""
     from restore_rwkv.engine.config import load_config
     from restore_rwkv.engine.trainer import run_progress
     from restore_rwkv.models.card import SHIPPED_WEIGHTS, load_model, save_model_with_card
@@ -161,7 +161,7 @@ def ship(name: str, runs: Path, data: Path, previous: dict | None = None) -> dic
     fixtures = REPO / "tests" / "fixtures" / "shipped"
     fixtures.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(fixtures / f"{name}.npz", input=crop, output=output, source=np.array(source))
-    base_seconds = (run_progress(runs / base)[1] or (previous or {}).get("base_train_seconds")) if base else None
+    base_seconds = earlier_runs_seconds(RUNS[name], runs, shipped or {})
     return {"name": name, "run": f"runs/{RUNS[name]}", "iterations": card.iterations, "tile": tile,
             "train_seconds": round(seconds), **({"base_train_seconds": round(base_seconds)} if base_seconds else {}),
             "metrics": metrics, "bytes": target.stat().st_size, "data_version": DEMO_DATA_VERSION}
@@ -242,7 +242,7 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
                   f"- Iterations: EMA weights of iteration {card.iterations} of {config.schedule.iterations} "
                   f"(best validation PSNR); training wall time "
                   f"{entry['train_seconds'] / 60:.0f} min (2-core CPU, training windows only; validation excluded"
-                  + _base_time(bases[name], entry) + ").",
+                  + _base_time(RUNS[name], entry) + ").",
                   f"- Demo test split of version {DEMO_DATA_VERSION} (paper's protocol; mean over images; "
                   "docs/data.md lists the test sets):", "",
                   "  | task | PSNR input | PSNR output | SSIM input | SSIM output |", "  |---|---|---|---|---|"]
@@ -268,13 +268,34 @@ def _larger_patches(bases: dict[str, str | None]) -> str:
     return f" ({'; '.join(words)})" if words else ""
 
 
-def _base_time(base: str | None, entry: dict) -> str:
-    """'; after the N min of the base run it fine-tunes' (or that it is not counted, when unknown)."""
-    if not base:
+def earlier_runs_seconds(config: str, runs: Path, shipped: dict[str, dict]) -> float | None:
+    """The training wall time of the runs that the run of ``config`` fine-tunes through (its chain before it),
+    summed: each from its ``log.csv`` under ``runs``, else as the shipped entries recorded it (a shipped run's
+    own time, or the base time of a model that fine-tuned that run alone); None without such runs or when one
+    run's time is unknown."""
+    from restore_rwkv.engine.trainer import run_progress
+
+    known: dict[str, float] = {}
+    for entry in shipped.values():
+        run = Path(entry["run"]).name
+        known[run] = entry["train_seconds"]
+        chain = training_chain(run)
+        if len(chain) == 2 and entry.get("base_train_seconds"):
+            known.setdefault(chain[0], entry["base_train_seconds"])
+    earlier = training_chain(config)[:-1]
+    seconds = [run_progress(runs / c)[1] or known.get(c) for c in earlier]
+    return float(sum(seconds)) if earlier and all(seconds) else None
+
+
+def _base_time(config: str, entry: dict) -> str:
+    """'; after the N min of the run(s) it fine-tunes' (or that they are not counted, when unknown)."""
+    earlier = training_chain(config)[:-1]
+    if not earlier:
         return ""
+    runs = " and ".join(earlier) + (" runs" if len(earlier) > 1 else " run")
     if entry.get("base_train_seconds"):
-        return f"; after the {entry['base_train_seconds'] / 60:.0f} min of the {base} run it fine-tunes"
-    return f"; the {base} run it fine-tunes not counted"
+        return f"; after the {entry['base_train_seconds'] / 60:.0f} min of the {runs} it fine-tunes"
+    return f"; the {runs} it fine-tunes not counted"
 
 
 def _base_words(base: str | None) -> str:
@@ -335,7 +356,7 @@ def main() -> None:
         if not run_finished(Path(args.runs) / RUNS[name], load_config(RUNS[name]).schedule.iterations):
             print(f"{name}: no finished run at {Path(args.runs) / RUNS[name]}", file=sys.stderr)
             continue
-        shipped[name] = ship(name, Path(args.runs), Path(args.data), shipped.get(name))
+        shipped[name] = ship(name, Path(args.runs), Path(args.data), shipped)
         print(json.dumps(shipped[name]), flush=True)
     ordered = [shipped[n] for n in RUNS if n in shipped]
     log.write_text(json.dumps(ordered, indent=1) + "\n")

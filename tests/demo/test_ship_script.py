@@ -34,3 +34,22 @@ def test_a_config_that_fine_tunes_its_own_run_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="loop fine-tunes its own run"):
         base_config(str(path))
+
+
+def test_a_fine_tune_of_a_fine_tune_counts_every_earlier_run(tmp_path):
+    assert ship.train_commands("demo_all_in_one_finetune") == " && ".join(
+        f"restore-rwkv train --config {c} --out runs"
+        for c in ("demo_mri_sr_x4", "demo_all_in_one", "demo_all_in_one_finetune"))
+    (tmp_path / "demo_all_in_one").mkdir()  # its log: 25 + 35 s of training
+    (tmp_path / "demo_all_in_one" / "log.csv").write_text(
+        "iteration,loss,lr,seconds,data_wait,val_l1,val_psnr,val_ssim\n25,0.1,1e-4,25.0,0,,,\n50,0.1,1e-4,35.0,0,1,30,0.9\n")
+    # demo_mri_sr_x4 has no log here: its time is the base time the MRI model's entry recorded
+    shipped = {"mri_sr_x4_light": {"name": "mri_sr_x4_light", "run": "runs/demo_mri_sr_x4_finetune",
+                                   "train_seconds": 300.0, "base_train_seconds": 5400.0}}
+    seconds = ship.earlier_runs_seconds("demo_all_in_one_finetune", tmp_path, shipped)
+    assert seconds == 5400.0 + 60.0
+    assert ship.earlier_runs_seconds("demo_all_in_one_finetune", tmp_path, {}) is None  # the MRI run's time unknown
+    assert ship.earlier_runs_seconds("demo_ct_denoise", tmp_path, shipped) is None  # from the identity
+    assert ship._base_time("demo_all_in_one_finetune", {"base_train_seconds": seconds}) == (
+        "; after the 91 min of the demo_mri_sr_x4 and demo_all_in_one runs it fine-tunes")
+    assert ship._base_time("demo_mri_sr_x4_finetune", {}) == "; the demo_mri_sr_x4 run it fine-tunes not counted"

@@ -142,6 +142,7 @@ def ship(name: str, runs: Path, data: Path, shipped: dict[str, dict] | None = No
     run, base = runs / RUNS[name], base_config(RUNS[name])
     model, card = load_model(run / "model.safetensors")
     seconds = run_progress(run)[1]
+    base_seconds = earlier_runs_seconds(RUNS[name], runs, shipped or {})
     card = dataclasses.replace(card, metrics={}, created="", version="",
                                notes=NOTES.format(iterations=card.iterations, total=load_config(RUNS[name]).schedule.iterations,
                                                   config=RUNS[name], hours=seconds / 3600,
@@ -153,15 +154,14 @@ def ship(name: str, runs: Path, data: Path, shipped: dict[str, dict] | None = No
     metrics = {**validation, **test_metrics(target, data)}  # test scores at the chosen tile
     card = dataclasses.replace(card, metrics=metrics)
     target = save_model_with_card(model, target, card, storage_dtype="float16")
-    shipped, shipped_card = load_model(target)
+    exported, exported_card = load_model(target)
     task = card.task if card.task != "all_in_one" else "ct_denoise"
-    crop, source = fixture_crop(data, task, shipped_card)
+    crop, source = fixture_crop(data, task, exported_card)
     with torch.inference_mode():
-        output = shipped(torch.from_numpy(crop)[None, None])[0, 0].numpy()
+        output = exported(torch.from_numpy(crop)[None, None])[0, 0].numpy()
     fixtures = REPO / "tests" / "fixtures" / "shipped"
     fixtures.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(fixtures / f"{name}.npz", input=crop, output=output, source=np.array(source))
-    base_seconds = earlier_runs_seconds(RUNS[name], runs, shipped or {})
     return {"name": name, "run": f"runs/{RUNS[name]}", "iterations": card.iterations, "tile": tile,
             "train_seconds": round(seconds), **({"base_train_seconds": round(base_seconds)} if base_seconds else {}),
             "metrics": metrics, "bytes": target.stat().st_size, "data_version": DEMO_DATA_VERSION}
@@ -211,9 +211,10 @@ def write_model_cards(path: Path, shipped: list[dict]) -> None:
              "slices): Re-WKV divides its decay by the token count, so a model trained on patches sees another "
              "operator on a larger image (docs/inference.md, \"Tiles\"). Cards without a `tile` use their "
              "training patch size.", "",
-             *(["A fine-tuned model's card names the run it starts from. The shipped ones started from that run's "
-                "weights as they were shipped then (float16 storage; the run's own files were not kept); a rerun "
-                "starts from the run's float32 export, so it differs from them by that rounding as well.", ""]
+             *(["A fine-tuned model's card names the run it starts from. Where that run's own files were not kept "
+                "(`demo_mri_sr_x4`: the MRI model's fine-tune and the first all-in-one run started from it), they "
+                "started from its weights as they were shipped then (float16 storage); a rerun starts from the run's "
+                "float32 export, so it differs from them by that rounding as well.", ""]
                if any(bases.values()) else []),
              "Written by `python scripts/ship_demo_models.py`, which scores each run on the demo test split "
              "with `restore-rwkv evaluate` (the paper's protocol) and exports its EMA weights.", ""]

@@ -23,7 +23,7 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel("ct_denoise_light", "ct_denoise", "demo_ct_denoise"),
     DemoModel("mri_sr_x4_light", "mri_sr", "demo_mri_sr_x4_finetune"),
     DemoModel("pet_synthesis_light", "pet", "demo_pet_synthesis"),
-    DemoModel("all_in_one_light", ALL_IN_ONE, "demo_all_in_one"),
+    DemoModel("all_in_one_light", ALL_IN_ONE, "demo_all_in_one_finetune"),
 )
 # task -> its single-task model; every task is also restored by the all-in-one model
 SINGLE_TASK = {m.task: m.name for m in DEMO_MODELS if m.task != ALL_IN_ONE}

@@ -134,6 +134,11 @@ def main() -> None:
         ratios = time_ratios(Path(args.data), [int(s) for s in args.sizes.split(",")])
         Path(args.timing).write_text(json.dumps(ratios, indent=1) + "\n")
         return
+    known = {name for task in args.tasks.split(",") for name in MODELS.get(task, ())}
+    unknown = sorted(set(args.models.split(",")) - known) if args.models else []
+    if unknown or not set(args.tasks.split(",")) <= set(MODELS):
+        parser.error(f"unknown task or model for --tasks {args.tasks}: {', '.join(unknown) or args.tasks} "
+                     f"(tasks: {', '.join(MODELS)}; their models: {', '.join(sorted({m for v in MODELS.values() for m in v}))})")
     data = ensure_demo_data(Path(args.data), quiet=True)
     records = read_manifest(data / "manifest.csv")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -164,7 +169,8 @@ def main() -> None:
                     # rows of models and splits this run does not score are kept from the file
                     # (a rescored row takes its old row's place, so the table keeps its order)
                     Path(args.json).write_text(json.dumps(merge_rows(kept, rows), indent=1) + "\n")
-    print(markdown(rows))
+    if rows:
+        print(markdown(rows))
 
 
 if __name__ == "__main__":

@@ -272,20 +272,29 @@ def _larger_patches(bases: dict[str, str | None]) -> str:
 def earlier_runs_seconds(config: str, runs: Path, shipped: dict[str, dict]) -> float | None:
     """The training wall time of the runs that the run of ``config`` fine-tunes through (its chain before it),
     summed: each from its ``log.csv`` under ``runs``, else as the shipped entries recorded it (a shipped run's
-    own time, or the base time of a model that fine-tuned that run alone); None without such runs or when one
-    run's time is unknown."""
+    own time, or the base time of a model that fine-tuned that run alone); where one is unknown, the base time
+    an entry shipped from this same run recorded. None without such runs or when that is unknown too."""
     from restore_rwkv.engine.trainer import run_progress
+    from restore_rwkv.utils.errors import InputError
 
     known: dict[str, float] = {}
+    recorded = None  # what an earlier shipping of this same run recorded for its whole chain
     for entry in shipped.values():
         run = Path(entry["run"]).name
         known[run] = entry["train_seconds"]
-        chain = training_chain(run)
+        if run == config:
+            recorded = entry.get("base_train_seconds")
+        try:
+            chain = training_chain(run)
+        except InputError:  # an entry of a config no longer shipped: only its own time is of use
+            continue
         if len(chain) == 2 and entry.get("base_train_seconds"):
             known.setdefault(chain[0], entry["base_train_seconds"])
     earlier = training_chain(config)[:-1]
     seconds = [run_progress(runs / c)[1] or known.get(c) for c in earlier]
-    return float(sum(seconds)) if earlier and all(seconds) else None
+    if not earlier:
+        return None
+    return float(sum(seconds)) if all(seconds) else recorded
 
 
 def _base_time(config: str, entry: dict) -> str:

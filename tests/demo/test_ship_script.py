@@ -49,6 +49,11 @@ def test_a_fine_tune_of_a_fine_tune_counts_every_earlier_run(tmp_path):
     seconds = ship.earlier_runs_seconds("demo_all_in_one_finetune", tmp_path, shipped)
     assert seconds == 5400.0 + 60.0
     assert ship.earlier_runs_seconds("demo_all_in_one_finetune", tmp_path, {}) is None  # the MRI run's time unknown
+    # no logs at all: what shipping this same run recorded before stands; an entry of a config gone is ignored
+    again = {"all_in_one_light": {"name": "all_in_one_light", "run": "runs/demo_all_in_one_finetune",
+                                  "train_seconds": 1200.0, "base_train_seconds": 7437.0},
+             "old": {"name": "old", "run": "runs/demo_no_longer_shipped", "train_seconds": 1.0}}
+    assert ship.earlier_runs_seconds("demo_all_in_one_finetune", tmp_path / "empty", again) == 7437.0
     assert ship.earlier_runs_seconds("demo_ct_denoise", tmp_path, shipped) is None  # from the identity
     assert ship._base_time("demo_all_in_one_finetune", {"base_train_seconds": seconds}) == (
         "; after the 91 min of the demo_mri_sr_x4 and demo_all_in_one runs it fine-tunes")

@@ -134,9 +134,10 @@ def main() -> None:
         ratios = time_ratios(Path(args.data), [int(s) for s in args.sizes.split(",")])
         Path(args.timing).write_text(json.dumps(ratios, indent=1) + "\n")
         return
-    known = {name for task in args.tasks.split(",") for name in MODELS.get(task, ())}
-    unknown = sorted(set(args.models.split(",")) - known) if args.models else []
-    if unknown or not set(args.tasks.split(",")) <= set(MODELS):
+    tasks = args.tasks.split(",")
+    wanted = set(args.models.split(",")) if args.models else None  # None: every model of each task
+    unknown = sorted(wanted - {name for task in tasks for name in MODELS.get(task, ())}) if wanted else []
+    if unknown or not set(tasks) <= set(MODELS):
         parser.error(f"unknown task or model for --tasks {args.tasks}: {', '.join(unknown) or args.tasks} "
                      f"(tasks: {', '.join(MODELS)}; their models: {', '.join(sorted({m for v in MODELS.values() for m in v}))})")
     data = ensure_demo_data(Path(args.data), quiet=True)
@@ -144,10 +145,10 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     kept = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else []
     rows: list[dict] = []
-    for task in args.tasks.split(","):
+    for task in tasks:
         modality = TASKS[task].modality
         for name in MODELS[task]:
-            if args.models and name not in args.models.split(","):
+            if wanted is not None and name not in wanted:
                 continue
             weights = name if name.endswith("_light") else Path(args.runs) / name
             if not name.endswith("_light") and not (Path(weights) / "model.safetensors").is_file():
